@@ -1,0 +1,140 @@
+"""What every stage shares: command line, params resolution, launch, and the Sacred record.
+
+A stage is `main(cfg: dict, record: Recorder) -> None`. This module turns
+`python -m experiments.<stage> --variant X --set key=value` into that call:
+
+1. read params.yaml and resolve it for the variant (nas.config.params);
+2. launch through idist (single process, spawned gloo/nccl processes, or under torchrun);
+3. on rank 0 only, wrap the stage in a Sacred run with a FileStorageObserver, so the run folder
+   holds the resolved config (the values the stage really used), metrics, artifacts, the git
+   commit and package versions. Other ranks get a recorder that drops everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub at run time: fail in 0.1 s, not 46 s
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+from nas.config.params import load_params, resolve  # noqa: E402
+
+StageMain = Callable[[dict[str, Any], "Recorder"], None]
+
+
+class Recorder:
+    """Metrics and artifacts of one stage run; a no-op unless backed by a Sacred run (rank 0)."""
+
+    def __init__(self, run: Any | None = None):
+        self._run = run
+
+    @property
+    def active(self) -> bool:
+        return self._run is not None
+
+    def log_scalar(self, name: str, value: float, step: int | None = None) -> None:
+        if self._run is not None:
+            self._run.log_scalar(name, float(value), step)
+
+    def add_artifact(self, path: str | Path, name: str | None = None) -> None:
+        if self._run is not None and Path(path).is_file():
+            self._run.add_artifact(str(path), name=name)
+
+    def info(self, key: str, value: Any) -> None:
+        if self._run is not None:
+            self._run.info[key] = value
+
+
+def parse_args(stage: str, argv: Sequence[str] | None, needs_variant: bool) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=f"nas {stage}", description=f"Run the `{stage}` stage.")
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    if needs_variant:
+        parser.add_argument("--variant", required=True, help="a key of `variants` in params.yaml")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one param for this run (dotted key, YAML value); unknown keys are errors",
+    )
+    parser.add_argument("--runs-dir", default="runs", help="where Sacred run records go (default: runs)")
+    return parser.parse_args(argv)
+
+
+def run_stage(
+    stage: str,
+    main: StageMain,
+    argv: Sequence[str] | None = None,
+    *,
+    needs_variant: bool = True,
+    nproc_key: tuple[str, ...] | None = None,
+) -> None:
+    """Entry point of every experiment module. `nproc_key` points into the resolved params at the
+    process count of a distributed stage (e.g. ("pretrain_stage1", "train", "nproc_per_node"))."""
+    args = parse_args(stage, argv, needs_variant)
+    params = load_params(args.params)
+    cfg = resolve(params, getattr(args, "variant", None), args.overrides)
+    cfg["stage"] = stage
+    observer_dir = Path(args.runs_dir) / "sacred" / stage / (cfg.get("variant") or "all")
+
+    nproc, backend = 1, "auto"
+    if nproc_key is not None:
+        node: Any = cfg
+        for key in nproc_key:
+            node = node.get(key, {}) if isinstance(node, dict) else {}
+        train = node if isinstance(node, dict) else {}
+        nproc = int(train.get("nproc_per_node", 1))
+        backend = str(train.get("backend", "auto"))
+
+    if nproc == 1 and "WORLD_SIZE" not in os.environ:
+        _run_on_rank(0, stage, main, cfg, observer_dir)
+        return
+    from nas.engine.launch import launch
+
+    launch(_run_on_rank, stage, main, cfg, observer_dir, nproc_per_node=nproc, backend=backend)
+
+
+def _run_on_rank(local_rank: int, stage: str, main: StageMain, cfg: dict, observer_dir: Path) -> None:
+    import ignite.distributed as idist
+
+    if idist.get_rank() != 0:
+        main(cfg, Recorder(None))
+        return
+    from sacred import SETTINGS, Experiment
+    from sacred.observers import FileStorageObserver
+
+    SETTINGS.CAPTURE_MODE = "sys"  # "fd" tees through a pipe that breaks progress bars and children
+    SETTINGS.DISCOVER_SOURCES = "dir"  # record the sources of this project, not every import
+    ex = Experiment(stage, save_git_info=_in_git_repo())
+    ex.observers.append(FileStorageObserver(str(observer_dir)))
+    ex.add_config(cfg)
+
+    @ex.main
+    def _sacred_main(_run):
+        main(to_plain(_run.config), Recorder(_run))
+
+    ex.run(options={"--name": f"{stage}:{cfg.get('variant') or 'all'}"})
+
+
+def _in_git_repo() -> bool:
+    path = Path.cwd()
+    return any((p / ".git").exists() for p in (path, *path.parents))
+
+
+def to_plain(obj: Any) -> Any:
+    """Sacred hands back read-only dict/list subclasses; stages get plain containers."""
+    if isinstance(obj, dict):
+        return {k: to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v) for v in obj]
+    return obj
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("run a stage module, e.g. python -m experiments.pretrain --help")

@@ -1,0 +1,44 @@
+"""Stage `data`: produce the image-caption pairs every later stage reads.
+
+Embedded default: the seeded synthetic compositional scenes, written in the same on-disk format as
+the real corpora (ALBEF JSON list + image folder). The fine-grained probes (ARO / Winoground /
+VALSE / SugarCrepe formats) and the real-corpus downloads are added by their own issues.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from experiments.common import Recorder, run_stage
+from nas.config import from_dict
+from nas.config.data import DataConfig
+
+METRICS = Path("metrics/data.json")
+
+
+def stage(cfg: dict, record: Recorder) -> None:
+    data = from_dict(DataConfig, cfg["data"], "data")
+    if data.source != "synthetic":
+        raise NotImplementedError("data.source=files: the real-corpus download stage is not built yet (issue 5)")
+    from nas.data.synthetic import generate
+
+    manifest = generate(data.synthetic, data.root, overwrite=True)
+    counts = manifest["counts"]
+    print(f"data: synthetic scenes in {data.root} ({manifest['seconds']:.1f} s): {json.dumps(counts)}")
+    METRICS.parent.mkdir(parents=True, exist_ok=True)
+    summary = {f"{split}_{key}": value for split, c in counts.items() for key, value in c.items()}
+    summary["sha256"] = manifest["sha256"]
+    METRICS.write_text(json.dumps(summary, indent=2) + "\n")
+    for key, value in summary.items():
+        if isinstance(value, int):
+            record.log_scalar(f"data.{key}", value)
+    record.add_artifact(Path(data.root) / "manifest.json")
+
+
+def main(argv=None) -> None:
+    run_stage("data", stage, argv, needs_variant=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""Stages `pretrain_stage1` and `pretrain_stage2`: train one variant through the one Ignite engine.
+
+The variant (ALBEF, +VD, NAS, ...) only changes params: which model the registry builds and which
+objectives it returns. Stage 2 starts from the same variant's stage-1 checkpoint and takes over what
+`init_objects` names (model with momentum copies, queues and VD; optimizer; lr schedule).
+
+Outputs (paths fixed so dvc.yaml can name them):
+  checkpoints/<stage>/<variant>/<config digest>/   resumable epoch checkpoints (DVC persist)
+  runs/<stage>/<variant>/checkpoint.pt             the final complete checkpoint, for the next stage
+  runs/<stage>/<variant>/config.json               the resolved config the run used
+  metrics/<stage>/<variant>.json                   per-epoch and per-step losses (report input)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from experiments.common import Recorder, run_stage
+from nas.config import from_dict
+from nas.config.data import DataConfig
+from nas.config.stages import LoaderConfig, ModelSpec, TrainStageConfig, config_digest
+
+STAGES = ("pretrain_stage1", "pretrain_stage2")
+
+
+def stage_paths(stage: str, variant: str) -> dict[str, Path]:
+    return {
+        "run": Path("runs") / stage / variant,
+        "checkpoints": Path("checkpoints") / stage / variant,
+        "metrics": Path("metrics") / stage / f"{variant}.json",
+    }
+
+
+def build_model(spec: ModelSpec, cfg: dict[str, Any]):
+    from nas.models.registry import create_model
+
+    return create_model(spec.name, **spec.overrides)
+
+
+def build_train_loader(data: DataConfig, loader: LoaderConfig):
+    from nas.data.captions import CaptionDataset
+    from nas.data.loader import build_loader, make_collate
+    from nas.data.tokenizer import load_tokenizer
+    from nas.data.transforms import build_train_transform
+
+    dataset = CaptionDataset(
+        data.path(data.train_file),
+        data.images,
+        build_train_transform(data.transform),
+        skip_bad_images=data.skip_bad_images,
+        max_words=data.max_words,
+    )
+    collate = make_collate(load_tokenizer(), data.text_max_length)
+    return build_loader(dataset, loader, collate, shuffle=True)
+
+
+def stage(cfg: dict[str, Any], record: Recorder) -> None:
+    import ignite.distributed as idist
+    from ignite.utils import manual_seed
+
+    from nas.engine.fit import fit
+
+    name, variant = cfg["stage"], cfg["variant"]
+    data = from_dict(DataConfig, cfg["data"], "data")
+    loader_cfg = from_dict(LoaderConfig, cfg["loader"], "loader")
+    spec = from_dict(ModelSpec, cfg["model"], "model")
+    section = dict(cfg[name])
+    section["train"] = {**section.get("train", {}), "seed": cfg["seed"]}  # one seed: params `seed`
+    stage_cfg = from_dict(TrainStageConfig, section, name)
+    paths = stage_paths(name, variant)
+
+    manual_seed(cfg["seed"] + idist.get_rank())
+    model = build_model(spec, cfg)
+    loader = build_train_loader(data, loader_cfg)
+    init_checkpoint = None
+    if stage_cfg.init_from is not None:
+        init_checkpoint = stage_paths(stage_cfg.init_from, variant)["run"] / "checkpoint.pt"
+        if not init_checkpoint.is_file():
+            raise FileNotFoundError(
+                f"{name}: init_from={stage_cfg.init_from!r} needs {init_checkpoint}; run that stage first"
+            )
+
+    # Checkpoints are keyed by the config digest: a changed param never resumes a stale run,
+    # and the old checkpoints stay on disk (nothing is lost).
+    digest = config_digest({k: v for k, v in cfg.items() if k != "stage"} | {"stage": name})
+    output_dir = paths["checkpoints"] / digest
+    steps: list[dict[str, float]] = []
+
+    def on_epoch_end(epoch: int, metrics: dict[str, Any]) -> None:
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)):
+                record.log_scalar(f"train.{key}", value, epoch)
+        print(f"{name}[{variant}] epoch {epoch}: " + ", ".join(
+            f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
+
+    def on_log_step(iteration: int, output: dict[str, Any]) -> None:
+        row = {"step": iteration, **{k: float(v) for k, v in output.items() if isinstance(v, (int, float))}}
+        steps.append(row)
+        record.log_scalar("step.loss", row.get("loss", float("nan")), iteration)
+
+    result = fit(
+        model,
+        loader,
+        stage_cfg.train,
+        output_dir=output_dir,
+        init_checkpoint=init_checkpoint,
+        init_objects=stage_cfg.init_objects,
+        on_epoch_end=on_epoch_end,
+        on_log_step=on_log_step,
+    )
+    if idist.get_rank() != 0:
+        return
+    paths["run"].mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(result["last_checkpoint"], paths["run"] / "checkpoint.pt")
+    (paths["run"] / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    history = result["history"]
+    summary = {
+        "stage": name,
+        "variant": variant,
+        "config_digest": digest,
+        "resumed_from": result["resumed_from"],
+        "final": history[-1] if history else {},
+        "epochs": history,
+        "steps": steps,
+    }
+    paths["metrics"].parent.mkdir(parents=True, exist_ok=True)
+    paths["metrics"].write_text(json.dumps(summary, indent=2) + "\n")
+    record.add_artifact(paths["run"] / "config.json", name="resolved_config.json")
+    record.add_artifact(paths["metrics"], name="stage_metrics.json")
+
+
+def main(argv=None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--stage", choices=STAGES, default="pretrain_stage1")
+    known, rest = pre.parse_known_args(argv)
+    run_stage(known.stage, stage, rest, nproc_key=(known.stage, "train", "launch"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""`nas` — a thin command line over the pipeline stages and a few inspection tools.
+
+Every stage subcommand hands its arguments to the stage's Sacred experiment in `experiments/`, so
+`nas pretrain --variant nas --set train.epochs=2` and the DVC command
+`python -m experiments.pretrain ...` are the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Sequence
+
+# subcommand -> (experiment module, one-line help)
+STAGES: dict[str, tuple[str, str]] = {
+    "data": ("experiments.data", "generate/fetch the data set and the benchmark probes"),
+    "build-vd": ("experiments.build_vd", "build the initial visual dictionary"),
+    "pretrain": ("experiments.pretrain", "pretraining (stage 1 or 2; --stage)"),
+    "finetune": ("experiments.finetune", "text-augmented fine-tuning"),
+    "evaluate": ("experiments.evaluate", "retrieval and fine-grained evaluation of a variant"),
+    "report": ("experiments.report", "write reports/results.md and the figures"),
+}
+
+
+def _config_command(argv: Sequence[str]) -> int:
+    from nas.config.params import load_params, resolve
+
+    parser = argparse.ArgumentParser(prog="nas config", description="Print the resolved params of a variant.")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--variant", default=None)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    cfg = resolve(load_params(args.params), args.variant, args.overrides)
+    print(json.dumps(cfg, indent=2, sort_keys=True))
+    return 0
+
+
+def _models_command(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="nas models", description="List the registered model entrypoints.")
+    parser.parse_args(argv)
+    from nas.models.registry import list_models
+
+    for name in list_models():
+        print(name)
+    return 0
+
+
+TOOLS = {
+    "config": (_config_command, "print the resolved params of a variant (params.yaml + overlay + --set)"),
+    "models": (_models_command, "list the registered model entrypoints"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(
+        prog="nas",
+        description="nas-harness: reproduce NAS (AAAI 2025) and its baselines. "
+        "Run `nas <command> --help` for the options of each command.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    for name, (_, text) in {**STAGES, **TOOLS}.items():
+        sub.add_parser(name, help=text, add_help=False)
+    if not argv or argv[0] in ("-h", "--help"):
+        parser.print_help()
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command in TOOLS:
+        return TOOLS[command][0](rest)
+    if command not in STAGES:
+        parser.error(f"unknown command {command!r}")
+    module = importlib.import_module(STAGES[command][0])
+    module.main(rest)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

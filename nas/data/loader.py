@@ -1,0 +1,106 @@
+"""Batching: the collate function for image-caption items and the DataLoader factory.
+
+`build_loader` goes through `ignite.distributed.auto_dataloader`, which adds a DistributedSampler
+under a process group and treats `batch_size` (and `num_workers`) as totals over the processes of
+a node. We pass totals, so every process gets exactly `batch_size_per_gpu` pairs per step
+(paper: 64 per GPU x 8 GPUs = 512 [P]).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import ignite.distributed as idist
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
+
+from nas.data.tokenizer import TextCollator
+
+# auto_dataloader logs its kwargs at INFO, including the whole tokenizer vocabulary repr.
+logging.getLogger("ignite.distributed.auto.auto_dataloader").setLevel(logging.WARNING)
+
+if TYPE_CHECKING:
+    from transformers import BertTokenizerFast
+
+
+@dataclass
+class LoaderConfig:
+    """DataLoader knobs; defaults are the tiny profile."""
+
+    batch_size_per_gpu: int = 64  # paper: 64 per GPU [P]; also the size the CPU speed table used
+    num_workers: int = 0  # per process; 0 loads in the main process (deterministic, no fork cost)
+    pin_memory: bool = False
+    drop_last: bool = True  # training: every step sees a full batch (ITM hard negatives, queue)
+
+    def __post_init__(self) -> None:
+        if self.batch_size_per_gpu < 1:
+            raise ValueError(f"batch_size_per_gpu must be >= 1, got {self.batch_size_per_gpu}")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
+
+
+def collate_pairs(
+    items: list[dict[str, Any] | None], tokenizer: BertTokenizerFast, max_length: int
+) -> dict[str, Any]:
+    """Stack CaptionDataset items into a batch; None items (skipped bad images) are dropped and
+    counted in "num_skipped". Keys: image float [B,3,H,W], input_ids / attention_mask long [B,T],
+    index / image_id long [B], caption list[str] (for text-side negatives), num_skipped int."""
+    kept = [item for item in items if item is not None]
+    num_skipped = len(items) - len(kept)
+    if not kept:
+        raise ValueError(
+            f"every item of this batch was a bad image ({num_skipped} skipped); check the data set"
+        )
+    captions = [item["caption"] for item in kept]
+    text = TextCollator(tokenizer, max_length)(captions)
+    return {
+        "image": torch.stack([item["image"] for item in kept]),
+        "input_ids": text["input_ids"],
+        "attention_mask": text["attention_mask"],
+        "index": torch.tensor([item["index"] for item in kept], dtype=torch.long),
+        "image_id": torch.tensor([item["image_id"] for item in kept], dtype=torch.long),
+        "caption": captions,
+        "num_skipped": num_skipped,
+    }
+
+
+def make_collate(tokenizer: BertTokenizerFast, max_length: int) -> Callable[[list[Any]], dict[str, Any]]:
+    """`collate_pairs` with the tokenizer bound (picklable, so it works with worker processes)."""
+    if max_length < 2:
+        raise ValueError(f"max_length must be >= 2 ([CLS] and [SEP]), got {max_length}")
+    return functools.partial(collate_pairs, tokenizer=tokenizer, max_length=max_length)
+
+
+def build_loader(
+    dataset: Dataset, cfg: LoaderConfig, collate_fn: Callable[[list[Any]], Any], *, shuffle: bool
+) -> DataLoader:
+    """A DataLoader giving `cfg.batch_size_per_gpu` items per process and step.
+
+    Single process: a plain shuffled DataLoader whose order is drawn from the torch global RNG at
+    each new epoch's iteration, so restoring that RNG state reproduces the order. Under a process
+    group: a DistributedSampler (seed 0) whose order depends on its epoch only; the trainer must
+    call `set_sampler_epoch` at every epoch start (a plain ignite Engine does not).
+    """
+    world = idist.get_world_size()
+    nproc = idist.get_nproc_per_node() if world > 1 else 1
+    return idist.auto_dataloader(
+        dataset,
+        batch_size=cfg.batch_size_per_gpu * world,  # auto_dataloader divides by the world size
+        num_workers=cfg.num_workers * nproc,  # ... and this by the processes per node
+        pin_memory=cfg.pin_memory,
+        drop_last=cfg.drop_last,
+        shuffle=shuffle,
+        collate_fn=collate_fn,
+    )
+
+
+def set_sampler_epoch(loader: DataLoader, epoch: int) -> None:
+    """Reshuffle a DistributedSampler for `epoch` (0-based); no-op for other samplers."""
+    sampler = getattr(loader, "sampler", None)
+    if isinstance(sampler, DistributedSampler):
+        sampler.set_epoch(epoch)

@@ -1,0 +1,185 @@
+"""Image transforms: ALBEF's pretraining augmentation (random resized crop, optional flip,
+RandAugment without colour ops) and its evaluation resize, both ending in ALBEF's normalisation.
+
+ALBEF (salesforce/ALBEF, dataset/__init__.py `create_dataset`; ops in dataset/randaugment.py):
+pretraining RandomResizedCrop(256, scale=(0.2, 1.0), bicubic) + RandomHorizontalFlip +
+RandomAugment(2, 7, ops listed below) + ToTensor + Normalize; evaluation Resize((res, res),
+bicubic) + ToTensor + Normalize.
+
+Randomness comes from the torch RNG (as in torchvision's own transforms), so DataLoader workers
+are seeded by torch and a run is reproducible from its torch seed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torchvision.transforms import InterpolationMode, v2
+from torchvision.transforms.v2 import functional as TF
+
+# ALBEF's (= CLIP's) normalisation constants (salesforce/ALBEF, dataset/__init__.py).
+ALBEF_MEAN = (0.48145466, 0.4578275, 0.40821073)
+ALBEF_STD = (0.26862954, 0.26130258, 0.27577711)
+
+# ALBEF's RandomAugment op list for pretraining (salesforce/ALBEF, dataset/__init__.py). It has no
+# Color/Contrast/Solarize/Posterize ops; we keep it that way because our captions name colours.
+ALBEF_RANDAUG_OPS = (
+    "Identity",
+    "AutoContrast",
+    "Equalize",
+    "Brightness",
+    "Sharpness",
+    "ShearX",
+    "ShearY",
+    "TranslateX",
+    "TranslateY",
+    "Rotate",
+)
+# Constants of ALBEF's dataset/randaugment.py: levels run to 10; each sampled op is applied with
+# probability 0.5; geometric ops fill with grey 128; translation is 10 px at its 256 px input.
+_MAX_LEVEL = 10
+_APPLY_PROB = 0.5
+_FILL = [128.0, 128.0, 128.0]
+_TRANSLATE_FRACTION = 10 / 256
+
+
+@dataclass
+class TransformConfig:
+    """Image pipeline knobs; defaults are the tiny profile (64 px synthetic scenes)."""
+
+    image_size: int = 64  # paper: 256 for pretraining, 384 for fine-tuning [P]
+    # ALBEF uses (0.2, 1.0); we default to (0.5, 1.0) so a crop of a 64 px scene rarely drops an
+    # object that its caption names.
+    crop_scale: tuple[float, float] = (0.5, 1.0)
+    # ALBEF flips; off by default because a flip swaps "left of"/"right of" in our captions.
+    hflip: bool = False
+    randaugment: bool = True
+    randaugment_n: int = 2  # ALBEF RandomAugment(2, 7)
+    randaugment_m: int = 7
+    mean: tuple[float, float, float] = ALBEF_MEAN
+    std: tuple[float, float, float] = ALBEF_STD
+
+    def __post_init__(self) -> None:
+        if self.image_size < 8:
+            raise ValueError(f"image_size must be >= 8, got {self.image_size}")
+        low, high = self.crop_scale
+        if not 0.0 < low <= high <= 1.0:
+            raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
+        if self.randaugment_n < 0:
+            raise ValueError(f"randaugment_n must be >= 0, got {self.randaugment_n}")
+        if not 0 <= self.randaugment_m <= _MAX_LEVEL:
+            raise ValueError(f"randaugment_m must be in 0..{_MAX_LEVEL}, got {self.randaugment_m}")
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"std must be positive, got {self.std}")
+
+
+class AlbefRandAugment:
+    """ALBEF's RandomAugment on uint8 image tensors [..., 3, H, W].
+
+    `n` ops are drawn uniformly with replacement from ALBEF_RANDAUG_OPS; each is applied with
+    probability 0.5 at magnitude `m` (of 10): Brightness/Sharpness factor 0.1 + 1.8 m/10, shear
+    factor 0.3 m/10, rotation 30 m/10 degrees, translation (10/256 of the side) * m/10, each
+    geometric op with a random sign. Two departures from ALBEF's cv2 code, both so the op
+    means the same at any resolution: translation is scaled to the image side (ALBEF: 10 px
+    absolute at 256 px), and shear is about the image centre (ALBEF: the top-left corner).
+    """
+
+    def __init__(self, n: int = 2, m: int = 7):
+        self.n = n
+        self.m = m
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(n={self.n}, m={self.m})"
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        if image.dtype != torch.uint8:
+            raise TypeError(f"AlbefRandAugment expects a uint8 image tensor, got {image.dtype}")
+        for _ in range(self.n):
+            op = ALBEF_RANDAUG_OPS[int(torch.randint(len(ALBEF_RANDAUG_OPS), ()))]
+            if float(torch.rand(())) > _APPLY_PROB:
+                continue
+            image = self.apply(op, image)
+        return image
+
+    def apply(self, op: str, image: torch.Tensor) -> torch.Tensor:
+        """Apply one named op at this instance's magnitude (random sign drawn from torch)."""
+        level = self.m / _MAX_LEVEL
+        sign = -1.0 if float(torch.rand(())) < 0.5 else 1.0
+        side = image.shape[-1]
+        if op == "Identity":
+            return image
+        if op == "AutoContrast":
+            return TF.autocontrast(image)
+        if op == "Equalize":
+            return TF.equalize(image)
+        if op == "Brightness":
+            return TF.adjust_brightness(image, 0.1 + 1.8 * level)
+        if op == "Sharpness":
+            return TF.adjust_sharpness(image, 0.1 + 1.8 * level)
+        if op in ("ShearX", "ShearY"):
+            degrees = sign * math.degrees(math.atan(0.3 * level))  # shear factor -> angle
+            shear = [degrees, 0.0] if op == "ShearX" else [0.0, degrees]
+            return self._affine(image, angle=0.0, translate=[0.0, 0.0], shear=shear)
+        if op in ("TranslateX", "TranslateY"):
+            pixels = sign * _TRANSLATE_FRACTION * side * level
+            translate = [pixels, 0.0] if op == "TranslateX" else [0.0, pixels]
+            return self._affine(image, angle=0.0, translate=translate, shear=[0.0, 0.0])
+        if op == "Rotate":
+            return TF.rotate(image, sign * 30.0 * level, interpolation=InterpolationMode.BILINEAR, fill=_FILL)
+        raise ValueError(f"unknown RandAugment op {op!r}; expected one of {ALBEF_RANDAUG_OPS}")
+
+    @staticmethod
+    def _affine(
+        image: torch.Tensor, *, angle: float, translate: list[float], shear: list[float]
+    ) -> torch.Tensor:
+        return TF.affine(
+            image,
+            angle=angle,
+            translate=translate,
+            scale=1.0,
+            shear=shear,
+            interpolation=InterpolationMode.BILINEAR,
+            fill=_FILL,
+        )
+
+
+def build_train_transform(cfg: TransformConfig) -> Callable:
+    """PIL image -> normalised float32 tensor [3, S, S] with ALBEF's pretraining augmentation."""
+    steps: list[Callable] = [
+        v2.ToImage(),
+        v2.RandomResizedCrop(
+            (cfg.image_size, cfg.image_size),
+            scale=cfg.crop_scale,
+            interpolation=InterpolationMode.BICUBIC,
+            antialias=True,
+        ),
+    ]
+    if cfg.hflip:
+        steps.append(v2.RandomHorizontalFlip())
+    if cfg.randaugment and cfg.randaugment_n > 0:
+        steps.append(AlbefRandAugment(cfg.randaugment_n, cfg.randaugment_m))
+    # ToPureTensor: a plain torch.Tensor, not a tv_tensors.Image subclass, reaches the model.
+    steps += [
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(list(cfg.mean), list(cfg.std)),
+        v2.ToPureTensor(),
+    ]
+    return v2.Compose(steps)
+
+
+def build_eval_transform(cfg: TransformConfig) -> Callable:
+    """PIL image -> normalised float32 tensor [3, S, S]: bicubic resize, no randomness."""
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.Resize(
+                (cfg.image_size, cfg.image_size), interpolation=InterpolationMode.BICUBIC, antialias=True
+            ),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(list(cfg.mean), list(cfg.std)),
+            v2.ToPureTensor(),
+        ]
+    )

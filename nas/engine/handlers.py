@@ -1,0 +1,95 @@
+"""What the trainer reports: per-epoch means (kept in the checkpoint), a progress bar, TensorBoard scalars."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from ignite.engine import Engine, Events
+from ignite.handlers.tensorboard_logger import TensorboardLogger
+from ignite.handlers.tqdm_logger import ProgressBar
+
+from nas.engine.trainer import ALPHA, IMAGES, LR, SKIPPED
+
+
+class EpochMeter:
+    """Means of the step outputs over one epoch, plus images seen/skipped and wall-clock seconds.
+
+    The step outputs are already means over ranks (the trainer all-reduces them), so these are too.
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self._sums: dict[str, float] = {}
+        self._steps = 0
+        self._images = 0
+        self._skipped = 0
+        self._last: dict[str, float] = {}
+        self._start = time.perf_counter()
+
+    def update(self, output: dict[str, float]) -> None:
+        self._steps += 1
+        self._images += int(output[IMAGES])
+        self._skipped += int(output[SKIPPED])
+        self._last = {LR: float(output[LR]), ALPHA: float(output[ALPHA])}
+        for name, value in output.items():
+            if name not in (IMAGES, SKIPPED, LR, ALPHA):
+                self._sums[name] = self._sums.get(name, 0.0) + float(value)
+
+    def compute(self) -> dict[str, float | int]:
+        if self._steps == 0:
+            raise RuntimeError("EpochMeter.compute() before any step of the epoch")
+        means = {name: total / self._steps for name, total in self._sums.items()}
+        return {
+            **means,
+            **self._last,  # lr and alpha at the epoch's last step
+            "steps": self._steps,
+            "images_seen": self._images,
+            "images_skipped": self._skipped,
+            "seconds": time.perf_counter() - self._start,
+        }
+
+
+class EpochHistory:
+    """Per-epoch metrics of a whole stage; checkpointed, so a resumed run still returns every epoch."""
+
+    def __init__(self) -> None:
+        self.epochs: list[dict[str, Any]] = []
+
+    def append(self, epoch: int, metrics: dict[str, Any]) -> None:
+        self.epochs.append({"epoch": epoch, **metrics})
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epochs": [dict(entry) for entry in self.epochs]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        epochs = state_dict.get("epochs") if isinstance(state_dict, dict) else None
+        if not isinstance(epochs, list):
+            raise ValueError(f"history state must be {{'epochs': [...]}}, got {state_dict!r:.200}")
+        self.epochs = [dict(entry) for entry in epochs]
+
+
+def _scalars(output: dict[str, float]) -> dict[str, float]:
+    """The loss terms, total, lr and alpha of a step output (the counts are logged per epoch)."""
+    return {name: value for name, value in output.items() if name not in (IMAGES, SKIPPED)}
+
+
+def attach_progress_bar(trainer: Engine) -> ProgressBar:
+    bar = ProgressBar(persist=False)
+    bar.attach(trainer, output_transform=lambda out: {k: v for k, v in _scalars(out).items() if k != ALPHA})
+    return bar
+
+
+def attach_tensorboard(trainer: Engine, log_dir: str | Path, *, every: int) -> TensorboardLogger:
+    """Scalars `train/<term>`, `train/total`, `train/lr`, `train/alpha` every `every` iterations."""
+    tb = TensorboardLogger(log_dir=str(log_dir))
+    tb.attach_output_handler(
+        trainer,
+        event_name=Events.ITERATION_COMPLETED(every=every),
+        tag="train",
+        output_transform=_scalars,
+    )
+    return tb

@@ -1,0 +1,55 @@
+"""AdamW as ALBEF/NAS use it: weight decay on matrices only, momentum copies left out.
+
+NAS paper "Experiment setup": AdamW, weight decay 0.02. ALBEF builds it with timm's optimizer
+factory, which exempts biases and other 1-D parameters (norm scales) from decay; we use timm's
+`param_groups_weight_decay` for exactly that split. Parameters that do not require gradients
+(ALBEF's momentum encoders, frozen parts) are not given to the optimizer at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from timm.optim import param_groups_weight_decay
+from torch import nn
+
+
+@dataclass
+class OptimConfig:
+    """AdamW hyperparameters (the learning rate itself belongs to the schedule)."""
+
+    weight_decay: float = 0.02  # NAS paper "Experiment setup": 0.02
+    betas: tuple[float, float] = (0.9, 0.999)  # torch/timm AdamW defaults, as in ALBEF
+    eps: float = 1e-8  # timm `opt_eps` default, as in ALBEF
+    # Fused AdamW kernels exist for CUDA parameters only: auto = fused when every parameter is on CUDA.
+    fused_adamw: Literal["auto", "true", "false"] = "auto"
+
+    def __post_init__(self) -> None:
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must be in [0, 1), got {self.betas}")
+        if not self.eps > 0:
+            raise ValueError(f"eps must be > 0, got {self.eps}")
+
+
+def build_optimizer(
+    model: nn.Module, cfg: OptimConfig, *, lr: float, no_weight_decay: Collection[str] = ()
+) -> torch.optim.AdamW:
+    """AdamW over `model`'s trainable parameters; 1-D params, biases and `no_weight_decay` names undecayed.
+
+    Call after the model is on its device (fused kernels need to see where the parameters are).
+    """
+    groups = param_groups_weight_decay(model, cfg.weight_decay, no_weight_decay_list=no_weight_decay)
+    params = [p for group in groups for p in group["params"]]
+    if not params:
+        raise ValueError(f"{type(model).__name__} has no parameter that requires grad: nothing to train")
+    on_cuda = all(p.device.type == "cuda" for p in params)
+    if cfg.fused_adamw == "true" and not on_cuda:
+        devices = sorted({str(p.device) for p in params})
+        raise ValueError(f"fused_adamw='true' needs every parameter on CUDA, found {devices}; use 'auto'")
+    fused = cfg.fused_adamw == "true" or (cfg.fused_adamw == "auto" and on_cuda)
+    return torch.optim.AdamW(groups, lr=lr, betas=cfg.betas, eps=cfg.eps, fused=fused or None)

@@ -1,0 +1,121 @@
+"""The two per-iteration schedules of ALBEF/NAS training: the learning rate and the distillation weight α.
+
+Learning rate (NAS paper, "Experiment setup"): linear warm-up over the first 1,000 iterations to the
+peak 1e-4, then cosine decay to 1e-5. Both are pure functions of the global iteration, so the
+schedule itself holds no state except "how many iterations have run" (`event_index`), which Ignite's
+`ParamScheduler` already saves and restores; stage 2 loads that counter from stage 1 and continues
+(at the floor, NAS_METHOD.md §6).
+
+α (ALBEF, salesforce/ALBEF Pretrain.py `train`): in the first epoch
+`alpha = config['alpha'] * min(1, i / len(data_loader))` with `i` the 0-based iteration inside the
+epoch, afterwards the configured value (0.4, NAS paper "Experiment setup").
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from ignite.handlers.param_scheduler import ParamScheduler
+from torch.optim import Optimizer
+
+
+@dataclass
+class ScheduleConfig:
+    """Learning-rate schedule. Defaults are the tiny CPU profile; paper values in the comments."""
+
+    lr: float = 1e-4  # peak; NAS paper "Experiment setup": 1e-4
+    min_lr: float = 1e-5  # cosine floor; NAS paper: 1e-5 (fine-tuning in [A]: 1e-6)
+    warmup_steps: int = 100  # NAS paper: 1,000 iterations ([A]: 2,000, a staircase; NAS_METHOD.md §6)
+    # Where the linear warm-up starts. 0 as the paper's "warm-up" suggests; [A]'s fine-tuning uses a
+    # flat warm-up (warmup_start_lr = lr), ALBEF's pretraining starts at 1e-5.
+    warmup_start_lr: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.min_lr <= self.lr:
+            raise ValueError(f"min_lr must be in [0, lr={self.lr}], got {self.min_lr}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0 <= self.warmup_start_lr <= self.lr:
+            raise ValueError(f"warmup_start_lr must be in [0, lr={self.lr}], got {self.warmup_start_lr}")
+
+
+def lr_at(
+    step: int,
+    *,
+    peak: float,
+    floor: float,
+    warmup_steps: int,
+    total_steps: int,
+    warmup_start_lr: float = 0.0,
+) -> float:
+    """Learning rate at 0-based global iteration `step`.
+
+    Linear from `warmup_start_lr` (step 0) to `peak` (step `warmup_steps`), cosine from `peak` to
+    `floor` between `warmup_steps` and `total_steps`, then held at `floor`.
+    """
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    if warmup_steps < 0 or total_steps < 0:
+        raise ValueError(f"warmup_steps and total_steps must be >= 0, got {warmup_steps}, {total_steps}")
+    if step < warmup_steps:
+        return warmup_start_lr + (peak - warmup_start_lr) * step / warmup_steps
+    if step >= total_steps:
+        return floor
+    progress = (step - warmup_steps) / (total_steps - warmup_steps)
+    return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def alpha_at(iteration: int, epoch_length: int, alpha: float) -> float:
+    """Distillation weight at 0-based global `iteration`: ramps 0 -> alpha over the first epoch."""
+    if iteration < 0:
+        raise ValueError(f"iteration must be >= 0, got {iteration}")
+    if epoch_length < 1:
+        raise ValueError(f"epoch_length must be >= 1, got {epoch_length}")
+    return alpha * min(1.0, iteration / epoch_length)
+
+
+class WarmupCosineLR(ParamScheduler):
+    """`lr_at` as an Ignite `ParamScheduler`: call it on ITERATION_STARTED.
+
+    Its state (`event_index`, the number of iterations already scheduled) goes into the checkpoint;
+    the schedule's shape comes from the config, so a later stage can load the counter and continue.
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        *,
+        peak: float,
+        floor: float,
+        warmup_steps: int,
+        total_steps: int,
+        warmup_start_lr: float = 0.0,
+        param_name: str = "lr",
+        save_history: bool = False,
+    ) -> None:
+        super().__init__(optimizer, param_name, save_history=save_history)
+        self.shape: dict[str, Any] = {
+            "peak": peak,
+            "floor": floor,
+            "warmup_steps": warmup_steps,
+            "total_steps": total_steps,
+            "warmup_start_lr": warmup_start_lr,
+        }
+
+    def get_param(self) -> float:
+        return lr_at(self.event_index, **self.shape)
+
+
+def build_lr_scheduler(optimizer: Optimizer, cfg: ScheduleConfig, *, total_steps: int) -> WarmupCosineLR:
+    return WarmupCosineLR(
+        optimizer,
+        peak=cfg.lr,
+        floor=cfg.min_lr,
+        warmup_steps=cfg.warmup_steps,
+        total_steps=total_steps,
+        warmup_start_lr=cfg.warmup_start_lr,
+    )

@@ -1,0 +1,190 @@
+"""The one training step every recipe uses (ALBEF, NAS stages, ablations, MUG, UTA), as an Ignite Engine.
+
+The contract with the model (fixed): `model(batch, *, alpha) -> {term: scalar loss}`, already
+weighted; the total loss is their sum. The model updates its momentum copies and queues inside
+forward. Recipes differ only by which terms their model returns and by this config.
+
+One step: α from the ramp, forward (optionally under bf16 autocast), one all-reduce of the loss terms
+and the image counts (so every rank sees the same global means and a non-finite loss stops every
+rank at the same step, before any rank enters backward), backward, optional clipping, AdamW step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import ignite.distributed as idist
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers.param_scheduler import ParamScheduler
+from torch import nn
+
+from nas.distributed import all_reduce_sum
+from nas.engine.launch import LaunchConfig
+from nas.engine.optim import OptimConfig
+from nas.engine.schedules import ScheduleConfig, alpha_at, build_lr_scheduler
+
+# Keys of the step output besides the model's loss terms.
+TOTAL, LR, ALPHA, IMAGES, SKIPPED = "total", "lr", "alpha", "images", "skipped"
+RESERVED_KEYS = (TOTAL, LR, ALPHA, IMAGES, SKIPPED)
+
+
+@dataclass
+class TrainConfig:
+    """Everything the engine needs. Defaults are the tiny CPU profile; paper values in the comments."""
+
+    epochs: int = 1  # NAS paper "Experiment setup": stage 1 29 epochs, stage 2 1 epoch
+    max_steps_per_epoch: int | None = None  # None = the whole loader; tiny runs cut epochs short
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
+    alpha: float = 0.4  # distillation weight; NAS paper "Experiment setup" and ALBEF: 0.4
+    # ALBEF ramps α from 0 over the first epoch of a run (Pretrain.py). A stage that continues
+    # another (NAS stage 2) may want the full α from its first step: set false.
+    alpha_ramp: bool = True
+    grad_clip_norm: float | None = None  # ALBEF does not clip
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 = autocast; weights and optimizer stay fp32
+    compile: bool = False  # torch.compile the model (first compile takes ~70 s on CPU)
+    checkpoint_every_epochs: int = 1  # ALBEF saves after every epoch
+    keep_checkpoints: int = 2
+    log_every_steps: int = 10  # TensorBoard scalars
+    progress_bar: bool = True
+    image_key: str = "image"  # batch entry whose leading dimension counts the images
+    seed: int = 42  # ALBEF's default seed; each rank uses seed + rank (ALBEF Pretrain.py)
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
+            raise ValueError(f"max_steps_per_epoch must be >= 1 or None, got {self.max_steps_per_epoch}")
+        if not self.alpha >= 0:
+            raise ValueError(f"alpha must be >= 0, got {self.alpha}")
+        if self.grad_clip_norm is not None and not self.grad_clip_norm > 0:
+            raise ValueError(f"grad_clip_norm must be > 0 or None, got {self.grad_clip_norm}")
+        if self.checkpoint_every_epochs < 1:
+            raise ValueError(f"checkpoint_every_epochs must be >= 1, got {self.checkpoint_every_epochs}")
+        if self.keep_checkpoints < 1:
+            raise ValueError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+        if self.log_every_steps < 1:
+            raise ValueError(f"log_every_steps must be >= 1, got {self.log_every_steps}")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss term became NaN or infinite; names the term, the iteration and the epoch."""
+
+    def __init__(self, term: str, value: float, *, iteration: int, epoch: int) -> None:
+        self.term, self.value, self.iteration, self.epoch = term, value, iteration, epoch
+        super().__init__(
+            f"loss term {term!r} is {value} at iteration {iteration} (epoch {epoch}); training stopped "
+            "before the optimizer step. Lower the learning rate, use fp32, or set train.grad_clip_norm; "
+            "the last checkpoint is still intact."
+        )
+
+
+def autocast_context(precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    """A factory of the forward's autocast context; bf16 where the device supports it, else an error."""
+    if precision == "fp32":
+        return contextlib.nullcontext
+    if precision != "bf16":
+        raise ValueError(f"train.precision must be 'fp32' or 'bf16', got {precision!r}")
+    supported = torch.amp.is_autocast_available(device.type) and (
+        device.type != "cuda" or torch.cuda.is_bf16_supported()
+    )
+    if not supported:
+        raise ValueError(f"train.precision='bf16' is not supported on device {device}; use 'fp32'")
+    return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def move_batch(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def count_images(batch: Mapping[str, Any], image_key: str) -> tuple[int, int]:
+    """(images in this batch, images the collate skipped), with clear errors for a malformed batch."""
+    if not isinstance(batch, Mapping):
+        raise TypeError(f"a batch must be a dict of tensors, got {type(batch).__name__}")
+    if image_key not in batch or not torch.is_tensor(batch[image_key]):
+        raise KeyError(f"batch has no tensor {image_key!r} (train.image_key); keys: {sorted(batch)}")
+    skipped = batch.get("num_skipped")
+    if isinstance(skipped, bool) or not isinstance(skipped, int):
+        raise KeyError(f"batch must carry an int 'num_skipped' (images the collate dropped), got {skipped!r}")
+    return int(batch[image_key].shape[0]), skipped
+
+
+def check_loss_terms(terms: Any) -> dict[str, torch.Tensor]:
+    if not isinstance(terms, Mapping) or not terms:
+        raise TypeError(f"the model must return a non-empty dict of loss terms, got {type(terms).__name__}")
+    for name, value in terms.items():
+        if name in RESERVED_KEYS:
+            raise ValueError(f"loss term name {name!r} is reserved for the engine's own output")
+        if not torch.is_tensor(value) or value.numel() != 1:
+            raise ValueError(f"loss term {name!r} must be a scalar tensor, got {value!r:.100}")
+    if not any(value.requires_grad for value in terms.values()):
+        raise ValueError(f"no loss term carries a gradient ({sorted(terms)}): is the model in no_grad mode?")
+    return dict(terms)
+
+
+def create_trainer(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    *,
+    epoch_length: int,
+    lr_scheduler: ParamScheduler | None = None,
+) -> Engine:
+    """Ignite Engine whose step trains `model` once; the lr schedule is attached on ITERATION_STARTED.
+
+    `lr_scheduler` defaults to the config's warm-up + cosine over `cfg.epochs * epoch_length` steps.
+    The step output: every loss term, "total", "lr", "alpha" (floats, means over all ranks) and
+    "images", "skipped" (counts summed over ranks).
+    """
+    if epoch_length < 1:
+        raise ValueError(f"epoch_length must be >= 1, got {epoch_length}")
+    device = idist.device()
+    autocast = autocast_context(cfg.precision, device)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    world = idist.get_world_size()
+
+    def train_step(engine: Engine, batch: Mapping[str, Any]) -> dict[str, float]:
+        iteration = engine.state.iteration - 1  # Ignite counts from 1, ALBEF's ramp from 0
+        alpha = alpha_at(iteration, epoch_length, cfg.alpha) if cfg.alpha_ramp else cfg.alpha
+        images, skipped = count_images(batch, cfg.image_key)
+        batch = move_batch(batch, device)
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        with autocast():
+            terms = check_loss_terms(model(batch, alpha=alpha))
+        total = torch.stack([t.reshape(()).float() for t in terms.values()]).sum()
+
+        summary = torch.stack([t.detach().reshape(()).float() for t in terms.values()])
+        counts = torch.tensor([images, skipped], dtype=summary.dtype, device=summary.device)
+        reduced = all_reduce_sum(torch.cat([summary, counts])).tolist()
+        means = {name: value / world for name, value in zip(terms, reduced)}
+        for name, value in means.items():
+            if not math.isfinite(value):
+                raise NonFiniteLossError(
+                    name, value, iteration=engine.state.iteration, epoch=engine.state.epoch
+                )
+
+        total.backward()
+        if cfg.grad_clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip_norm)
+        optimizer.step()
+        return {
+            **means,
+            TOTAL: sum(means.values()),
+            LR: float(optimizer.param_groups[0]["lr"]),
+            ALPHA: alpha,
+            IMAGES: int(reduced[-2]),
+            SKIPPED: int(reduced[-1]),
+        }
+
+    trainer = Engine(train_step)
+    if lr_scheduler is None:
+        lr_scheduler = build_lr_scheduler(optimizer, cfg.schedule, total_steps=cfg.epochs * epoch_length)
+    trainer.add_event_handler(Events.ITERATION_STARTED, lr_scheduler)
+    return trainer

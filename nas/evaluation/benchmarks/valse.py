@@ -1,0 +1,282 @@
+"""VALSE: loader of the 11 official JSONs (shipped) and the paper's metrics.
+
+BENCHMARKS.md §3. Each file is `{sample_id: record}`; ids collide across files, so a case is keyed
+`<file stem>/<sample id>`. The official valid-sample filter keeps `mturk["caption"] >= 2`
+(7,702 of 8,782; it also removes the 24 caption == foil records) and is on by default [D].
+
+Per instrument, on the kept samples (scores `[[s(caption), s(foil)]]`):
+- acc_r: % with s(caption) > s(foil), strict (a tie is wrong). Any scorer.
+- AUROC of the score, captions positive and foils negative; ties get half credit.
+- With `match_threshold` set (a binary ITM head: 0.5 on P(match), 0 on a logit difference):
+  p_c = % captions that fit (s > t, strict), p_f = % foils detected (s <= t: a tie is detected),
+  acc = (p_c + p_f) / 2, min(p_c, p_f). Leave it None for cosine or likelihood scorers.
+Averages, each labelled [D]: macro over the instruments (the paper's "Avg."), micro over all kept
+samples (FGE's "overall"), and piece means (Counting = mean of 3, Actions and Coreference of 2).
+
+Score files: besides the harness format, FGE's per-pair JSONL (`{"label": "<n>_c"|"<n>_f",
+"score", "instrument", "piece", "type", "id"}`) is read and written; FGE's `n` is a running index
+over all records of the 11 files taken in file-name order (checked against FGE's released files).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nas.evaluation.benchmarks.common import (
+    BenchmarkCase,
+    BenchmarkDataError,
+    ImageRef,
+    ScoreError,
+    check_images_exist,
+    check_unique_ids,
+    field_of,
+    mean,
+    percent,
+    read_json,
+    resource_path,
+)
+
+# stem -> piece, in the column order of the paper, FGE and CE (§3.4).
+INSTRUMENT_PIECES = {
+    "existence": "Existence",
+    "plurals": "Plurality",
+    "counting-hard": "Counting",
+    "counting-small-quant": "Counting",
+    "counting-adversarial": "Counting",
+    "relations": "Spatial relations",
+    "action-replacement": "Actions",
+    "actant-swap": "Actions",
+    "coreference-standard": "Coreference",
+    "coreference-hard": "Coreference",
+    "foil-it": "FOIL-it!",
+}
+VALSE_FILES = tuple(INSTRUMENT_PIECES)
+MIN_CAPTION_VOTES = 2  # official filter: at least 2 of 3 annotators chose the caption (§3.3)
+
+IMAGES_HINT = (
+    "VALSE ships no images. Put them in one flat folder (default <root>/images/) or map each "
+    "record's `dataset` to a folder with image_dirs_by_dataset. Sources: visual7w -> "
+    "http://vision.stanford.edu/yukezhu/visual7w_images.zip; coco2017/coco_2017 -> COCO val2017 "
+    "(http://images.cocodataset.org/zips/val2017.zip); SWiG -> SWiG/imSitu images_512; "
+    "VisDial_v1.0 -> COCO train2014 + val2014 (coreference-standard) and VisDial v1.0 val images "
+    "(coreference-hard); FOIL dataset -> COCO val2014 (BENCHMARKS.md §3.1)."
+)
+_FGE_LABEL = re.compile(r"^(\d+)_([cf])$")
+
+
+@dataclass
+class ValseConfig:
+    """VALSE files, image layout, filter and ITM threshold (BENCHMARKS.md §3)."""
+
+    annotation_dir: str | None = None  # None = the copy shipped in nas/resources/benchmarks/valse
+    files: tuple[str, ...] = VALSE_FILES
+    image_dir: str = "images"  # [D] one flat folder, as FGE does (relative to the root)
+    image_dirs_by_dataset: dict[str, str] = field(default_factory=dict)  # optional `dataset` -> folder
+    valid_only: bool = True  # [D] official filter on; switching it off is explicit and reported
+    # None: no p_c/p_f. 0.5 for an ITM match probability (the VALSE paper's binary head rule).
+    match_threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.files:
+            raise ValueError("files must not be empty")
+        if len(set(self.files)) != len(self.files):
+            raise ValueError(f"files must be distinct, got {self.files}")
+        if self.match_threshold is not None and not math.isfinite(self.match_threshold):
+            raise ValueError(f"match_threshold must be finite, got {self.match_threshold}")
+
+
+def annotation_folder(config: ValseConfig) -> Path:
+    return Path(config.annotation_dir) if config.annotation_dir else resource_path("valse")
+
+
+def load_valse(
+    root: Path | None, config: ValseConfig | None = None, *, check_images: bool = True
+) -> list[BenchmarkCase]:
+    """Test cases of every file in `config.files` (file order, then record order)."""
+    config = config or ValseConfig()
+    if root is None and check_images:
+        raise ValueError("VALSE: an image root is needed to score images (root=None only for score files)")
+    folder = annotation_folder(config)
+    hint = "The 11 VALSE JSONs ship under nas/resources/benchmarks/valse/ (https://github.com/Heidelberg-NLP/VALSE)."
+    data = {stem: read_json(folder / f"{stem}.json", hint) for stem in config.files}
+    # FGE's running id: all records of the files, taken in file-name order.
+    offsets, running = {}, 0
+    for stem in sorted(config.files):
+        offsets[stem] = running
+        running += len(data[stem]) if isinstance(data[stem], dict) else 0
+    cases = []
+    for stem in config.files:
+        path = folder / f"{stem}.json"
+        if not isinstance(data[stem], dict):
+            raise BenchmarkDataError(f"{path}: expected a JSON object {{sample_id: record}}")
+        for position, (sample_id, record) in enumerate(data[stem].items()):
+            where = f"{path}, sample {sample_id!r}"
+            votes = field_of(field_of(record, "mturk", dict, where), "caption", int, f"{where}, mturk")
+            caption = field_of(record, "caption", str, where)
+            foil = field_of(record, "foil", str, where)
+            image_file = field_of(record, "image_file", str, where)
+            dataset = field_of(record, "dataset", str, where)
+            piece = field_of(record, "linguistic_phenomena", str, where)
+            if config.valid_only and votes < MIN_CAPTION_VOTES:
+                continue
+            image_dir = config.image_dirs_by_dataset.get(dataset, config.image_dir)
+            cases.append(
+                BenchmarkCase(
+                    case_id=f"{stem}/{sample_id}",
+                    images=(ImageRef(Path(root or ".") / image_dir / image_file),),
+                    texts=(caption, foil),
+                    meta={
+                        "instrument": stem,
+                        "sample_id": sample_id,
+                        "phenomenon": piece,
+                        "position": offsets[stem] + position,
+                        "valid": votes >= MIN_CAPTION_VOTES,
+                    },
+                )
+            )
+    check_unique_ids(cases, "valse")
+    if check_images:
+        check_images_exist(cases, "valse", IMAGES_HINT)
+    return cases
+
+
+def auroc(positives: np.ndarray, negatives: np.ndarray) -> float:
+    """Area under the ROC curve in percent (Mann-Whitney U; tied scores count one half)."""
+    positives, negatives = np.asarray(positives, float), np.asarray(negatives, float)
+    if positives.size == 0 or negatives.size == 0:
+        raise ValueError("AUROC needs at least one positive and one negative")
+    values, inverse, counts = np.unique(
+        np.concatenate([positives, negatives]), return_inverse=True, return_counts=True
+    )
+    average_rank = np.cumsum(counts) - (counts - 1) / 2.0  # 1-based mean rank of each tie block
+    ranks = average_rank[inverse]
+    u = ranks[: positives.size].sum() - positives.size * (positives.size + 1) / 2.0
+    return 100.0 * u / (positives.size * negatives.size)
+
+
+def _instrument_metrics(captions: np.ndarray, foils: np.ndarray, threshold: float | None) -> dict[str, Any]:
+    n = captions.size
+    out: dict[str, Any] = {
+        "n": n,
+        "acc_r": percent(np.sum(captions > foils), n),
+        "n_ties": int(np.sum(captions == foils)),
+        "auroc": auroc(captions, foils),
+    }
+    if threshold is not None:
+        p_c = percent(np.sum(captions > threshold), n)  # caption fits: strict
+        p_f = percent(np.sum(foils <= threshold), n)  # foil detected: a tie counts as detected
+        out.update({"p_c": p_c, "p_f": p_f, "acc": (p_c + p_f) / 2, "min_p_c_p_f": min(p_c, p_f)})
+    return out
+
+
+def valse_metrics(
+    cases: Sequence[BenchmarkCase], scores: Mapping[str, np.ndarray], config: ValseConfig
+) -> dict[str, Any]:
+    by_instrument: dict[str, list[np.ndarray]] = {stem: [] for stem in config.files}
+    for case in cases:
+        by_instrument[case.meta["instrument"]].append(scores[case.case_id][0])
+    present = {stem: np.array(rows) for stem, rows in by_instrument.items() if rows}
+    instruments = {
+        stem: _instrument_metrics(rows[:, 0], rows[:, 1], config.match_threshold)
+        for stem, rows in present.items()
+    }
+    metric_names = [key for key in next(iter(instruments.values())) if key not in ("n", "n_ties")]
+    pieces: dict[str, dict[str, Any]] = {}
+    for stem in instruments:
+        pieces.setdefault(INSTRUMENT_PIECES.get(stem, stem), {"instruments": []})["instruments"].append(stem)
+    for piece in pieces.values():
+        for name in metric_names:
+            piece[name] = mean(instruments[stem][name] for stem in piece["instruments"])
+    pooled = np.concatenate(list(present.values()))
+    return {
+        "instruments": instruments,
+        "pieces": pieces,
+        "macro": {name: mean(row[name] for row in instruments.values()) for name in metric_names},
+        "micro": _instrument_metrics(pooled[:, 0], pooled[:, 1], config.match_threshold),
+        "n_instruments": len(instruments),
+        "valid_only": config.valid_only,
+        "match_threshold": config.match_threshold,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# FGE per-pair score files (§3.2)
+
+
+def _require_official_files(cases: Sequence[BenchmarkCase]) -> None:
+    # FGE's running id is only defined over the 11 official files, filtered or not.
+    stems = {case.meta["instrument"] for case in cases}
+    if stems != set(VALSE_FILES):
+        raise ScoreError(
+            f"FGE score files index the 11 official VALSE files; these cases cover {sorted(stems)}"
+        )
+
+
+def write_fge_scores(path: Path, cases: Sequence[BenchmarkCase], scores: Mapping[str, np.ndarray]) -> None:
+    """FGE's format, plus the harness's `file` and `sample_id` so each line names its sample."""
+    _require_official_files(cases)
+    with open(path, "w", encoding="utf-8") as handle:
+        for case in sorted(cases, key=lambda c: c.meta["position"]):  # FGE's line order
+            for column, (suffix, kind) in enumerate((("c", "caption"), ("f", "foil"))):
+                line = {
+                    "label": f"{case.meta['position']}_{suffix}",
+                    "score": float(scores[case.case_id][0, column]),
+                    "instrument": case.meta["instrument"],
+                    "piece": case.meta["phenomenon"],
+                    "type": kind,
+                    "id": case.meta["position"],
+                    "file": case.meta["instrument"],
+                    "sample_id": case.meta["sample_id"],
+                }
+                handle.write(json.dumps(line) + "\n")
+
+
+def read_fge_scores(path: Path, cases: Sequence[BenchmarkCase]) -> dict[str, np.ndarray]:
+    """`{case_id: [[s_caption, s_foil]]}` from an FGE-format file, mapped through the running id."""
+    _require_official_files(cases)
+    by_position = {case.meta["position"]: case for case in cases}
+    found: dict[str, dict[str, float]] = {}
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}, line {number}"
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ScoreError(f"{where}: not valid JSON: {exc.msg}") from exc
+        label = entry.get("label") if isinstance(entry, dict) else None
+        match = _FGE_LABEL.match(label) if isinstance(label, str) else None
+        if match is None:
+            raise ScoreError(f"{where}: expected a label '<n>_c' or '<n>_f', got {label!r}")
+        position, suffix = int(match.group(1)), match.group(2)
+        score = entry.get("score")
+        if isinstance(score, bool) or not isinstance(score, (int, float)) or math.isnan(score):
+            raise ScoreError(f"{where}: score for {label} is not a number: {score!r}")
+        case = by_position.get(position)
+        if case is None:
+            raise ScoreError(
+                f"{where}: id {position} is not a loaded VALSE sample (filtered out, or unknown)"
+            )
+        if entry.get("instrument", case.meta["instrument"]) != case.meta["instrument"]:
+            raise ScoreError(
+                f"{where}: id {position} belongs to {case.meta['instrument']!r}, the line says {entry['instrument']!r}"
+            )
+        if suffix in found.setdefault(case.case_id, {}):
+            raise ScoreError(f"{where}: duplicate label {label}")
+        found[case.case_id][suffix] = float(score)
+    out = {}
+    for case_id, pair in found.items():
+        if set(pair) != {"c", "f"}:
+            raise ScoreError(
+                f"{path}: sample {case_id!r} lacks its {'caption' if 'c' not in pair else 'foil'} score"
+            )
+        out[case_id] = np.array([[pair["c"], pair["f"]]])
+    return out

@@ -1,0 +1,88 @@
+"""Zero-shot image<->text retrieval (R@1/5/10), the protocol of ALBEF's `Retrieval.py`.
+
+Every image may have several captions. Image->text: a hit at K if ANY of the image's captions is in
+the top K texts. Text->image: a hit if the caption's own image is in the top K images.
+Scores: ITC cosine for all pairs; with `k_test > 0`, ALBEF re-ranks each query's top-k candidates by
+`ITM match logit + ITC score` (ALBEF adds the ITM score to the top-k similarities; the rest stay at
+a floor so they rank below). Ties rank by index (stable sort), so results are deterministic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class RetrievalConfig:
+    batch_size: int = 128
+    k_test: int = 16  # ALBEF evaluates k_test = 256 on COCO/Flickr; 0 = ITC only
+    ks: tuple[int, ...] = (1, 5, 10)
+
+    def __post_init__(self):
+        if self.k_test < 0:
+            raise ValueError("k_test must be >= 0")
+
+
+def recall_at_k(
+    scores_i2t: np.ndarray, scores_t2i: np.ndarray, txt2img: np.ndarray, ks: tuple[int, ...] = (1, 5, 10)
+) -> dict[str, float]:
+    """R@K in percent. scores_i2t: [N_img, N_txt]; scores_t2i: [N_txt, N_img]; txt2img[t] = image of t."""
+    scores_i2t = np.asarray(scores_i2t, dtype=np.float64)
+    scores_t2i = np.asarray(scores_t2i, dtype=np.float64)
+    txt2img = np.asarray(txt2img)
+    if np.isnan(scores_i2t).any() or np.isnan(scores_t2i).any():
+        raise ValueError("retrieval scores contain NaN")
+    n_img, n_txt = scores_i2t.shape
+    if scores_t2i.shape != (n_txt, n_img) or txt2img.shape != (n_txt,):
+        raise ValueError(
+            f"shape mismatch: i2t {scores_i2t.shape}, t2i {scores_t2i.shape}, txt2img {txt2img.shape}"
+        )
+    # rank of the best-ranked correct text for every image (0 = top)
+    order_i2t = np.argsort(-scores_i2t, axis=1, kind="stable")
+    correct = txt2img[order_i2t] == np.arange(n_img)[:, None]
+    if not correct.any(axis=1).all():
+        missing = int(np.flatnonzero(~correct.any(axis=1))[0])
+        raise ValueError(f"image {missing} has no caption in txt2img")
+    rank_i2t = correct.argmax(axis=1)
+    order_t2i = np.argsort(-scores_t2i, axis=1, kind="stable")
+    rank_t2i = (order_t2i == txt2img[:, None]).argmax(axis=1)
+    out: dict[str, float] = {}
+    for k in ks:
+        out[f"i2t_r{k}"] = 100.0 * float((rank_i2t < k).mean())
+        out[f"t2i_r{k}"] = 100.0 * float((rank_t2i < k).mean())
+    out["i2t_mean_rank"] = float(rank_i2t.mean() + 1)
+    out["t2i_mean_rank"] = float(rank_t2i.mean() + 1)
+    return out
+
+
+def chance_recall(txt2img: np.ndarray, k: int = 1) -> dict[str, float]:
+    """Expected R@k (percent) of a scorer that ranks uniformly at random."""
+    txt2img = np.asarray(txt2img)
+    n_img, n_txt = int(txt2img.max()) + 1, len(txt2img)
+    per_image = np.bincount(txt2img, minlength=n_img)
+    # i2t: P(at least one of the c_i correct texts among the first k of n_txt) = 1 - C(n-c, k)/C(n, k)
+    i2t = []
+    for c in per_image:
+        p_miss = 1.0
+        for j in range(k):
+            p_miss *= max(n_txt - c - j, 0) / (n_txt - j)
+        i2t.append(1.0 - p_miss)
+    return {f"i2t_r{k}": 100.0 * float(np.mean(i2t)), f"t2i_r{k}": 100.0 * min(k, n_img) / n_img}
+
+
+@torch.no_grad()
+def rerank_with_itm(itc: torch.Tensor, k: int, pair_score, *, floor: float = -100.0) -> torch.Tensor:
+    """ALBEF re-ranking: for each row keep the top-k ITC candidates, score them as
+    `pair_score(row_indices, col_indices) + itc`, and put every other entry at `floor`."""
+    if k <= 0:
+        return itc.clone()
+    k = min(k, itc.shape[1])
+    out = torch.full_like(itc, floor)
+    topk_sim, topk_idx = itc.topk(k, dim=1)
+    for row in range(itc.shape[0]):  # one query at a time keeps the fusion batch at k pairs
+        rows = torch.full((k,), row, dtype=torch.long)
+        out[row, topk_idx[row]] = pair_score(rows, topk_idx[row]).to(out.dtype) + topk_sim[row]
+    return out

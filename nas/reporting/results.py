@@ -1,0 +1,144 @@
+"""Collect the pipeline's metric files and render `reports/results.md` and its figures.
+
+Inputs are only the JSON files the stages write under `metrics/` (DVC tracks them), so the report
+can be rebuilt without touching a model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class ReportConfig:
+    title: str = "nas-harness results"
+
+
+def read_json_dir(folder: Path) -> dict[str, dict[str, Any]]:
+    """`{stem: parsed json}` for every *.json in folder (empty if the folder is absent)."""
+    if not folder.is_dir():
+        return {}
+    out = {}
+    for path in sorted(folder.glob("*.json")):
+        try:
+            out[path.stem] = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+    return out
+
+
+def collect(metrics_dir: Path) -> dict[str, Any]:
+    return {
+        "data": json.loads((metrics_dir / "data.json").read_text()) if (metrics_dir / "data.json").is_file() else {},
+        "stage1": read_json_dir(metrics_dir / "pretrain_stage1"),
+        "stage2": read_json_dir(metrics_dir / "pretrain_stage2"),
+        "finetune": read_json_dir(metrics_dir / "finetune"),
+        "evaluate": read_json_dir(metrics_dir / "evaluate"),
+    }
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.1f}"
+
+
+def retrieval_table(evaluations: dict[str, dict[str, Any]]) -> list[str]:
+    lines = [
+        "| variant | scorer | images | texts | i2t R@1 | i2t R@5 | i2t R@10 | t2i R@1 | t2i R@5 | t2i R@10 "
+        "| chance R@1 (i2t / t2i) | R@1 / chance (i2t / t2i) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for variant, result in evaluations.items():
+        r = result["retrieval"]
+        m, c = r["metrics"], r["chance"]
+        ratio_i2t = m["i2t_r1"] / c["i2t_r1"] if c["i2t_r1"] else float("nan")
+        ratio_t2i = m["t2i_r1"] / c["t2i_r1"] if c["t2i_r1"] else float("nan")
+        lines.append(
+            f"| {variant} | {r['scorer']} | {r['n_images']} | {r['n_texts']} | "
+            + " | ".join(_fmt(m[k]) for k in ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"))
+            + f" | {c['i2t_r1']:.2f} / {c['t2i_r1']:.2f} | {ratio_i2t:.1f}x / {ratio_t2i:.1f}x |"
+        )
+    return lines
+
+
+def training_table(stage1: dict[str, Any], stage2: dict[str, Any]) -> list[str]:
+    lines = [
+        "| variant | stage | epochs | steps | final loss terms (last epoch mean) | seconds |",
+        "|---|---|---:|---:|---|---:|",
+    ]
+    for name, runs in (("stage 1", stage1), ("stage 2", stage2)):
+        for variant, run in runs.items():
+            epochs = run.get("epochs", [])
+            final = run.get("final", {})
+            terms = ", ".join(
+                f"{k} {v:.3f}" for k, v in final.items()
+                if k not in {"epoch", "lr", "alpha", "steps", "images_seen", "images_skipped", "seconds", "total"}
+                and isinstance(v, (int, float))
+            )
+            lines.append(
+                f"| {variant} | {name} | {len(epochs)} | {sum(e.get('steps', 0) for e in epochs)} | {terms} | "
+                f"{sum(e.get('seconds', 0.0) for e in epochs):.0f} |"
+            )
+    return lines
+
+
+def loss_curve_figure(stage1: dict[str, Any], stage2: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    variants = sorted(set(stage1) | set(stage2))
+    terms = sorted({k for run in [*stage1.values(), *stage2.values()] for row in run.get("steps", [])
+                    for k in row if k not in {"step", "lr", "alpha", "images", "skipped"}})
+    fig, axes = plt.subplots(1, max(len(terms), 1), figsize=(4 * max(len(terms), 1), 3.2), squeeze=False)
+    for ax, term in zip(axes[0], terms):
+        for variant in variants:
+            offset = 0
+            for style, runs in (("-", stage1), ("--", stage2)):
+                rows = runs.get(variant, {}).get("steps", [])
+                xs = [offset + r["step"] for r in rows if term in r]
+                ys = [r[term] for r in rows if term in r]
+                if xs:
+                    ax.plot(xs, ys, style, label=f"{variant} ({'stage 1' if style == '-' else 'stage 2'})")
+                offset = max([offset, *xs]) if xs else offset
+        ax.set_title(term)
+        ax.set_xlabel("iteration")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(metrics_dir: Path, reports_dir: Path, cfg: ReportConfig) -> Path:
+    results = collect(metrics_dir)
+    figures = reports_dir / "figures"
+    loss_curve_figure(results["stage1"], results["stage2"], figures / "loss_curves.png")
+    data = results["data"]
+    lines = [f"# {cfg.title}", "", "Generated by `dvc repro` (stage `report`); do not edit by hand.", ""]
+    if data:
+        lines += [
+            "## Data",
+            "",
+            f"Synthetic compositional scenes: {data.get('train_images')} train images "
+            f"({data.get('train_captions')} captions), {data.get('test_images')} test images "
+            f"({data.get('test_captions')} captions, {data.get('test_heldout_images')} with held-out "
+            "colour-shape pairs). Data sha256 `" + str(data.get("sha256", ""))[:16] + "`.",
+            "",
+        ]
+    if results["evaluate"]:
+        lines += ["## Zero-shot retrieval on the test split", "",
+                  "R@K in percent. Chance = a scorer that ranks uniformly at random.", ""]
+        lines += retrieval_table(results["evaluate"]) + [""]
+    lines += ["## Training", ""] + training_table(results["stage1"], results["stage2"]) + [""]
+    passed = [v for v, r in results["finetune"].items() if r.get("pass_through")]
+    if passed:
+        lines += [f"Fine-tuning is a pass-through for: {', '.join(passed)} (not implemented yet).", ""]
+    lines += ["![loss curves](figures/loss_curves.png)", ""]
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    out = reports_dir / "results.md"
+    out.write_text("\n".join(lines))
+    return out

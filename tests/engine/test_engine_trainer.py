@@ -1,0 +1,154 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from engine_toy import ToyMomentumModel, make_loader, parity_batch
+from ignite.engine import Events
+
+from nas.config import ConfigError, from_dict
+from nas.engine import (
+    NonFiniteLossError,
+    ScheduleConfig,
+    TrainConfig,
+    build_optimizer,
+    create_trainer,
+    fit,
+    lr_at,
+)
+
+CFG = TrainConfig(epochs=2, schedule=ScheduleConfig(lr=1e-3, min_lr=1e-4, warmup_steps=2), progress_bar=False)
+
+
+def _trainer(model, cfg=CFG, epoch_length=4):
+    optimizer = build_optimizer(model, cfg.optim, lr=cfg.schedule.lr)
+    return create_trainer(model, optimizer, cfg, epoch_length=epoch_length), optimizer
+
+
+def test_step_outputs_alpha_ramp_lr_schedule_and_counts():
+    torch.manual_seed(0)
+    trainer, _ = _trainer(ToyMomentumModel())
+    outputs = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: outputs.append(dict(e.state.output)))
+    trainer.run([parity_batch(i) for i in range(4)], max_epochs=2)
+
+    assert [o["alpha"] for o in outputs] == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4, 0.4, 0.4, 0.4])
+    shape = {"peak": 1e-3, "floor": 1e-4, "warmup_steps": 2, "total_steps": 8}
+    assert [o["lr"] for o in outputs] == pytest.approx([lr_at(i, **shape) for i in range(8)])
+    for o in outputs:
+        assert set(o) == {"fit", "queue", "distill", "total", "lr", "alpha", "images", "skipped"}
+        assert o["total"] == pytest.approx(o["fit"] + o["queue"] + o["distill"])
+        assert (o["images"], o["skipped"]) == (8, 2)
+    assert outputs[0]["distill"] == 0.0  # alpha 0 at the very first step
+
+
+def test_first_step_with_zero_lr_changes_no_trainable_weight():
+    torch.manual_seed(0)
+    model = ToyMomentumModel(dropout=0.0, noise=0.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer, _ = _trainer(model)
+    trainer.run([parity_batch(0)], max_epochs=1)
+    after = model.state_dict()
+    assert torch.equal(after["head.weight"], before["head.weight"])  # lr 0 at step 0 (warm-up from 0)
+    assert not torch.equal(after["queue"], before["queue"])  # but forward updated the queue
+    assert after["queue_ptr"].item() == 8
+
+
+def test_nan_loss_raises_naming_the_term_before_the_update():
+    torch.manual_seed(0)
+    model = ToyMomentumModel(nan_at_call=3)
+    trainer, _ = _trainer(model)
+    snapshot = {}
+    trainer.add_event_handler(
+        Events.ITERATION_COMPLETED(once=2),
+        lambda e: snapshot.update({n: p.detach().clone() for n, p in model.named_parameters()}),
+    )
+    with pytest.raises(NonFiniteLossError, match=r"'queue' is nan at iteration 3 \(epoch 1\)") as info:
+        trainer.run([parity_batch(i) for i in range(4)], max_epochs=2)
+    assert (info.value.term, info.value.iteration, info.value.epoch) == ("queue", 3, 1)
+    for name, p in model.named_parameters():
+        if p.requires_grad:  # (the momentum copy moved inside forward, as it would in ALBEF)
+            assert torch.equal(p, snapshot[name]), name  # no optimizer step with the NaN loss
+
+
+def test_fit_does_not_end_silently_on_nan(tmp_path):
+    torch.manual_seed(0)
+    with pytest.raises(NonFiniteLossError, match="'queue'"):
+        fit(ToyMomentumModel(nan_at_call=6), make_loader(), CFG, output_dir=tmp_path)
+    assert not (tmp_path / "last.pt").exists()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["checkpoint_1.pt"]
+
+
+def test_gradients_are_clipped_to_the_configured_norm():
+    torch.manual_seed(0)
+    model = ToyMomentumModel()
+    trainer, _ = _trainer(model, TrainConfig(grad_clip_norm=1e-3))
+    trainer.run([parity_batch(0)], max_epochs=1)
+    norm = torch.linalg.vector_norm(
+        torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None])
+    )
+    assert norm.item() == pytest.approx(1e-3, rel=1e-4)
+
+
+def test_bf16_autocast_runs_on_cpu_and_unsupported_is_an_error(monkeypatch):
+    torch.manual_seed(0)
+    trainer, _ = _trainer(ToyMomentumModel(), TrainConfig(precision="bf16"))
+    trainer.run([parity_batch(0)], max_epochs=1)
+    assert torch.isfinite(torch.tensor(trainer.state.output["total"]))
+
+    monkeypatch.setattr(torch.amp, "is_autocast_available", lambda device_type: False)
+    with pytest.raises(ValueError, match="train.precision='bf16'"):
+        _trainer(ToyMomentumModel(), TrainConfig(precision="bf16"))
+
+
+@pytest.mark.parametrize(
+    ("broken", "error", "match"),
+    [
+        (lambda b: {k: v for k, v in b.items() if k != "num_skipped"}, KeyError, "num_skipped"),
+        (lambda b: {k: v for k, v in b.items() if k != "image"}, KeyError, "'image'"),
+        (lambda b: [b["image"]], TypeError, "dict of tensors"),
+    ],
+)
+def test_malformed_batches_are_named(broken, error, match):
+    trainer, _ = _trainer(ToyMomentumModel())
+    with pytest.raises(error, match=match):
+        trainer.run([broken(parity_batch(0))], max_epochs=1)
+
+
+class _Returns(torch.nn.Module):
+    def __init__(self, make):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(()))
+        self.make = make
+
+    def forward(self, batch, *, alpha):
+        return self.make(self.w)
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "match"),
+    [
+        (lambda w: w * 2, TypeError, "dict of loss terms"),
+        (lambda w: {"total": w * 2}, ValueError, "reserved"),
+        (lambda w: {"itc": w * torch.ones(3)}, ValueError, "'itc' must be a scalar"),
+        (lambda w: {"itc": torch.tensor(1.0)}, ValueError, "no loss term carries a gradient"),
+    ],
+)
+def test_model_output_contract_is_checked(make, error, match):
+    trainer, _ = _trainer(_Returns(make))
+    with pytest.raises(error, match=match):
+        trainer.run([parity_batch(0)], max_epochs=1)
+
+
+def test_train_config_is_strict_and_names_nested_keys():
+    with pytest.raises(ConfigError, match="schedule.warmup"):
+        from_dict(TrainConfig, {"schedule": {"warmup": 5}})
+    with pytest.raises(ConfigError, match="epochs"):
+        from_dict(TrainConfig, {"epochs": 0})
+    with pytest.raises(ConfigError, match="precision"):
+        from_dict(TrainConfig, {"precision": "fp16"})
+    with pytest.raises(ConfigError, match="launch.backend"):
+        from_dict(TrainConfig, {"launch": {"backend": "mpi"}})
+    cfg = from_dict(
+        TrainConfig, {"epochs": 29, "launch": {"nproc_per_node": 8}, "optim": {"weight_decay": 0.02}}
+    )
+    assert (cfg.epochs, cfg.launch.nproc_per_node, cfg.optim.weight_decay) == (29, 8, 0.02)
