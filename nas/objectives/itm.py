@@ -1,0 +1,114 @@
+"""Image-text matching (ITM) with in-batch hard negatives (NAS_METHOD §2, ALBEF).
+
+For each text one negative image is drawn from the local batch with probability ∝ softmax of its
+text→image similarity, pairs showing the same image excluded; for each image a negative text
+likewise. The fusion encoder's [CLS] goes through a 2-way head; the loss is the cross-entropy over
+all rows. Rows come in blocks (`ITMBlock`), so a method can add its own negatives: ALBEF has 3B
+rows (positives, text + negative image, negative text + image); NAS adds an NVA block (4B, §4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+MATCH, NO_MATCH = 1, 0  # ITM class indices: column 1 of the head is "matched" (ALBEF)
+
+
+class ITMBlock(NamedTuple):
+    """Row-aligned (image, text) pairs that share one label."""
+
+    image_tokens: torch.Tensor  # [N, 1 + L, D] image tokens as ITM sees them
+    text_tokens: torch.Tensor  # [N, T, H] text-encoder output
+    attention_mask: torch.Tensor  # [N, T]
+    label: int  # MATCH or NO_MATCH
+
+
+def negative_weights(sim: torch.Tensor, image_ids: torch.Tensor) -> torch.Tensor:
+    """Row-wise sampling weights: softmax of `sim [B, B]` over the columns showing another image.
+
+    Equal to ALBEF's softmax-then-zero-own-pair after renormalisation (which `multinomial` does),
+    but computed with the excluded columns at −inf so that a very confident row cannot underflow
+    to all zeros.
+    """
+    if sim.dim() != 2 or sim.shape[0] != sim.shape[1] or image_ids.shape != sim.shape[:1]:
+        raise ValueError(
+            f"negative_weights: sim must be [B, B] and image_ids [B]; got {tuple(sim.shape)}, "
+            f"{tuple(image_ids.shape)}"
+        )
+    same_image = image_ids[:, None] == image_ids[None, :]
+    lonely = same_image.all(dim=1)
+    if bool(lonely.any()):
+        row = int(lonely.nonzero()[0])
+        raise ValueError(
+            f"ITM hard negatives: batch row {row} (image_id {int(image_ids[row])}) has no other image in "
+            f"the batch to pair with; batches need at least two distinct image_ids"
+        )
+    return F.softmax(sim.float().masked_fill(same_image, float("-inf")), dim=1)
+
+
+def _multinomial(weights: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One draw per row; runs on the generator's device when one is given."""
+    device = weights.device if generator is None else generator.device
+    return torch.multinomial(weights.to(device), 1, generator=generator).squeeze(1).to(weights.device)
+
+
+@torch.no_grad()
+def sample_hard_negatives(
+    sim_i2t: torch.Tensor,
+    sim_t2i: torch.Tensor,
+    image_ids: torch.Tensor,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices `(negative image per text [B], negative text per image [B])` into the local batch.
+
+    `sim_i2t`, `sim_t2i`: `[B, B]` in-batch similarities (ALBEF uses the ITC logits' first B columns).
+    """
+    negative_image_per_text = _multinomial(negative_weights(sim_t2i, image_ids), generator)
+    negative_text_per_image = _multinomial(negative_weights(sim_i2t, image_ids), generator)
+    return negative_image_per_text, negative_text_per_image
+
+
+def hard_negative_blocks(
+    image_tokens: torch.Tensor,
+    text_tokens: torch.Tensor,
+    attention_mask: torch.Tensor,
+    negative_image_per_text: torch.Tensor,
+    negative_text_per_image: torch.Tensor,
+) -> list[ITMBlock]:
+    """ALBEF's two negative blocks: (text, its sampled image) and (sampled text, the image)."""
+    return [
+        ITMBlock(image_tokens[negative_image_per_text], text_tokens, attention_mask, NO_MATCH),
+        ITMBlock(
+            image_tokens,
+            text_tokens[negative_text_per_image],
+            attention_mask[negative_text_per_image],
+            NO_MATCH,
+        ),
+    ]
+
+
+def concat_blocks(
+    blocks: Sequence[ITMBlock],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stack blocks into `(image_tokens, text_tokens, attention_mask, labels [N])` for one fusion pass."""
+    if not blocks:
+        raise ValueError("concat_blocks: no ITM blocks")
+    device = blocks[0].text_tokens.device
+    labels = torch.cat(
+        [torch.full((b.text_tokens.shape[0],), b.label, dtype=torch.long, device=device) for b in blocks]
+    )
+    return (
+        torch.cat([b.image_tokens for b in blocks]),
+        torch.cat([b.text_tokens for b in blocks]),
+        torch.cat([b.attention_mask for b in blocks]),
+        labels,
+    )
+
+
+def itm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of `[N, 2]` ITM logits against labels (1 = matched)."""
+    return F.cross_entropy(logits, labels)

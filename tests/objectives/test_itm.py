@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from nas.objectives.itm import (
+    MATCH,
+    NO_MATCH,
+    ITMBlock,
+    concat_blocks,
+    hard_negative_blocks,
+    itm_loss,
+    negative_weights,
+    sample_hard_negatives,
+)
+
+
+def test_weights_by_hand_exclude_same_image_columns():
+    sim = torch.tensor([[5.0, 0.0, math.log(3.0)], [1.0, 9.0, 1.0], [0.0, 0.0, 0.0]])
+    ids = torch.tensor([4, 8, 4])  # rows 0 and 2 show the same image
+    weights = negative_weights(sim, ids)
+    # Row 0 may only pick column 1; row 1 picks 0 or 2 (equal logits); row 2 only column 1.
+    torch.testing.assert_close(weights, torch.tensor([[0.0, 1.0, 0.0], [0.5, 0.0, 0.5], [0.0, 1.0, 0.0]]))
+    # ALBEF: softmax over the row, own pair zeroed, renormalised by multinomial: same distribution.
+    albef = torch.softmax(torch.tensor([1.0, 9.0, 1.0]), 0) * torch.tensor([1.0, 0.0, 1.0])
+    torch.testing.assert_close(weights[1], albef / albef.sum())
+
+
+def test_confident_rows_do_not_underflow():
+    sim = torch.tensor([[1000.0, 0.0], [0.0, 1000.0]])  # softmax of the row then zeroing gives 0/0
+    torch.testing.assert_close(negative_weights(sim, torch.arange(2)), torch.tensor([[0.0, 1.0], [1.0, 0.0]]))
+
+
+def test_a_row_without_another_image_is_an_error():
+    with pytest.raises(ValueError, match="row 0 .*image_id 3.*two distinct"):
+        negative_weights(torch.zeros(2, 2), torch.tensor([3, 3]))
+    with pytest.raises(ValueError, match=r"\[B, B\]"):
+        negative_weights(torch.zeros(2, 3), torch.tensor([1, 2]))
+
+
+@given(
+    ids=st.lists(st.integers(0, 3), min_size=2, max_size=8).filter(lambda ids: len(set(ids)) > 1),
+    seed=st.integers(0, 2**16),
+)
+def test_samples_never_show_the_same_image(ids: list[int], seed: int):
+    image_ids = torch.tensor(ids)
+    sims = torch.randn(2, len(ids), len(ids), generator=torch.Generator().manual_seed(seed)) * 5
+    negative_images, negative_texts = sample_hard_negatives(
+        sims[0], sims[1], image_ids, torch.Generator().manual_seed(seed)
+    )
+    assert (image_ids[negative_images] != image_ids).all()
+    assert (image_ids[negative_texts] != image_ids).all()
+    again = sample_hard_negatives(sims[0], sims[1], image_ids, torch.Generator().manual_seed(seed))
+    assert torch.equal(again[0], negative_images) and torch.equal(again[1], negative_texts)
+
+
+def test_draw_frequencies_follow_the_weights():
+    # 4 images, 500 texts each; every column showing image 1 has logit log 2, the rest 0. A text of
+    # image 0 must draw image 1, 2, 3 with probabilities 1/2, 1/4, 1/4 (and never image 0).
+    image_ids = torch.arange(4).repeat(500)
+    sim = torch.where(image_ids == 1, math.log(2.0), 0.0).expand(len(image_ids), -1)
+    negative_images, _ = sample_hard_negatives(sim, sim, image_ids, torch.Generator().manual_seed(0))
+    drawn = image_ids[negative_images[image_ids == 0]]
+    freq = torch.bincount(drawn, minlength=4).float() / len(drawn)
+    assert freq[0] == 0
+    torch.testing.assert_close(freq[1:], torch.tensor([0.5, 0.25, 0.25]), atol=0.05, rtol=0)
+
+
+def test_blocks_pair_rows_and_labels_in_order():
+    images = torch.arange(3.0)[:, None, None].expand(3, 2, 1)
+    texts = 10 + torch.arange(3.0)[:, None, None].expand(3, 4, 1)
+    masks = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]])
+    negatives = hard_negative_blocks(images, texts, masks, torch.tensor([1, 2, 0]), torch.tensor([2, 0, 1]))
+    blocks = [ITMBlock(images, texts, masks, MATCH), *negatives]
+    image_rows, text_rows, mask_rows, labels = concat_blocks(blocks)
+    assert labels.tolist() == [1, 1, 1, 0, 0, 0, 0, 0, 0]
+    assert image_rows[:, 0, 0].tolist() == [0, 1, 2, 1, 2, 0, 0, 1, 2]
+    assert text_rows[:, 0, 0].tolist() == [10, 11, 12, 10, 11, 12, 12, 10, 11]
+    assert mask_rows.sum(1).tolist() == [2, 3, 4, 2, 3, 4, 4, 2, 3]  # masks travel with their texts
+    assert negatives[0].label == negatives[1].label == NO_MATCH
+
+
+def test_loss_by_hand():
+    logits = torch.tensor([[0.0, math.log(3.0)], [0.0, 0.0]])  # p(match) = 3/4, then 1/2
+    expected = (-math.log(0.75) - math.log(0.5)) / 2
+    assert itm_loss(logits, torch.tensor([1, 0])).item() == pytest.approx(expected)
