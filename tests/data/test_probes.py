@@ -1,0 +1,336 @@
+"""Synthetic probes: official formats read back by the harness's own loaders, ground truth checked
+independently of the generator, deterministic output."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_nta import independent_truth
+
+from nas.config.base import ConfigError, from_dict
+from nas.data.probes import (
+    ROLE_TAGS,
+    ProbeConfig,
+    order_tagger,
+    probe_benchmarks,
+    whitespace_tokenizer,
+    write_probes,
+)
+from nas.data.synthetic import SyntheticConfig, generate, render_scene
+from nas.evaluation.benchmarks import evaluate_benchmark, pre_caption
+
+CANONICAL = {
+    "to the left of": "left of",
+    "to the right of": "right of",
+    "left of": "left of",
+    "right of": "right of",
+    "above": "above",
+    "over": "above",
+    "below": "below",
+    "under": "below",
+}
+PHRASES = " (" + "|".join(CANONICAL) + ") "  # longest first
+
+SYNTHETIC = SyntheticConfig(seed=5, n_train=0, n_val=0, n_test=40)
+SMALL = ProbeConfig(
+    seed=1,
+    vg_relation=10,
+    vg_attribution=8,
+    order_images=5,
+    winoground=9,
+    valse_per_instrument=6,
+    sugarcrepe_per_file=4,
+)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic")
+    generate(SYNTHETIC, root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def probes(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("probes")
+    write_probes(data_root, out, SMALL, overwrite=True)
+    return out
+
+
+def _scenes(data_root: Path) -> dict[str, dict[str, Any]]:
+    scenes = json.loads((data_root / "test_scenes.json").read_text())
+    return {Path(s["image"]).stem: s for s in scenes}
+
+
+def _read(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+class TableScorer:
+    """score = table[(image file name, text)], 0 for pairs not in the table."""
+
+    def __init__(self, table: dict[tuple[str, str], float], name: str) -> None:
+        self.table, self.name = table, name
+
+    def score(self, images: list[Image.Image], texts: list[str]) -> np.ndarray:
+        return np.array(
+            [self.table.get((Path(im.info["path"]).name, t), 0.0) for im, t in zip(images, texts)]
+        )
+
+
+def _oracle(probes: Path) -> TableScorer:
+    """1 for each test case's known positive, read from the official files themselves."""
+    table: dict[tuple[str, str], float] = {}
+    for name in ("visual_genome_relation.json", "visual_genome_attribution.json"):
+        for r in _read(probes / "aro" / name):
+            table[(r["image_path"], r["true_caption"])] = 1.0
+    for entry in _read(probes / "coco_order" / "coco_karpathy_test.json"):
+        for caption in entry["caption"]:
+            table[(Path(entry["image"]).name, pre_caption(caption))] = 1.0
+    for line in (probes / "winoground" / "examples.jsonl").read_text().split("\n"):
+        r = json.loads(line)
+        for k in (0, 1):
+            table[(f"{r[f'image_{k}']}.png", r[f"caption_{k}"])] = 1.0
+    for path in (probes / "valse").glob("*.json"):
+        for r in _read(path).values():
+            table[(r["image_file"], r["caption"])] = 1.0
+    for path in (probes / "sugarcrepe").glob("*.json"):
+        for r in _read(path).values():
+            table[(r["filename"], r["caption"])] = 1.0
+    return TableScorer(table, "oracle")
+
+
+def _evaluate_all(probes: Path, scorer) -> dict[str, dict[str, Any]]:
+    return {
+        name: evaluate_benchmark(name, spec["root"], scorer, spec["config"], **spec["load_options"])
+        for name, spec in probe_benchmarks(probes).items()
+    }
+
+
+def test_the_official_loaders_read_every_probe_and_the_oracle_scores_100(probes: Path) -> None:
+    results = _evaluate_all(probes, _oracle(probes))
+    manifest = _read(probes / "manifest.json")
+    assert sorted(results) == sorted(
+        ["vg_relation", "vg_attribution", "coco_order", "winoground", "valse", "sugarcrepe"]
+    )
+    assert manifest["counts"] == {
+        "vg_relation": 10,
+        "vg_attribution": 8,
+        "coco_order": 5 * SYNTHETIC.captions_per_image,
+        "winoground": 9,
+        "valse": 5 * 6,
+        "sugarcrepe": 7 * 4,
+    }
+    for name, result in results.items():
+        seeds = 5 if name == "coco_order" else 1  # OrderConfig's 5 default seeds
+        assert result["n_cases"] == manifest["counts"][name] * seeds, name
+        assert result["scorer"] == "oracle"
+    m = {name: r["metrics"] for name, r in results.items()}
+    assert m["vg_relation"]["macro"] == m["vg_attribution"]["macro"] == 100.0
+    assert m["vg_attribution"]["n_groups_kept"] == m["vg_attribution"]["n_groups"]  # no >= 25 filter
+    assert m["coco_order"]["precision_at_1"] == 100.0
+    assert (m["winoground"]["text"], m["winoground"]["image"], m["winoground"]["group"]) == (
+        100.0,
+        100.0,
+        100.0,
+    )
+    assert m["valse"]["micro"]["acc_r"] == 100.0 and m["valse"]["n_instruments"] == 5
+    assert m["sugarcrepe"]["mean_of_files"] == 100.0 and len(m["sugarcrepe"]["files"]) == 7
+
+
+def test_a_constant_scorer_follows_each_official_tie_rule(probes: Path) -> None:
+    m = {name: r["metrics"] for name, r in _evaluate_all(probes, TableScorer({}, "constant")).items()}
+    assert m["vg_relation"]["macro"] == 0.0 and m["coco_order"]["precision_at_1"] == 100.0
+    assert m["winoground"]["group"] == 0.0 and m["valse"]["micro"]["acc_r"] == 0.0
+    assert m["sugarcrepe"]["mean_of_files"] == 0.0
+
+
+def test_aro_records_are_true_and_false_for_their_scene(probes: Path, data_root: Path) -> None:
+    scenes = _scenes(data_root)
+    size = SYNTHETIC.image_size
+    relation = _read(probes / "aro" / "visual_genome_relation.json")
+    for r in relation:
+        objects = scenes[Path(r["image_path"]).stem]["objects"]
+        assert (r["bbox_x"], r["bbox_y"], r["bbox_w"], r["bbox_h"]) == (0, 0, size, size)
+        assert independent_truth(r["true_caption"], objects) == "true"
+        assert independent_truth(r["false_caption"], objects) == "false"
+        phrase = re.search(PHRASES, r["true_caption"]).group(0).strip()
+        assert r["relation_name"] == CANONICAL[phrase]
+        assert Counter(r["true_caption"].split()) == Counter(r["false_caption"].split())
+    for r in _read(probes / "aro" / "visual_genome_attribution.json"):
+        objects = scenes[Path(r["image_path"]).stem]["objects"]
+        assert independent_truth(r["true_caption"], objects) == "true"
+        assert independent_truth(r["false_caption"], objects) == "false"
+        a0, a1 = r["attributes"]
+        # the colours appear in this order in the true caption and swapped in the false one
+        assert r["true_caption"].index(a0) < r["true_caption"].index(a1)
+        assert r["false_caption"].index(a1) < r["false_caption"].index(a0)
+        assert (probes / "aro" / "images" / r["image_path"]).is_file()
+
+
+def test_winoground_examples_render_the_second_caption(probes: Path, data_root: Path) -> None:
+    scenes = _scenes(data_root)
+    provenance = _read(probes / "provenance.json")["winoground"]
+    text = (probes / "winoground" / "examples.jsonl").read_text()
+    assert not text.endswith("\n")  # as the official file
+    records = [json.loads(line) for line in text.split("\n")]
+    assert [r["id"] for r in records] == list(range(len(records)))
+    assert Counter(provenance[str(r["id"])]["kind"] for r in records) == {
+        "colour": 3,
+        "shape": 3,
+        "position": 3,
+    }
+    for r in records:
+        assert len(r) == 9 and r["num_main_preds"] == 1 and r["collapsed_tag"] in ("Object", "Relation")
+        scene = scenes[provenance[str(r["id"])]["scene"]]
+        objects = scene["objects"]
+        # the test's own counterfactual: exchange what the kind says between the two named objects
+        named = [
+            next(i for i, o in enumerate(objects) if f"{o['colour']} {o['shape']}" in mention)
+            for mention in re.split(PHRASES, r["caption_0"])[::2]
+        ]
+        other = [dict(o) for o in objects]
+        a, b = (other[i] for i in named)
+        kind = provenance[str(r["id"])]["kind"]
+        keys = {"colour": ("colour",), "shape": ("shape",), "position": ("x", "y")}[kind]
+        for key in keys:
+            a[key], b[key] = b[key], a[key]
+        image_0 = np.asarray(Image.open(probes / "winoground" / "images" / f"{r['image_0']}.png"))
+        image_1 = np.asarray(Image.open(probes / "winoground" / "images" / f"{r['image_1']}.png"))
+        assert np.array_equal(image_0, np.asarray(Image.open(data_root / scene["image"])))
+        assert np.array_equal(image_1, np.asarray(render_scene(other, SYNTHETIC, scene["noise_seed"])))
+        assert Counter(r["caption_0"].split()) == Counter(r["caption_1"].split())
+        assert independent_truth(r["caption_0"], objects) == "true"
+        assert independent_truth(r["caption_1"], other) == "true"
+        assert independent_truth(r["caption_0"], other) == "false"
+        assert independent_truth(r["caption_1"], objects) == "false"
+
+
+def _valse_truth(text: str, objects: list[dict[str, Any]]) -> bool:
+    shapes = [o["shape"] for o in objects]
+    if m := re.fullmatch(r"there is an? (\w+)", text):
+        return m.group(1) in shapes
+    if m := re.fullmatch(r"there is no (\w+)", text):
+        return m.group(1) not in shapes
+    if m := re.fullmatch(r"there are (\d+) shapes", text):
+        return int(m.group(1)) == len(objects)
+    if m := re.fullmatch(r"there is exactly one (\w+) (\w+)", text):
+        return sum(o["colour"] == m.group(1) and o["shape"] == m.group(2) for o in objects) == 1
+    if m := re.fullmatch(r"there are a number of (\w+) (\w+)", text):
+        colour, plural = m.groups()
+        return (
+            sum(o["colour"] == colour and plural in (o["shape"] + "s", o["shape"] + "es") for o in objects)
+            > 1
+        )
+    verdict = independent_truth(text, objects)
+    assert verdict != "unclear", text
+    return verdict == "true"
+
+
+def test_valse_records_follow_the_official_schema_and_the_ground_truth(probes: Path, data_root: Path) -> None:
+    scenes = _scenes(data_root)
+    keys = {
+        "dataset",
+        "original_split",
+        "dataset_idx",
+        "linguistic_phenomena",
+        "image_file",
+        "caption",
+        "foil",
+    }
+    for path in sorted((probes / "valse").glob("*.json")):
+        records = _read(path)
+        assert len(records) == 6
+        for sample_id, r in records.items():
+            assert keys | {"classes", "classes_foil", "mturk"} == set(r), sample_id
+            assert r["mturk"]["caption"] >= 2 and sum(r["mturk"].values()) == 3  # kept by the official filter
+            objects = scenes[Path(r["image_file"]).stem]["objects"]
+            assert _valse_truth(r["caption"], objects), (sample_id, r["caption"])
+            assert not _valse_truth(r["foil"], objects), (sample_id, r["foil"])
+    existence = _read(probes / "valse" / "existence.json").values()
+    assert {r["caption"].startswith("there is no") for r in existence} == {True, False}  # both directions
+
+
+def test_sugarcrepe_pairs_are_true_and_false(probes: Path, data_root: Path) -> None:
+    scenes = _scenes(data_root)
+    for path in sorted((probes / "sugarcrepe").glob("*.json")):
+        records = _read(path)
+        assert list(records) == [str(k) for k in range(len(records))]
+        for r in records.values():
+            assert set(r) == {"filename", "caption", "negative_caption"}
+            objects = scenes[Path(r["filename"]).stem]["objects"]
+            assert independent_truth(r["caption"], objects) == "true", r
+            assert independent_truth(r["negative_caption"], objects) == "false", r
+            if path.stem.startswith("add"):
+                assert len(r["negative_caption"].split()) > len(r["caption"].split())
+            if path.stem.startswith("swap"):
+                assert Counter(r["caption"].split()) == Counter(r["negative_caption"].split())
+
+
+def test_order_tagger_uses_the_word_roles(probes: Path, data_root: Path) -> None:
+    tagger = order_tagger(probes / "coco_order")
+    entries = _read(probes / "coco_order" / "coco_karpathy_test.json")
+    by_text = {c["text"]: c for s in _scenes(data_root).values() for c in s["captions"]}
+    for entry in entries:
+        assert entry["image"].startswith("val2014/") and (probes / "coco_order" / entry["image"]).is_file()
+        for caption in entry["caption"]:
+            record = by_text[caption]
+            assert tagger(caption) == [(w, ROLE_TAGS[r]) for w, r in zip(record["words"], record["roles"])]
+            assert whitespace_tokenizer(caption) == record["words"]
+    with pytest.raises(ValueError, match="no tags for caption 'a purple elephant'"):
+        tagger("a purple elephant")
+    assert ROLE_TAGS["shape"] == "NN" and ROLE_TAGS["colour"] == ROLE_TAGS["size"] == "JJ"
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_same_bytes_other_seed_other_probes(probes: Path, data_root: Path, tmp_path: Path) -> None:
+    write_probes(data_root, tmp_path / "again", SMALL)
+    assert _files(tmp_path / "again") == _files(probes)
+    write_probes(data_root, tmp_path / "other", dataclasses.replace(SMALL, seed=2))
+    theirs = _files(tmp_path / "other")
+    assert theirs["aro/visual_genome_relation.json"] != _files(probes)["aro/visual_genome_relation.json"]
+
+
+def test_manifest_hashes_every_file_and_a_zero_size_leaves_a_benchmark_out(
+    probes: Path, data_root: Path, tmp_path: Path
+) -> None:
+    manifest = _read(probes / "manifest.json")
+    for name, digest in manifest["files"].items():
+        assert hashlib.sha256((probes / name).read_bytes()).hexdigest() == digest
+    only_valse = ProbeConfig(
+        vg_relation=0, vg_attribution=0, order_images=0, winoground=0, sugarcrepe_per_file=0
+    )
+    written = write_probes(data_root, tmp_path / "valse_only", only_valse)
+    assert list(written["benchmarks"]) == ["valse"]
+    assert sorted(p.name for p in (tmp_path / "valse_only").iterdir()) == [
+        "manifest.json",
+        "provenance.json",
+        "valse",
+    ]
+
+
+def test_bad_inputs_get_clear_errors(probes: Path, data_root: Path, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nas.data.synthetic.generate"):
+        write_probes(tmp_path / "nothing", tmp_path / "out")
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        write_probes(data_root, probes, SMALL)
+    with pytest.raises(ValueError, match="vg_relation must be >= 0"):
+        ProbeConfig(vg_relation=-1)
+    with pytest.raises(ValueError, match="split"):
+        ProbeConfig(split="holdout")
+    with pytest.raises(ConfigError, match="probes.winogrund"):
+        from_dict(ProbeConfig, {"winogrund": 3}, "probes")
+    with pytest.raises(FileNotFoundError, match="write_probes"):
+        probe_benchmarks(tmp_path / "empty")

@@ -1,0 +1,100 @@
+"""End to end: `dvc repro` of the real dvc.yaml on a very small profile, in a scratch repository.
+
+Checks that every stage runs and writes what dvc.yaml declares, that a second `dvc repro` does
+nothing, and that changing a training param re-runs only the stages that depend on it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+DVC = Path(sys.executable).with_name("dvc")
+
+TINY = {
+    "data": {"synthetic": {"n_train": 48, "n_val": 8, "n_test": 12}},
+    "loader": {"batch_size_per_gpu": 8},
+    "pretrain_stage1": {"train": {"epochs": 1, "max_steps_per_epoch": 2, "progress_bar": False,
+                                   "schedule": {"warmup_steps": 1}}},
+    "pretrain_stage2": {"train": {"max_steps_per_epoch": 1, "progress_bar": False}},
+    "evaluate": {"retrieval": {"k_test": 4}},
+}
+
+
+def _merge(base, update):
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def _run(args, cwd, env):
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{args} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc.stdout + proc.stderr
+
+
+def _stages_run(log: str) -> set[str]:
+    return {line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage '")}
+
+
+@pytest.mark.slow
+def test_dvc_repro_small_profile(tmp_path):
+    if not DVC.exists():
+        pytest.skip("dvc is not installed next to this python")
+    work = tmp_path / "repo"
+    work.mkdir()
+    for name in ("nas", "experiments"):
+        shutil.copytree(ROOT / name, work / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "dvc.yaml", work / "dvc.yaml")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    (work / "params.yaml").write_text(yaml.safe_dump(_merge(params, TINY), sort_keys=False))
+
+    env = {**os.environ, "PYTHONPATH": str(work), "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    _run(["git", "init", "-q"], work, env)
+    _run([str(DVC), "init", "-q"], work, env)
+    _run([str(DVC), "config", "core.analytics", "false"], work, env)
+
+    first = _run([str(DVC), "repro"], work, env)
+    variants = sorted(params["variants"])
+    expected = {"data", "report"} | {
+        f"{stage}@{v}"
+        for stage in ("build_vd", "pretrain_stage1", "pretrain_stage2", "finetune", "evaluate")
+        for v in variants
+    }
+    assert _stages_run(first) == expected
+    for v in variants:
+        result = json.loads((work / "metrics" / "evaluate" / f"{v}.json").read_text())
+        assert result["retrieval"]["n_images"] == 12
+        assert 0.0 <= result["retrieval"]["metrics"]["i2t_r1"] <= 100.0
+        assert (work / "runs" / "pretrain_stage2" / v / "checkpoint.pt").is_file()
+        sacred_runs = list((work / "runs" / "sacred" / "pretrain_stage1" / v).glob("*/config.json"))
+        assert sacred_runs, "Sacred recorded no stage-1 run"
+        recorded = json.loads(sacred_runs[0].read_text())
+        assert recorded["pretrain_stage1"]["train"]["max_steps_per_epoch"] == 2
+    report = (work / "reports" / "results.md").read_text()
+    assert "Zero-shot retrieval" in report and "chance" in report
+    assert (work / "reports" / "figures" / "loss_curves.png").stat().st_size > 1000
+
+    second = _run([str(DVC), "repro"], work, env)
+    assert _stages_run(second) == set(), second
+
+    # A stage-2 training param: stage 1 and data stay cached; stage 2 and what follows re-run.
+    params2 = yaml.safe_load((work / "params.yaml").read_text())
+    params2["pretrain_stage2"]["train"]["alpha"] = 0.3
+    (work / "params.yaml").write_text(yaml.safe_dump(params2, sort_keys=False))
+    third = _run([str(DVC), "repro"], work, env)
+    assert _stages_run(third) == {"report"} | {
+        f"{stage}@{v}" for stage in ("pretrain_stage2", "finetune", "evaluate") for v in variants
+    }
