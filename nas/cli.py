@@ -47,7 +47,18 @@ def _models_command(argv: Sequence[str]) -> int:
     return 0
 
 
+def _audit_command(argv: Sequence[str]) -> int:
+    from nas.reporting.audit import main as audit_main
+
+    return audit_main(list(argv))
+
+
 TOOLS = {
+    "audit": (
+        _audit_command,
+        "compare a run's (or a params file's) hyperparameters with the paper card; exit 1 on an "
+        "unexplained deviation",
+    ),
     "config": (_config_command, "print the resolved params of a variant (params.yaml + overlay + --set)"),
     "models": (_models_command, "list the registered model entrypoints"),
 }

@@ -9,6 +9,7 @@ stage turns this dict into its dataclass (`nas.config.from_dict`).
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +43,12 @@ def resolve(
     params: dict[str, Any], variant: str | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> dict[str, Any]:
     """Params as one variant sees them: base merged with `variants.<variant>`, then overrides."""
-    base = {k: v for k, v in params.items() if k != "variants"}
+    base = copy.deepcopy({k: v for k, v in params.items() if k != "variants"})  # never mutate the caller's
     if variant is not None:
         variants = params.get("variants") or {}
         if variant not in variants:
             raise ConfigError(f"unknown variant {variant!r}; params.yaml defines: {sorted(variants)}")
-        base = merge(base, variants[variant] or {})
+        base = merge(base, copy.deepcopy(variants[variant] or {}))
         base["variant"] = variant
     for text in overrides:
         key, value = parse_override(text)

@@ -1,0 +1,670 @@
+"""The paper card (NAS_METHOD.md §1) and the method decisions (§3–§6) as data, for the audit.
+
+Each `CardEntry` is one hyperparameter as a source states it, with the params path(s) that hold it
+and the value each must have. Sources, as in the spec: [P] the paper, [A] the first author's
+development fork of ALBEF, [B] ALBEF / SOHO, [D] a decision of this project. A value that [A] (or
+another source) used instead is a `KnownDifference`: the audit labels it as such, not as an error.
+
+Paths are params paths of a resolved config (`nas.config.params.resolve`), read as the stage sees
+them: `model.overrides.<field>` is the field of the model as built (the registered variant's
+defaults, e.g. `albef_base`, merged with the overrides), and `<stage>.model_overrides.<field>` the
+same for that stage (`model.overrides` merged with the stage's own `model_overrides`). Other
+sections are read with their dataclass defaults filled in.
+
+`kind`: "paper" ([P] values), "base" ([B] values the paper inherits from ALBEF), "decision" ([A]/[D]
+choices of the method), "switch" (a component on/off: off is reported as an ablation, not an error).
+`requires`: "vd" = only for models with a visual dictionary; "nva" = only when stage 2 runs NVA.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Kind = Literal["paper", "base", "decision", "switch"]
+
+
+# ---- what a run value must be ----------------------------------------------------------------------
+
+
+class _Missing:
+    """A path the run config does not have."""
+
+    def __repr__(self) -> str:
+        return "<missing>"
+
+
+MISSING: Any = _Missing()
+
+
+def normalize(value: Any) -> Any:
+    """Tuples as lists (YAML/JSON have only lists), recursively."""
+    if isinstance(value, (list, tuple)):
+        return [normalize(v) for v in value]
+    if isinstance(value, dict):
+        return {k: normalize(v) for k, v in value.items()}
+    return value
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Equality for config values: floats to 1e-9 relative, bool never equal to a number."""
+    a, b = normalize(a), normalize(b)
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=0.0)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+@dataclass(frozen=True)
+class Equals:
+    value: Any
+
+    def matches(self, value: Any) -> bool:
+        return value is not MISSING and same_value(value, self.value)
+
+    def __str__(self) -> str:
+        return _show(self.value)
+
+
+@dataclass(frozen=True)
+class NotNull:
+    """Any value but null, e.g. the path of pretrained weights (a local file the user provides)."""
+
+    what: str
+
+    def matches(self, value: Any) -> bool:
+        return value is not MISSING and value is not None
+
+    def __str__(self) -> str:
+        return self.what
+
+
+@dataclass(frozen=True)
+class Present:
+    """The path exists in the run config (a component is part of the model)."""
+
+    what: str
+
+    def matches(self, value: Any) -> bool:
+        return value is not MISSING
+
+    def __str__(self) -> str:
+        return self.what
+
+
+Expectation = Equals | NotNull | Present
+
+
+def _show(value: Any) -> str:
+    value = normalize(value)
+    if value is MISSING:
+        return "(not set)"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, int) and abs(value) >= 10_000:
+        return f"{value:,}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_show(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{…}"  # a whole section: only its presence matters
+    return str(value)
+
+
+def show(value: Any) -> str:
+    """How a run value is written in the audit table."""
+    return _show(value)
+
+
+# ---- the card ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KnownDifference:
+    """What another source used. `path` None (or `value` MISSING) = a note the audit prints only."""
+
+    source: str
+    note: str
+    path: str | None = None
+    value: Any = MISSING
+
+
+@dataclass(frozen=True)
+class CardEntry:
+    key: str
+    hyperparameter: str
+    paper_value: str  # as the source states it
+    source: str
+    checks: tuple[tuple[str, Expectation], ...]  # (params path, what it must hold); () = no param yet
+    kind: Kind = "paper"
+    requires: Literal["vd", "nva"] | None = None
+    known_differences: tuple[KnownDifference, ...] = ()
+    note: str = ""  # why an entry has no check, or how to read it
+
+    def known_value(self, path: str, value: Any) -> KnownDifference | None:
+        for diff in self.known_differences:
+            if diff.path == path and diff.value is not MISSING and same_value(value, diff.value):
+                return diff
+        return None
+
+
+S1, S2 = "pretrain_stage1", "pretrain_stage2"
+M = "model.overrides"
+E1, E2 = f"{S1}.model_overrides", f"{S2}.model_overrides"  # the model as stage 1 / stage 2 build it
+
+
+def _both_stages(suffix: str, value: Any) -> tuple[tuple[str, Expectation], ...]:
+    return ((f"{S1}.{suffix}", Equals(value)), (f"{S2}.{suffix}", Equals(value)))
+
+
+PAPER_CARD: tuple[CardEntry, ...] = (
+    # ---- [P] NAS_METHOD §1: what the paper states --------------------------------------------------
+    CardEntry(
+        "pretraining_data",
+        "pretraining data",
+        "COCO, Visual Genome, CC3M, SBU Captions: 4M images, 5.1M pairs",
+        "[P] Datasets",
+        (("data.source", Equals("files")),),
+        note="which corpora the files hold is not a param: the `pretrain` selection of nas/data/catalog.py",
+    ),
+    CardEntry(
+        "text_encoder",
+        "text encoder init",
+        "BERT-base (uncased)",
+        "[P] Implementation details",
+        (
+            (f"{M}.text.pretrained", NotNull("bert-base-uncased weights")),
+            (f"{M}.text.hidden_size", Equals(768)),
+            (f"{M}.text.num_heads", Equals(12)),
+            (f"{M}.text.intermediate_size", Equals(3072)),
+            (f"{M}.text.vocab_size", Equals(30522)),
+        ),
+    ),
+    CardEntry(
+        "image_encoder",
+        "image encoder init",
+        "DeiT-224/16 (DeiT-base, patch 16)",
+        "[P] Implementation details",
+        (
+            (f"{M}.vision.model_name", Equals("deit_base_patch16_224")),
+            (f"{M}.vision.pretrained", NotNull("DeiT-base/16 weights")),
+            (f"{M}.vision.patch_size", Equals(16)),
+            (f"{M}.vision.embed_dim", Equals(768)),
+            (f"{M}.vision.depth", Equals(12)),
+            (f"{M}.vision.num_heads", Equals(12)),
+        ),
+    ),
+    CardEntry(
+        "stage1_epochs",
+        "stage 1 epochs",
+        "29",
+        "[P] Experiment setup",
+        ((f"{S1}.train.epochs", Equals(29)),),
+        known_differences=(
+            KnownDifference(
+                "[A]",
+                "the stage-1 checkpoint is the 30th pass (checkpoint_29, indices 0-29; ALBEF's Pretrain.yaml "
+                "says epochs: 30)",
+                f"{S1}.train.epochs",
+                30,
+            ),
+        ),
+    ),
+    CardEntry(
+        "stage2_epochs",
+        "stage 2 epochs",
+        "1",
+        "[P] Experiment setup",
+        ((f"{S2}.train.epochs", Equals(1)),),
+        known_differences=(
+            KnownDifference(
+                "[A]",
+                "the stage-2 config says epochs: 35 (an absolute epoch index: 5 more passes), but its "
+                "fine-tuning starts from checkpoint_30, i.e. after one stage-2 epoch, as the paper says",
+            ),
+        ),
+    ),
+    CardEntry(
+        "global_batch",
+        "global batch size",
+        "512 (8 GPUs x 64)",
+        "[P] Experiment setup, Hardware",
+        (
+            ("loader.batch_size_per_gpu", Equals(64)),
+            (f"{S1}.train.launch.nproc_per_node", Equals(8)),
+            (f"{S2}.train.launch.nproc_per_node", Equals(8)),
+        ),
+    ),
+    CardEntry(
+        "weight_decay",
+        "optimizer",
+        "AdamW, weight decay 0.02",
+        "[P] Experiment setup",
+        _both_stages("train.optim.weight_decay", 0.02),
+        note="AdamW itself is fixed in nas/engine/optim.py",
+    ),
+    CardEntry(
+        "warmup",
+        "warm-up",
+        "first 1,000 iterations, to peak lr 1e-4",
+        "[P] Experiment setup",
+        # Stage 2 continues stage 1's schedule (at its floor), so its schedule must have the same shape.
+        _both_stages("train.schedule.warmup_steps", 1000) + _both_stages("train.schedule.lr", 1e-4),
+        known_differences=(
+            KnownDifference(
+                "[A]",
+                "2,000 iterations (ALBEF's scheduler: warmup_epochs 20 x step 100), a staircase from 1e-5 "
+                "that steps every 100 iterations",
+                f"{S1}.train.schedule.warmup_steps",
+                2000,
+            ),
+            KnownDifference(
+                "[A]",
+                "as in stage 1 (stage 2 continues the schedule)",
+                f"{S2}.train.schedule.warmup_steps",
+                2000,
+            ),
+        ),
+    ),
+    CardEntry(
+        "lr_decay",
+        "decay",
+        "cosine, to 1e-5",
+        "[P] Experiment setup",
+        _both_stages("train.schedule.min_lr", 1e-5),
+        known_differences=(
+            KnownDifference(
+                "[B]",
+                "ALBEF's Pretrain.py (which [A] keeps) steps the cosine once per epoch; the harness decays "
+                "per iteration",
+            ),
+        ),
+    ),
+    CardEntry(
+        "pretraining_crop",
+        "pretraining crop",
+        "random crop 256 x 256 + RandAugment",
+        "[P] Experiment setup",
+        (
+            ("data.transform.image_size", Equals(256)),
+            (f"{M}.vision.img_size", Equals(256)),
+            ("data.transform.randaugment", Equals(True)),
+        ),
+    ),
+    CardEntry(
+        "finetune_resolution",
+        "fine-tuning resolution",
+        "384 x 384, patch position embeddings interpolated",
+        "[P] Experiment setup",
+        (),
+        note="fine-tuning has no params yet (issue 4); ALBEF.set_image_size(384) does the interpolation",
+    ),
+    CardEntry(
+        "momentum",
+        "momentum-model coefficient",
+        "0.995",
+        "[P] Experiment setup",
+        ((f"{M}.momentum", Equals(0.995)),),
+    ),
+    CardEntry(
+        "queue_size",
+        "ITC queue length",
+        "65,536",
+        "[P] Experiment setup",
+        ((f"{M}.queue_size", Equals(65536)),),
+    ),
+    CardEntry(
+        "alpha",
+        "distillation weight α",
+        "linear ramp 0 -> 0.4 within the 1st epoch",
+        "[P] Experiment setup",
+        (
+            (f"{S1}.train.alpha", Equals(0.4)),
+            (f"{S1}.train.alpha_ramp", Equals(True)),
+            (f"{S2}.train.alpha", Equals(0.4)),
+        ),
+    ),
+    CardEntry(
+        "finetune_data",
+        "fine-tuning data",
+        "a text-augmented COCO (hard negative captions)",
+        "[P] Dataset splits",
+        (),
+        known_differences=(
+            KnownDifference("[A]", "fine-tuning on plain COCO captions (no hard-negative text)"),
+        ),
+        note="fine-tuning has no params yet (issue 4); NTA is nas/data/nta.py",
+    ),
+    CardEntry(
+        "hardware",
+        "hardware",
+        "8 x NVIDIA A800",
+        "[P] Hardware",
+        (),
+        note="the GPU type is not a param; the process count is checked under global batch size",
+    ),
+    CardEntry(
+        "evaluation",
+        "evaluation",
+        "ARO, Winoground, VALSE",
+        "[P] Results",
+        (),
+        note="`evaluate` scores every benchmark its data root provides (SugarCrepe in addition)",
+    ),
+    # ---- [B] ALBEF values the paper inherits --------------------------------------------------------
+    CardEntry(
+        "text_length",
+        "caption cleaning and length",
+        "pre_caption 30 words; 25 BERT tokens",
+        "[B] ALBEF dataset/utils.py, Pretrain.py (max_length=25)",
+        (("data.max_words", Equals(30)), ("data.text_max_length", Equals(25))),
+        kind="base",
+    ),
+    CardEntry(
+        "augmentation",
+        "crop scale, flip, RandAugment",
+        "RandomResizedCrop scale (0.2, 1), horizontal flip, RandomAugment(2, 7)",
+        "[B] ALBEF dataset/__init__.py",
+        (
+            ("data.transform.crop_scale", Equals([0.2, 1.0])),
+            ("data.transform.hflip", Equals(True)),
+            ("data.transform.randaugment_n", Equals(2)),
+            ("data.transform.randaugment_m", Equals(7)),
+        ),
+        kind="base",
+    ),
+    CardEntry(
+        "fusion",
+        "text / fusion split",
+        "BERT-base layers 1-6 text, 7-12 fusion (+ cross-attention); dropout 0.1",
+        "[B] ALBEF configs/config_bert.json",
+        (
+            (f"{M}.text.num_text_layers", Equals(6)),
+            (f"{M}.text.num_fusion_layers", Equals(6)),
+            (f"{M}.text.dropout", Equals(0.1)),
+        ),
+        kind="base",
+    ),
+    CardEntry(
+        "objectives",
+        "ITC / ITM / MLM",
+        "embed 256, temperature 0.07, mask 15%, loss weights 1, momentum distillation",
+        "[B] ALBEF configs/Pretrain.yaml",
+        (
+            (f"{M}.embed_dim", Equals(256)),
+            (f"{M}.temp", Equals(0.07)),
+            (f"{M}.mlm_probability", Equals(0.15)),
+            (f"{M}.itc_weight", Equals(1.0)),
+            (f"{M}.itm_weight", Equals(1.0)),
+            (f"{M}.mlm_weight", Equals(1.0)),
+            (f"{M}.distill", Equals(True)),
+        ),
+        kind="base",
+    ),
+    CardEntry(
+        "adamw",
+        "AdamW betas, eps; gradient clipping",
+        "(0.9, 0.999), 1e-8; none",
+        "[B] ALBEF optim (timm defaults)",
+        _both_stages("train.optim.betas", [0.9, 0.999])
+        + _both_stages("train.optim.eps", 1e-8)
+        + _both_stages("train.grad_clip_norm", None),
+        kind="base",
+    ),
+    CardEntry(
+        "k_test",
+        "retrieval re-ranking",
+        "ITM re-ranks the ITC top 256",
+        "[B] ALBEF configs/Retrieval_coco.yaml (k_test)",
+        (("evaluate.retrieval.k_test", Equals(256)),),
+        kind="base",
+    ),
+    # ---- [A]/[D] decisions of §3-§6 ---------------------------------------------------------------
+    CardEntry(
+        "stage2_init",
+        "stage 2 starts from",
+        "the stage-1 checkpoint: model, momentum model, optimizer, schedule, VD",
+        "[A] NAS_METHOD §6",
+        (
+            (f"{S2}.init_from", Equals(S1)),
+            (f"{S2}.init_objects", Equals(["model", "optimizer", "lr_scheduler"])),
+        ),
+        kind="decision",
+    ),
+    CardEntry(
+        "stage2_alpha_ramp",
+        "α ramp in stage 2",
+        "off: stage 2 continues at α = 0.4",
+        "[D] (ALBEF ramps only in epoch 0; a resumed run does not)",
+        ((f"{S2}.train.alpha_ramp", Equals(False)),),
+        kind="decision",
+    ),
+    CardEntry(
+        "warmup_start",
+        "warm-up start lr",
+        "0 (linear warm-up)",
+        "[D] NAS_METHOD §6 (the paper says linear warm-up)",
+        ((f"{S1}.train.schedule.warmup_start_lr", Equals(0.0)),),
+        kind="decision",
+        known_differences=(
+            KnownDifference(
+                "[A]",
+                "the warm-up starts at ALBEF's warmup_lr 1e-5",
+                f"{S1}.train.schedule.warmup_start_lr",
+                1e-5,
+            ),
+        ),
+    ),
+    CardEntry(
+        "queue_update",
+        "ITC queue update",
+        "every step",
+        "[D] NAS_METHOD §6",
+        ((f"{M}.queue_update", Equals(True)),),
+        kind="decision",
+        known_differences=(
+            KnownDifference(
+                "[A]",
+                "_dequeue_and_enqueue is commented out in both pretraining stages (the queues stay noise)",
+                f"{M}.queue_update",
+                False,
+            ),
+        ),
+    ),
+    CardEntry(
+        "vd_on",
+        "visual dictionary on the ITM path",
+        "on",
+        "[A] NAS_METHOD §3",
+        ((f"{M}.vd", Present("a visual dictionary")),),
+        kind="switch",
+    ),
+    CardEntry(
+        "nva_on",
+        "NVA negatives in stage 2",
+        "on (stage 2 and fine-tuning only)",
+        "[P] NAS_METHOD §4.7, §6",
+        ((f"{E2}.nva_enabled", Equals(True)),),
+        kind="switch",
+    ),
+    CardEntry(
+        "nva_stage1",
+        "NVA in stage 1",
+        "off",
+        "[A] NAS_METHOD §4.7",
+        ((f"{E1}.nva_enabled", Equals(False)),),
+        kind="decision",
+        requires="vd",
+    ),
+    CardEntry(
+        "vd_codebook",
+        "visual dictionary",
+        "K = 2048 codes of width 768; EMA with Laplace ε = 1e-5; sine positions, temperature 10,000",
+        "[A] NAS_METHOD §3",
+        (
+            (f"{M}.vd.num_codes", Equals(2048)),
+            (f"{M}.vd.dim", Equals(768)),
+            (f"{M}.vd.epsilon", Equals(1e-5)),
+            (f"{M}.vd.position_temperature", Equals(10000.0)),
+        ),
+        kind="decision",
+        requires="vd",
+    ),
+    CardEntry(
+        "vd_gamma",
+        "VD momentum γ",
+        "linear ramp 0.2 -> 1 over the first 90% of stage 1, then frozen",
+        "[A] NAS_METHOD §3",
+        ((f"{M}.vd.gamma_start", Equals(0.2)), (f"{M}.vd.freeze_fraction", Equals(0.9))),
+        kind="decision",
+        requires="vd",
+    ),
+    CardEntry(
+        "vd_frozen",
+        "codebook frozen",
+        "stage 1 no (EMA), stage 2 yes (the neck keeps training)",
+        "[A] NAS_METHOD §3, §6",
+        ((f"{E1}.vd.frozen", Equals(False)), (f"{E2}.vd.frozen", Equals(True))),
+        kind="decision",
+        requires="vd",
+    ),
+    CardEntry(
+        "vd_init",
+        "VD initialisation",
+        "k-means over neck features of 1,024 images, 20 Lloyd iterations",
+        "[D] NAS_METHOD §3 (VD construction stage)",
+        (
+            (f"{M}.vd.init", Equals("kmeans")),
+            (f"{M}.vd.kmeans_sample_images", Equals(1024)),
+            (f"{M}.vd.kmeans_iters", Equals(20)),
+        ),
+        kind="decision",
+        requires="vd",
+        known_differences=(
+            KnownDifference(
+                "[A]",
+                "random init with the EMA state at zero: codes the first batch misses become zero vectors",
+                f"{M}.vd.init",
+                "random",
+            ),
+        ),
+    ),
+    CardEntry(
+        "nva_score",
+        "NVA patch score",
+        "dot_l2norm: <v_i, T_cls>/||a_t|| + <v_i, V_cls>/||a_v||",
+        "[A] NAS_METHOD §4.1",
+        ((f"{E2}.nva.score", Equals("dot_l2norm")),),
+        kind="decision",
+        requires="nva",
+        known_differences=(
+            KnownDifference(
+                "[P]", "the paper's summary speaks of cosine similarities", f"{E2}.nva.score", "cosine"
+            ),
+        ),
+    ),
+    CardEntry(
+        "nva_sampling",
+        "NVA anchor and code",
+        "anchor among the top-3 patches; code among the 2nd-4th nearest",
+        "[A] NAS_METHOD §4.2, §4.4",
+        ((f"{E2}.nva.top_k", Equals(3)), (f"{E2}.nva.num_candidates", Equals(3))),
+        kind="decision",
+        requires="nva",
+    ),
+    CardEntry(
+        "nva_candidates",
+        "NVA candidate rule",
+        "exclude the anchor's code explicitly",
+        "[D] NAS_METHOD §4.4 (equals [A] without distance ties)",
+        ((f"{E2}.nva.candidate_rule", Equals("exclude_anchor_code")),),
+        kind="decision",
+        requires="nva",
+        known_differences=(
+            KnownDifference(
+                "[A]",
+                "drops position 0 of the top-4, which can keep h_a among the candidates under exact ties",
+                f"{E2}.nva.candidate_rule",
+                "drop_nearest",
+            ),
+        ),
+    ),
+    CardEntry(
+        "nva_token_form",
+        "NVA token form",
+        "straight_through: pos_line(x_j + (d_c - x_j).detach())",
+        "[A] NAS_METHOD §4.5 (final form)",
+        ((f"{E2}.nva.token_form", Equals("straight_through")),),
+        kind="decision",
+        requires="nva",
+        known_differences=(
+            KnownDifference(
+                "[A]",
+                "the first stage-2 version used the raw code vector d_c",
+                f"{E2}.nva.token_form",
+                "raw_code",
+            ),
+        ),
+    ),
+    CardEntry(
+        "nva_detach",
+        "NVA row detached in pretraining",
+        "yes (gradient reaches only the fusion encoder and ITM head)",
+        "[A] NAS_METHOD §4.6",
+        ((f"{E2}.nva.detach", Equals(True)),),
+        kind="decision",
+        requires="nva",
+    ),
+    CardEntry(
+        "finetune_recipe",
+        "fine-tuning recipe",
+        "384 px, AdamW lr 1e-5, wd 0.02, cosine to 1e-6, COCO 5 epochs, VD frozen, NVA on, queue updated",
+        "[A]/[D] NAS_METHOD §5",
+        (),
+        kind="decision",
+        known_differences=(
+            KnownDifference(
+                "[A]",
+                "32 images per GPU, text length 30, in-batch ITM negatives exclude captions of the same "
+                "image, α ramps over the first epoch, flat warm-up (lr 1e-5 throughout the warm-up), "
+                "retrieval evaluation with k_test 256",
+            ),
+        ),
+        note="fine-tuning has no params yet (issue 4)",
+    ),
+)
+
+
+def paper_card() -> tuple[CardEntry, ...]:
+    """The card; keys are unique."""
+    return PAPER_CARD
+
+
+def card_paths(card: Sequence[CardEntry] = PAPER_CARD) -> list[str]:
+    """Every params path the card checks, in card order."""
+    return [path for entry in card for path, _ in entry.checks]
+
+
+def _check_card(card: Sequence[CardEntry]) -> None:
+    keys = [entry.key for entry in card]
+    duplicates = sorted({k for k in keys if keys.count(k) > 1})
+    if duplicates:
+        raise ValueError(f"paper card: duplicate keys {duplicates}")
+    for entry in card:
+        checked = {path for path, _ in entry.checks}
+        for diff in entry.known_differences:
+            if diff.path is not None and diff.path not in checked:
+                raise ValueError(
+                    f"paper card {entry.key!r}: known difference on unchecked path {diff.path!r}"
+                )
+
+
+_check_card(PAPER_CARD)

@@ -1,0 +1,284 @@
+"""The hyperparameter audit: a run's resolved config against the paper card.
+
+One row per checked value: hyperparameter, params path, paper value, source, run value, verdict.
+Verdicts: "match"; "deviation" (unexplained); "known difference (<source>)" (the value another
+source used, e.g. [A]'s 30 stage-1 passes); "ablation" (a component switched off, e.g. the ALBEF
+baseline has no visual dictionary); "n/a" (the entry concerns a component the model lacks);
+"unchecked" (the card names it but no param holds it yet). Only deviations make the exit code
+non-zero: the default (tiny) profile fails the audit on purpose, the paper profile passes it.
+
+Input: a resolved config (`nas.config.params.resolve`), a run folder's `config.json` (Sacred's
+`runs/sacred/<stage>/<variant>/<id>/` or the stage's own `runs/<stage>/<variant>/`), or a params
+file + variant (`main`). Sections are read the way the stages read them, dataclass defaults
+included, and the model's fields as the registry builds it (see nas/config/paper_card.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from nas.config.base import ConfigError, from_dict, merge, to_dict
+from nas.config.paper_card import E2, MISSING, PAPER_CARD, CardEntry, show
+
+MATCH, DEVIATION, ABLATION, NOT_APPLICABLE, UNCHECKED = "match", "deviation", "ablation", "n/a", "unchecked"
+
+# Registered model -> (module, config class, name of its base dict or None). Mirrors the `@register_model`
+# entrypoints of nas/models, which build `build_config(Config, BASE, overrides)`.
+MODEL_CONFIGS: dict[str, tuple[str, str, str | None]] = {
+    "albef_tiny": ("nas.models.albef", "ALBEFConfig", None),
+    "albef_base": ("nas.models.albef", "ALBEFConfig", "ALBEF_BASE"),
+    "nas_tiny": ("nas.models.nas_model", "NASConfig", None),
+    "nas_base": ("nas.models.nas_model", "NASConfig", "NAS_BASE"),
+}
+STAGE_SECTIONS = ("pretrain_stage1", "pretrain_stage2")
+
+
+class AuditError(ValueError):
+    """The run config cannot be audited (unreadable, or a section is not a valid config)."""
+
+
+@dataclass
+class AuditRow:
+    key: str
+    hyperparameter: str
+    path: str
+    paper_value: str
+    source: str
+    run_value: str
+    verdict: str
+    note: str = ""
+
+
+# ---- reading the run config as the stages do ------------------------------------------------------------
+
+
+def effective_model_config(name: str, overrides: dict[str, Any]) -> dict[str, Any] | None:
+    """The model config `create_model(name, **overrides)` would build, as a dict; None for a model the
+    audit does not know (its registered defaults cannot be filled in)."""
+    if name not in MODEL_CONFIGS:
+        return None
+    module_name, class_name, base_name = MODEL_CONFIGS[name]
+    module = importlib.import_module(module_name)
+    base = getattr(module, base_name) if base_name else {}
+    cfg = from_dict(getattr(module, class_name), merge(base, overrides), "model.overrides")
+    return to_dict(cfg)
+
+
+def audit_view(run_config: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The run config with defaults filled in (see the module docstring), and notes on what could not be."""
+    from nas.config.data import DataConfig
+    from nas.config.stages import LoaderConfig, ModelSpec, TrainStageConfig
+
+    view = json.loads(json.dumps(run_config, default=str))  # a deep, plain copy
+    notes: list[str] = []
+    sections = {"data": DataConfig, "loader": LoaderConfig, "model": ModelSpec}
+    sections.update({name: TrainStageConfig for name in STAGE_SECTIONS})
+    typed: dict[str, Any] = {}
+    for name, cls in sections.items():
+        if name not in view:
+            continue
+        try:
+            typed[name] = from_dict(cls, view[name], name)
+        except ConfigError as exc:
+            raise AuditError(f"section {name!r} is not a valid {cls.__name__}: {exc}") from exc
+        view[name] = to_dict(typed[name])
+    spec = typed.get("model")
+    if spec is None:
+        return view, notes
+    try:
+        model = effective_model_config(spec.name, spec.overrides)
+        if model is None:
+            notes.append(
+                f"model {spec.name!r} is unknown to the audit (nas/reporting/audit.py MODEL_CONFIGS): its "
+                "registered defaults are not filled in, only the overrides are read"
+            )
+            return view, notes
+        view["model"]["overrides"] = model
+        for name in STAGE_SECTIONS:
+            if name in typed:
+                stage_overrides = getattr(typed[name], "model_overrides", {}) or {}
+                view[name]["model_overrides"] = effective_model_config(
+                    spec.name, merge(spec.overrides, stage_overrides)
+                )
+    except ConfigError as exc:
+        raise AuditError(f"the model {spec.name!r} cannot be built from this config: {exc}") from exc
+    return view, notes
+
+
+def lookup(view: dict[str, Any], path: str) -> Any:
+    """The value at dotted `path`, or MISSING."""
+    node: Any = view
+    for key in path.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return MISSING
+        node = node[key]
+    return node
+
+
+# ---- the audit ---------------------------------------------------------------------------------------
+
+
+def _applies(entry: CardEntry, view: dict[str, Any]) -> tuple[bool, str]:
+    if entry.requires == "vd" and lookup(view, "model.overrides.vd") is MISSING:
+        return False, "the model has no visual dictionary"
+    if entry.requires == "nva" and lookup(view, f"{E2}.nva_enabled") is not True:
+        return False, "stage 2 runs without NVA"
+    return True, ""
+
+
+def _entry_rows(entry: CardEntry, view: dict[str, Any]) -> list[AuditRow]:
+    def row(path: str, run_value: str, verdict: str, note: str) -> AuditRow:
+        return AuditRow(
+            entry.key, entry.hyperparameter, path, entry.paper_value, entry.source, run_value, verdict, note
+        )
+
+    info = [f"{d.source}: {d.note}" for d in entry.known_differences if d.path is None or d.value is MISSING]
+    applies, why = _applies(entry, view)
+    if not applies:
+        return [row("", "", NOT_APPLICABLE, why)]
+    if not entry.checks:
+        return [row("", "", UNCHECKED, "; ".join([entry.note, *info]).strip("; "))]
+    rows = []
+    for index, (path, expected) in enumerate(entry.checks):
+        value = lookup(view, path)
+        notes = list(info) if index == 0 else []
+        known = entry.known_value(path, value)
+        if expected.matches(value):
+            verdict = MATCH
+        elif known is not None:
+            verdict = f"known difference ({known.source})"
+            notes.insert(0, f"{known.source}: {known.note}")
+        elif entry.kind == "switch":
+            verdict = ABLATION
+            notes.insert(0, "component off in this run")
+        else:
+            verdict = DEVIATION
+            notes.insert(0, f"expected {expected}" + (": not in the run config" if value is MISSING else ""))
+        rows.append(row(path, show(value), verdict, "; ".join(notes)))
+    return rows
+
+
+def audit(run_config: dict[str, Any], card: Sequence[CardEntry] = PAPER_CARD) -> list[AuditRow]:
+    """Rows of the audit of `run_config` (a resolved params dict) against `card`."""
+    view, _ = audit_view(run_config)
+    return [row for entry in card for row in _entry_rows(entry, view)]
+
+
+def exit_code(rows: Sequence[AuditRow]) -> int:
+    """1 if any row is an unexplained deviation, else 0."""
+    return int(any(row.verdict == DEVIATION for row in rows))
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(
+    rows: Sequence[AuditRow], title: str = "Hyperparameter audit", notes: Sequence[str] = ()
+) -> str:
+    lines = [f"## {title}", ""]
+    lines += [f"> {note}" for note in notes]
+    lines += [
+        "| hyperparameter | param | paper value | source | run value | verdict | note |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        verdict = f"**{row.verdict}**" if row.verdict == DEVIATION else row.verdict
+        cells = (row.hyperparameter, f"`{row.path}`" if row.path else "", row.paper_value, row.source)
+        cells += (row.run_value, verdict, row.note)
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    counts: dict[str, int] = {}
+    for row in rows:
+        label = "known difference" if row.verdict.startswith("known difference") else row.verdict
+        counts[label] = counts.get(label, 0) + 1
+    summary = ", ".join(f"{n} {label}" for label, n in sorted(counts.items()))
+    outcome = "FAILED: unexplained deviations" if exit_code(rows) else "passed: no unexplained deviation"
+    lines += ["", f"{summary}. Audit {outcome}."]
+    return "\n".join(lines)
+
+
+# ---- run folders and the command line ---------------------------------------------------------------
+
+
+def load_run_config(path: str | Path) -> dict[str, Any]:
+    """A run's resolved config: `path` is a config.json or a folder holding one."""
+    path = Path(path)
+    file = path / "config.json" if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(
+            f"no run config at {file}: give a config.json, a Sacred run folder (runs/sacred/<stage>/<variant>/<id>) "
+            "or a stage output folder (runs/<stage>/<variant>)"
+        )
+    try:
+        config = json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        raise AuditError(f"{file}: not valid JSON ({exc})") from exc
+    if not isinstance(config, dict):
+        raise AuditError(f"{file}: expected a JSON object, got {type(config).__name__}")
+    return config
+
+
+def render(
+    run_config: dict[str, Any], card: Sequence[CardEntry] = PAPER_CARD, title: str = "Hyperparameter audit"
+) -> tuple[str, int]:
+    """(markdown table, exit code) of the audit of `run_config`; the title names its stage and variant."""
+    view, notes = audit_view(run_config)
+    rows = [row for entry in card for row in _entry_rows(entry, view)]
+    stage, variant = run_config.get("stage"), run_config.get("variant")
+    named = [f"stage {stage}" if stage else "", f"variant {variant}" if variant else ""]
+    suffix = " ".join(part for part in named if part)
+    return to_markdown(rows, f"{title} ({suffix})" if suffix else title, notes), exit_code(rows)
+
+
+def audit_run(
+    path: str | Path, card: Sequence[CardEntry] = PAPER_CARD, echo: Callable[[str], Any] = print
+) -> int:
+    """Audit a run folder's config.json, print the markdown table, return the exit code."""
+    text, code = render(load_run_config(path), card, f"Hyperparameter audit: {path}")
+    echo(text)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`nas audit [RUN] | [--params FILE --variant V --set K=V ...]`; returns the exit code."""
+    from nas.config.params import load_params, resolve
+
+    parser = argparse.ArgumentParser(
+        prog="nas audit",
+        description="Compare a run's hyperparameters with the paper card (NAS_METHOD.md §1, §3-§6). "
+        "Exit code 1 on an unexplained deviation.",
+    )
+    parser.add_argument("run", nargs="?", help="a run's config.json or its folder; omit to audit --params")
+    parser.add_argument("--params", default="params.yaml", help="params file to audit (default: params.yaml)")
+    parser.add_argument("--variant", default=None, help="a key of `variants` in the params file")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--output", default=None, help="also write the table (.md) or the rows (.json) here")
+    args = parser.parse_args(argv)
+
+    if args.run is not None:
+        config, source = load_run_config(args.run), args.run
+    else:
+        config, source = resolve(load_params(args.params), args.variant, args.overrides), args.params
+    text, code = render(config, PAPER_CARD, f"Hyperparameter audit: {source}")
+    print(text)
+    if args.output:
+        out = Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.suffix == ".json":
+            rows = audit(config)
+            out.write_text(
+                json.dumps({"exit_code": code, "rows": [asdict(r) for r in rows]}, indent=2) + "\n"
+            )
+        else:
+            out.write_text(text + "\n")
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
