@@ -11,7 +11,8 @@ One forward pass in training mode does what ALBEF's does:
 It returns the weighted loss terms `{"itc", "itm", "mlm"}`; the engine sums them.
 
 Extension points for NAS (§3–4), which change ITM only: `itm_image_tokens` (the visual dictionary
-replaces the patch tokens ITM sees) and `extra_itm_blocks` (NVA adds a block of negatives).
+replaces the patch tokens ITM sees; `itm_image_encoding` is its training-step form, which may also hand
+state to the next hook) and `extra_itm_blocks` (NVA adds a block of negatives).
 """
 
 from __future__ import annotations
@@ -92,6 +93,8 @@ class ITMContext(NamedTuple):
     attention_mask: torch.Tensor  # [B, T]
     image_ids: torch.Tensor  # [B]
     generator: torch.Generator | None
+    # What `itm_image_encoding` computed besides the tokens (NAS: the VD output, so the VD runs once).
+    itm_image_state: Any = None
 
 
 class ALBEF(nn.Module):
@@ -133,6 +136,12 @@ class ALBEF(nn.Module):
     def itm_image_tokens(self, image_tokens: torch.Tensor) -> torch.Tensor:
         """The image tokens ITM uses. Identity here; NAS returns `[V_cls ; VD tokens]` (§3)."""
         return image_tokens
+
+    def itm_image_encoding(self, image_tokens: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """The training step's ITM image tokens and whatever `extra_itm_blocks` needs from the same
+        computation (passed on as `ITMContext.itm_image_state`; NAS: the VD output). Default:
+        `(itm_image_tokens(image_tokens), None)`."""
+        return self.itm_image_tokens(image_tokens), None
 
     def fused_itm_logits(
         self, itm_image_tokens: torch.Tensor, text_tokens: torch.Tensor, attention_mask: torch.Tensor
@@ -204,8 +213,11 @@ class ALBEF(nn.Module):
         negatives: tuple[torch.Tensor, torch.Tensor],
         generator: torch.Generator | None,
     ) -> torch.Tensor:
-        itm_tokens = self.itm_image_tokens(image_tokens)
-        context = ITMContext(image_tokens, itm_tokens, text_tokens, attention_mask, image_ids, generator)
+        # Computed once per step; the in-batch negatives index these tokens, they are not recomputed.
+        itm_tokens, itm_state = self.itm_image_encoding(image_tokens)
+        context = ITMContext(
+            image_tokens, itm_tokens, text_tokens, attention_mask, image_ids, generator, itm_state
+        )
         # Row order as in [A]: positives, method-specific negatives (NVA), then ALBEF's hard negatives.
         blocks = [
             ITMBlock(itm_tokens, text_tokens, attention_mask, MATCH),

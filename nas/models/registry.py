@@ -22,7 +22,7 @@ Entrypoint = Callable[..., nn.Module]
 _ENTRYPOINTS: dict[str, Entrypoint] = {}
 # Modules whose import registers entrypoints; imported on first lookup so that importing the
 # registry stays cheap and free of import cycles. A new model file adds itself here.
-_MODEL_MODULES = ("nas.models.albef",)
+_MODEL_MODULES = ("nas.models.albef", "nas.models.nas_model")
 
 
 def register_model(fn: Entrypoint) -> Entrypoint:
