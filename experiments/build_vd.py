@@ -1,7 +1,11 @@
-"""Stage `build_vd`: the initial visual dictionary of a variant (NAS_METHOD.md §3).
+"""Stage `build_vd`: the initial visual dictionary of a variant (NAS_METHOD.md §3, [D]).
 
-Variants without a visual dictionary (the ALBEF baseline) record that they have none, so every
-variant runs the same stages.
+`vd.init: kmeans` (default): k-means over the neck features of a sample of training images, taken
+from the very model stage 1 starts from (same seed, same registry entry), with the EMA state seeded
+consistently (N_j = cluster sizes, m_j = d_j N_j). `vd.init: random`: the sources' behaviour.
+The artifact `runs/build_vd/<variant>/vd_init.pt` holds the VD state (neck + codebook + EMA state);
+its health (codes in use, perplexity, dead codes) is a DVC metric.
+Variants without a visual dictionary (the ALBEF baseline) record that they have none.
 """
 
 from __future__ import annotations
@@ -11,20 +15,63 @@ from pathlib import Path
 from typing import Any
 
 from experiments.common import Recorder, run_stage
+from nas.config import from_dict
+from nas.config.data import DataConfig
+from nas.config.stages import ModelSpec, TrainStageConfig
+
+
+def sample_training_images(data: DataConfig, limit: int, annotation_file: str | None = None):
+    """The first `limit` distinct images of the training split (or `annotation_file`), eval
+    transform (no augmentation), as one tensor."""
+    import torch
+
+    from nas.data.captions import load_pairs, open_rgb
+    from nas.data.transforms import build_eval_transform
+
+    annotation = data.path(annotation_file or data.train_file)
+    transform = build_eval_transform(data.transform)
+    seen: dict[str, None] = {}
+    for image, _ in load_pairs(annotation, max_words=data.max_words):
+        seen.setdefault(image, None)
+        if len(seen) >= limit:
+            break
+    return torch.stack([transform(open_rgb(data.images / path, annotation)) for path in seen])
 
 
 def stage(cfg: dict[str, Any], record: Recorder) -> None:
+    import ignite.distributed as idist
+    import torch
+    from ignite.utils import manual_seed
+
+    from experiments.pretrain import build_model, has_dictionary
+
     variant = cfg["variant"]
     out_dir = Path("runs/build_vd") / variant
     out_dir.mkdir(parents=True, exist_ok=True)
-    vd = (cfg.get("model", {}).get("overrides", {}) or {}).get("vd", {}) or {}
-    if not vd.get("enabled", False):
-        note = f"variant {variant!r} has no visual dictionary: nothing to build"
+    spec = from_dict(ModelSpec, cfg["model"], "model")
+    stage1 = from_dict(TrainStageConfig, cfg["pretrain_stage1"], "pretrain_stage1")
+    # Exactly the model stage 1 builds (same seed, same overrides), so the k-means sees its features.
+    manual_seed(cfg["seed"] + idist.get_rank())
+    model = build_model(spec, stage1.model_overrides)
+    if not has_dictionary(model):
+        note = f"variant {variant!r} ({spec.name}) has no visual dictionary: nothing to build"
         (out_dir / "vd_init.json").write_text(json.dumps({"variant": variant, "vd": False, "note": note}) + "\n")
         print(f"build_vd[{variant}]: {note}")
-        metrics = {"vd": False}
+        metrics: dict[str, Any] = {"vd": False}
     else:
-        raise NotImplementedError("build_vd for a VD variant is not implemented yet (issue 3)")
+        from nas.models.vd_build import build_initial_dictionary
+
+        data = from_dict(DataConfig, cfg["data"], "data")
+        images = sample_training_images(data, model.vd.config.kmeans_sample_images)
+        generator = torch.Generator().manual_seed(cfg["seed"])
+        built = build_initial_dictionary(model, images, generator, path=out_dir / "vd_init.pt")
+        health = built["health"] or {}
+        print(f"build_vd[{variant}]: init={built['init']} over {built['num_images']} images "
+              f"({built['num_features']} patch features): {health}")
+        metrics = {"vd": True, "init": built["init"], "num_images": built["num_images"], **health}
+        for key, value in health.items():
+            record.log_scalar(f"vd_init.{key}", value)
+        record.add_artifact(out_dir / "vd_init.pt")
     out = Path("metrics/build_vd") / f"{variant}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(metrics, indent=2) + "\n")

@@ -24,11 +24,15 @@ def stage(cfg: dict, record: Recorder) -> None:
     from nas.data.synthetic import generate
 
     manifest = generate(data.synthetic, data.root, overwrite=True)
+    from nas.data.probes import write_probes
+
+    probes = write_probes(data.root, data.probes_root, data.probes, overwrite=True)
     counts = manifest["counts"]
     print(f"data: synthetic scenes in {data.root} ({manifest['seconds']:.1f} s): {json.dumps(counts)}")
     METRICS.parent.mkdir(parents=True, exist_ok=True)
     summary = {f"{split}_{key}": value for split, c in counts.items() for key, value in c.items()}
     summary["sha256"] = manifest["sha256"]
+    summary.update({f"probe_{name}_cases": int(n) for name, n in probes["counts"].items()})
     METRICS.write_text(json.dumps(summary, indent=2) + "\n")
     for key, value in summary.items():
         if isinstance(value, int):

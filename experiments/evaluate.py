@@ -15,6 +15,7 @@ from typing import Any
 from experiments.common import Recorder, run_stage
 from nas.config import from_dict
 from nas.config.data import DataConfig
+from nas.evaluation.model_scorers import ScorerConfig
 from nas.evaluation.retrieval import RetrievalConfig
 
 
@@ -22,6 +23,43 @@ from nas.evaluation.retrieval import RetrievalConfig
 class EvaluateConfig:
     checkpoint_stage: str = "finetune"  # which stage's output of the variant is scored
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    # Pair scorers for the fine-grained probes; the first is the headline (NAS_METHOD §7: ITM
+    # probability with VD tokens on the image side). Every result names its scorer.
+    scorers: tuple[ScorerConfig, ...] = (ScorerConfig(kind="itm"),)
+    benchmarks: tuple[str, ...] = ()  # empty = every benchmark the probe manifest lists
+    valse_match_threshold: float | None = 0.5  # p_c / p_f of an ITM probability (VALSE §3.4)
+
+
+def fine_grained(model, data: DataConfig, cfg: EvaluateConfig, scores_dir: Path) -> dict[str, Any]:
+    """Every probe benchmark under every configured scorer, through the official-format loaders."""
+    from nas.data.probes import probe_benchmarks
+    from nas.data.tokenizer import load_tokenizer
+    from nas.data.transforms import build_eval_transform
+    from nas.evaluation.benchmarks import evaluate_benchmark
+    from nas.evaluation.model_scorers import scorer_from_config
+
+    suite = probe_benchmarks(data.probes_root)
+    names = list(cfg.benchmarks) or sorted(suite)
+    unknown = [n for n in names if n not in suite]
+    if unknown:
+        raise ValueError(f"evaluate.benchmarks: {unknown} not among the probes {sorted(suite)}")
+    transform, tokenizer = build_eval_transform(data.transform), load_tokenizer()
+    results: dict[str, Any] = {}
+    scores_dir.mkdir(parents=True, exist_ok=True)
+    for scorer_cfg in cfg.scorers:
+        scorer = scorer_from_config(scorer_cfg, model, transform, tokenizer)
+        for name in names:
+            spec = suite[name]
+            config = dict(spec["config"])
+            if name == "valse" and scorer_cfg.kind == "itm" and cfg.valse_match_threshold is not None:
+                config["match_threshold"] = cfg.valse_match_threshold
+            result = evaluate_benchmark(
+                name, spec["root"], scorer, config,
+                score_file=scores_dir / f"{name}.{scorer.name}.jsonl", **spec["load_options"],
+            )
+            result.pop("scores")  # kept in the score file, not in the metrics JSON
+            results.setdefault(name, {})[scorer.name] = result
+    return results
 
 
 def retrieval_on_split(model, data: DataConfig, split_file: str, cfg: RetrievalConfig) -> dict[str, Any]:
@@ -72,6 +110,24 @@ def retrieval_on_split(model, data: DataConfig, split_file: str, cfg: RetrievalC
     }
 
 
+def nva_picture(model, data: DataConfig, images, out_dir: Path, count: int = 4) -> Path:
+    """Images, their VD code maps and the patches one NVA draw replaced (the reader's picture of
+    "token level"), for the first test images and their first captions."""
+    from nas.data.captions import load_pairs
+    from nas.data.tokenizer import load_tokenizer
+    from nas.reporting.nva_figure import nva_figure
+
+    first_caption: dict[str, str] = {}
+    for image, caption in load_pairs(data.path(data.test_file), max_words=data.max_words):
+        first_caption.setdefault(image, caption)
+    captions = list(first_caption.values())[:count]
+    enc = load_tokenizer()(captions, padding="longest", truncation=True, max_length=data.text_max_length,
+                           return_tensors="pt")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return nva_figure(model, images[:count], enc["input_ids"], enc["attention_mask"], out_dir / "nva_figure.png",
+                      captions=captions, max_images=count)
+
+
 def stage(cfg: dict[str, Any], record: Recorder) -> None:
     import torch
 
@@ -85,6 +141,19 @@ def stage(cfg: dict[str, Any], record: Recorder) -> None:
     model, _ = load_trained_model(run_dir)
     result = {"variant": variant, "checkpoint": str(run_dir / "checkpoint.pt")}
     result["retrieval"] = retrieval_on_split(model, data, data.test_file, eval_cfg.retrieval)
+    if hasattr(model, "dictionary_health"):
+        from experiments.build_vd import sample_training_images
+
+        test_images = sample_training_images(data, limit=10**9, annotation_file=data.test_file)
+        result["dictionary"] = model.dictionary_health(test_images)
+        print(f"evaluate[{variant}] dictionary health on {len(test_images)} test images: {result['dictionary']}")
+        result["nva_figure"] = str(nva_picture(model, data, test_images, Path("runs/evaluate") / variant))
+    result["fine_grained"] = fine_grained(model, data, eval_cfg, Path("runs/evaluate") / variant / "scores")
+    for name, by_scorer in result["fine_grained"].items():
+        for scorer_name, res in by_scorer.items():
+            headline = {k: v for k, v in res["metrics"].items() if isinstance(v, (int, float))}
+            print(f"evaluate[{variant}] {name} ({scorer_name}, {res['n_cases']} cases): "
+                  + ", ".join(f"{k}={v:.1f}" for k, v in list(headline.items())[:6]))
 
     r = result["retrieval"]
     print(

@@ -36,10 +36,15 @@ def stage_paths(stage: str, variant: str) -> dict[str, Path]:
     }
 
 
-def build_model(spec: ModelSpec, cfg: dict[str, Any]):
+def build_model(spec: ModelSpec, stage_overrides: dict[str, Any] | None = None):
+    from nas.config import merge
     from nas.models.registry import create_model
 
-    return create_model(spec.name, **spec.overrides)
+    return create_model(spec.name, **merge(spec.overrides, stage_overrides or {}))
+
+
+def has_dictionary(model) -> bool:
+    return hasattr(model, "vd")
 
 
 def build_train_loader(data: DataConfig, loader: LoaderConfig):
@@ -75,8 +80,17 @@ def stage(cfg: dict[str, Any], record: Recorder) -> None:
     paths = stage_paths(name, variant)
 
     manual_seed(cfg["seed"] + idist.get_rank())
-    model = build_model(spec, cfg)
+    model = build_model(spec, stage_cfg.model_overrides)
     loader = build_train_loader(data, loader_cfg)
+    if has_dictionary(model) and stage_cfg.init_from is None:
+        # Stage 1 of a VD variant: start from the build_vd artifact; γ ramps over this stage's steps.
+        from nas.models.vd_build import load_initial_dictionary
+
+        record = load_initial_dictionary(model, Path("runs/build_vd") / variant / "vd_init.pt")
+        print(f"{name}[{variant}]: initial dictionary ({record['init']}) health {record['health']}")
+        steps = len(loader) if stage_cfg.train.max_steps_per_epoch is None else min(
+            len(loader), stage_cfg.train.max_steps_per_epoch)
+        model.set_total_steps(stage_cfg.train.epochs * steps)
     init_checkpoint = None
     if stage_cfg.init_from is not None:
         init_checkpoint = stage_paths(stage_cfg.init_from, variant)["run"] / "checkpoint.pt"
@@ -89,7 +103,7 @@ def stage(cfg: dict[str, Any], record: Recorder) -> None:
     # and the old checkpoints stay on disk (nothing is lost).
     digest = config_digest({k: v for k, v in cfg.items() if k != "stage"} | {"stage": name})
     output_dir = paths["checkpoints"] / digest
-    steps: list[dict[str, float]] = []
+    step_rows: list[dict[str, float]] = []
 
     def on_epoch_end(epoch: int, metrics: dict[str, Any]) -> None:
         for key, value in metrics.items():
@@ -100,7 +114,7 @@ def stage(cfg: dict[str, Any], record: Recorder) -> None:
 
     def on_log_step(iteration: int, output: dict[str, Any]) -> None:
         row = {"step": iteration, **{k: float(v) for k, v in output.items() if isinstance(v, (int, float))}}
-        steps.append(row)
+        step_rows.append(row)
         record.log_scalar("step.loss", row.get("loss", float("nan")), iteration)
 
     result = fit(
@@ -119,6 +133,11 @@ def stage(cfg: dict[str, Any], record: Recorder) -> None:
     shutil.copyfile(result["last_checkpoint"], paths["run"] / "checkpoint.pt")
     (paths["run"] / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     history = result["history"]
+    if has_dictionary(model):
+        health = model.dictionary_health()
+        print(f"{name}[{variant}] dictionary health after training (EMA counts): {health}")
+        for key, value in health.items():
+            record.log_scalar(f"vd.{key}", value)
     summary = {
         "stage": name,
         "variant": variant,
@@ -126,8 +145,10 @@ def stage(cfg: dict[str, Any], record: Recorder) -> None:
         "resumed_from": result["resumed_from"],
         "final": history[-1] if history else {},
         "epochs": history,
-        "steps": steps,
+        "steps": step_rows,
     }
+    if has_dictionary(model):
+        summary["dictionary_health"] = health
     paths["metrics"].parent.mkdir(parents=True, exist_ok=True)
     paths["metrics"].write_text(json.dumps(summary, indent=2) + "\n")
     record.add_artifact(paths["run"] / "config.json", name="resolved_config.json")

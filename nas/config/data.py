@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from nas.data.probes import ProbeConfig
 from nas.data.synthetic import SyntheticConfig
 from nas.data.transforms import TransformConfig
 
@@ -21,6 +22,10 @@ class DataConfig:
     test_file: str = "test.json"
     image_root: str = ""  # image paths are relative to root/image_root
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    # Fine-grained probes written from the test scenes in the official ARO / Winoground / VALSE /
+    # SugarCrepe file formats; `evaluate` scores them with the same code as the real benchmarks.
+    probes_root: str = "data/probes"
+    probes: ProbeConfig = field(default_factory=ProbeConfig)
     transform: TransformConfig = field(default_factory=TransformConfig)
     max_words: int = 30  # ALBEF pre_caption(max_words=30) for pretraining captions
     text_max_length: int = 32  # BERT tokens incl. [CLS]/[SEP]; the longest synthetic caption is 27

@@ -32,6 +32,9 @@ class TrainStageConfig:
 
     init_from: str | None = None
     init_objects: tuple[str, ...] = ("model",)
+    # Architecture switches of this stage only, merged into `model.overrides` (e.g. NAS stage 2:
+    # `{nva_enabled: true, vd: {frozen: true}}`); the weights stay compatible across stages.
+    model_overrides: dict[str, Any] = field(default_factory=dict)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self):

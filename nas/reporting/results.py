@@ -37,6 +37,7 @@ def collect(metrics_dir: Path) -> dict[str, Any]:
         "stage2": read_json_dir(metrics_dir / "pretrain_stage2"),
         "finetune": read_json_dir(metrics_dir / "finetune"),
         "evaluate": read_json_dir(metrics_dir / "evaluate"),
+        "build_vd": read_json_dir(metrics_dir / "build_vd"),
     }
 
 
@@ -61,6 +62,94 @@ def retrieval_table(evaluations: dict[str, dict[str, Any]]) -> list[str]:
             + f" | {c['i2t_r1']:.2f} / {c['t2i_r1']:.2f} | {ratio_i2t:.1f}x / {ratio_t2i:.1f}x |"
         )
     return lines
+
+
+# Reference numbers on the REAL benchmarks (NAS_METHOD.md §8, BENCHMARKS.md §1.7/§2.4/§3.5): ALBEF-4M
+# with ITM-probability scoring, recomputed from FGE's released per-example score files
+# (github.com/e-bug/fine-grained-evals). They frame the probes; they are not comparable to them.
+REFERENCES: dict[str, str] = {
+    "winoground": "ALBEF-4M (ITM prob.): text 29.25 / image 15.50 / group 11.00",
+    "valse": "ALBEF-4M (ITM prob.): acc_r mean of 11 instruments 67.8 (micro 69.1)",
+    "vg_relation": "CLIP ViT-B/32: 59.9; NegCLIP: 80.2 (ARO issue #33 re-runs)",
+    "vg_attribution": "CLIP ViT-B/32: 63.2; NegCLIP: 70.5 (ARO issue #33 re-runs)",
+    "coco_order": "CLIP ViT-B/32: 47.4; NegCLIP: 86.8 (ARO issue #33 re-runs)",
+}
+
+
+def headline(name: str, metrics: dict[str, Any]) -> dict[str, float]:
+    """The figures a benchmark's paper reports, in percent."""
+    if name in ("vg_relation", "vg_attribution"):
+        return {"macro acc": metrics["macro"], "micro acc": metrics["micro"]}
+    if name in ("coco_order", "flickr30k_order"):
+        out = {"P@1 (mean over seeds)": metrics["precision_at_1"]}
+        if metrics.get("sd") is not None:
+            out["sd over seeds"] = metrics["sd"]
+        return out
+    if name == "winoground":
+        return {"text": metrics["text"], "image": metrics["image"], "group": metrics["group"]}
+    if name == "valse":
+        out = {"acc_r (macro)": metrics["macro"]["acc_r"], "acc_r (micro)": metrics["micro"]["acc_r"],
+               "AUROC (macro)": metrics["macro"]["auroc"]}
+        if "min_p_c_p_f" in metrics["macro"]:
+            out["min(p_c, p_f) (macro)"] = metrics["macro"]["min_p_c_p_f"]
+        return out
+    if name == "sugarcrepe":
+        return {"mean of files": metrics["mean_of_files"],
+                **{f"{k} (pooled)": v["accuracy"] for k, v in metrics["categories"].items()}}
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
+def fine_grained_tables(evaluations: dict[str, dict[str, Any]]) -> list[str]:
+    """One table per benchmark: rows = variant x scorer, columns = headline figures + chance."""
+    by_benchmark: dict[str, list[tuple[str, str, dict[str, Any]]]] = {}
+    for variant, result in evaluations.items():
+        for name, by_scorer in (result.get("fine_grained") or {}).items():
+            for scorer, res in by_scorer.items():
+                by_benchmark.setdefault(name, []).append((variant, scorer, res))
+    lines: list[str] = []
+    for name, rows in sorted(by_benchmark.items()):
+        figures = list(headline(name, rows[0][2]["metrics"]))
+        chance = rows[0][2].get("chance", {})
+        lines += [f"### {name} ({rows[0][2]['n_cases']} probe cases)", ""]
+        lines.append("| variant | scorer | " + " | ".join(figures) + " |")
+        lines.append("|---|---|" + "---:|" * len(figures))
+        for variant, scorer, res in rows:
+            values = headline(name, res["metrics"])
+            lines.append(f"| {variant} | {scorer} | " + " | ".join(_fmt(values[f]) for f in figures) + " |")
+        if chance:
+            lines.append("| chance | — | " + " | ".join(
+                _fmt(chance[k]) if k in chance else "" for k in _chance_keys(figures, chance)) + " |")
+        if name in REFERENCES:
+            lines += ["", f"Reference on the real benchmark: {REFERENCES[name]}."]
+        lines.append("")
+    return lines
+
+
+def _chance_keys(figures: list[str], chance: dict[str, float]) -> list[str]:
+    """Align chance levels with the figure columns (one chance value repeats when there is one)."""
+    if len(chance) == 1:
+        only = next(iter(chance))
+        return [only if "sd" not in f else "" for f in figures]
+    return [next((k for k in chance if k.lower() in f.lower()), "") for f in figures]
+
+
+def dictionary_table(results: dict[str, Any]) -> list[str]:
+    """Dictionary health before pretraining (build_vd, on training images), after it (EMA counts
+    of stage 2), and on the test images at evaluation."""
+    rows = []
+    for variant, built in results["build_vd"].items():
+        if not built.get("vd"):
+            continue
+        after = results["stage2"].get(variant, {}).get("dictionary_health", {})
+        test = results["evaluate"].get(variant, {}).get("dictionary", {})
+        for when, health in (("after build_vd (" + str(built.get("init")) + ")", built),
+                             ("after pretraining (EMA counts)", after), ("test images", test)):
+            if health:
+                rows.append(f"| {variant} | {when} | {health.get('num_codes', '')} | {health.get('codes_in_use', '')} "
+                            f"| {health.get('perplexity', float('nan')):.1f} | {health.get('dead_codes', '')} |")
+    if not rows:
+        return []
+    return ["| variant | when | codes | in use | perplexity | dead |", "|---|---|---:|---:|---:|---:|", *rows]
 
 
 def training_table(stage1: dict[str, Any], stage2: dict[str, Any]) -> list[str]:
@@ -133,11 +222,30 @@ def write_report(metrics_dir: Path, reports_dir: Path, cfg: ReportConfig) -> Pat
         lines += ["## Zero-shot retrieval on the test split", "",
                   "R@K in percent. Chance = a scorer that ranks uniformly at random.", ""]
         lines += retrieval_table(results["evaluate"]) + [""]
+        grained = fine_grained_tables(results["evaluate"])
+        if grained:
+            lines += ["## Fine-grained probes (official formats, synthetic test scenes)", "",
+                      "Percent. Each row names the pair scorer that produced it.", ""] + grained
+    health = dictionary_table(results)
+    if health:
+        lines += ["## Visual dictionary health", ""] + health + [""]
     lines += ["## Training", ""] + training_table(results["stage1"], results["stage2"]) + [""]
     passed = [v for v, r in results["finetune"].items() if r.get("pass_through")]
     if passed:
         lines += [f"Fine-tuning is a pass-through for: {', '.join(passed)} (not implemented yet).", ""]
     lines += ["![loss curves](figures/loss_curves.png)", ""]
+    for variant, result in results["evaluate"].items():
+        source = Path(result.get("nva_figure") or "")
+        if source.is_file():
+            import shutil
+
+            target = figures / f"nva_{variant}.png"
+            shutil.copyfile(source, target)
+            lines += [f"### What NVA changes: {variant}", "",
+                      "Each row: a test image, its visual-dictionary code map over the patch grid, and the "
+                      "patches one NVA draw replaced (all patches sharing the anchor's code move to one "
+                      "nearby code; every other token is bitwise unchanged).", "",
+                      f"![NVA {variant}](figures/nva_{variant}.png)", ""]
     reports_dir.mkdir(parents=True, exist_ok=True)
     out = reports_dir / "results.md"
     out.write_text("\n".join(lines))
