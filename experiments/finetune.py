@@ -1,37 +1,220 @@
-"""Stage `finetune`: text-augmented fine-tuning (NAS_METHOD.md §5).
+"""Stage `finetune`: text-augmented fine-tuning (NAS_METHOD.md §5, §6).
 
-Not built yet (issue 4): this stage passes the variant's stage-2 checkpoint through unchanged and
-says so in its output and metrics, so the pipeline's shape is final and `evaluate` reads one path.
+Per variant: start from `runs/pretrain_stage2/<variant>/checkpoint.pt` (model only: weights, momentum
+copies, queues, VD), raise the resolution (position embeddings of the online and momentum ViT
+interpolated, before the optimizer exists), and train ITC + ITM on the training pairs, each with its NTA
+hard-negative caption as an extra ITC negative text and an extra ITM negative (nas.data.finetune_data).
+NAS variants overlay `model_overrides` (VD frozen, NVA on and not detached, §4.8).
+
+Outputs (paths fixed for dvc.yaml):
+  runs/finetune/<variant>/train_nta.json      the NTA annotation file the run trained on
+  runs/finetune/<variant>/checkpoint.pt       the final checkpoint
+  runs/finetune/<variant>/config.json         the resolved config, with the EFFECTIVE model overrides
+                                              (fine-tuning size in `model.overrides.vision.img_size`), so
+                                              `load_trained_model` rebuilds exactly this model
+  checkpoints/finetune/<variant>/<digest>/    resumable epoch checkpoints
+  metrics/finetune/<variant>.json             per-epoch and per-step losses, NTA counts
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from experiments.common import Recorder, run_stage
+from experiments.pretrain import build_model, has_dictionary, stage_paths
+from nas.config import from_dict, merge
+from nas.config.data import DataConfig
+from nas.config.stages import LoaderConfig, ModelSpec, config_digest
+from nas.data.nta import NTAConfig
+from nas.engine.trainer import TrainConfig
+
+STAGE = "finetune"
+
+
+@dataclass
+class FinetuneConfig:
+    """The `finetune` params section. Defaults: the tiny profile; paper values in comments.
+
+    Paper recipe (NAS_METHOD §5, ALBEF's retrieval fine-tuning): 384 px, AdamW lr 1e-5 → 1e-6 cosine,
+    weight decay 0.02, 5 epochs of COCO, VD frozen, NVA on (not detached), queue updated, no MLM.
+    """
+
+    init_from: str = "pretrain_stage2"  # the variant's checkpoint the stage starts from (§6)
+    # Fine-tuning resolution; paper: 384 (pretraining 256) [P]. The tiny default keeps the pretraining
+    # 64 px (a raise costs time and the evaluate stage reads data.transform.image_size).
+    image_size: int = 64
+    nta: NTAConfig = field(default_factory=NTAConfig)  # edit kinds; vocabularies come from the data set
+    # ALBEF's retrieval fine-tuning has no MLM [B]; > 0 adds it with this weight.
+    mlm_weight: float = 0.0
+    # Architecture switches of this stage, merged into `model.overrides` (NAS: `{vd: {frozen: true},
+    # nva_enabled: true, nva: {detach: false}}`); `vision.img_size` and `mlm_weight` are set by the stage.
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.image_size <= 0:
+            raise ValueError(f"image_size must be positive, got {self.image_size}")
+        if self.mlm_weight < 0:
+            raise ValueError(f"mlm_weight must be >= 0, got {self.mlm_weight}")
+        if not self.init_from:
+            raise ValueError("init_from must name the stage whose checkpoint fine-tuning starts from")
+        if "mlm_weight" in self.model_overrides or "img_size" in self.model_overrides.get("vision", {}):
+            raise ValueError(
+                "model_overrides must not set mlm_weight or vision.img_size: use finetune.mlm_weight and "
+                "finetune.image_size"
+            )
+
+
+def effective_overrides(spec: ModelSpec, cfg: FinetuneConfig, *, image_size: int) -> dict[str, Any]:
+    """The model overrides the fine-tuned model is built with (recorded in config.json)."""
+    stage = merge(cfg.model_overrides, {"mlm_weight": cfg.mlm_weight, "vision": {"img_size": image_size}})
+    return merge(spec.overrides, stage)
+
+
+def write_negatives(data: DataConfig, cfg: FinetuneConfig, out_file: Path, seed: int) -> dict[str, Any]:
+    """The NTA annotation file of the training split: role edits on synthetic data, spaCy on real files."""
+    from nas.data.finetune_data import write_nta_annotations, write_spacy_nta_annotations
+
+    if data.source == "synthetic":
+        split = Path(data.train_file).stem  # train.json <-> train_scenes.json
+        return write_nta_annotations(data.root, split, out_file, cfg.nta, seed)
+    return write_spacy_nta_annotations(data.path(data.train_file), out_file, cfg.nta, seed)
+
+
+def build_finetune_model(spec: ModelSpec, cfg: FinetuneConfig, init_checkpoint: Path):
+    """The model at its pretraining size with the stage's switches, the init checkpoint loaded, then
+    resized to `cfg.image_size` (online and momentum ViT); the optimizer must be built after this."""
+    from nas.engine.checkpoint import read_checkpoint
+
+    pretrain_size = spec.overrides.get("vision", {}).get("img_size", "its default")
+    model = build_model(spec, merge(cfg.model_overrides, {"mlm_weight": cfg.mlm_weight}))
+    state = read_checkpoint(init_checkpoint)
+    if "model" not in state:
+        raise KeyError(f"{init_checkpoint} holds no 'model' entry (it has {sorted(state)})")
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise RuntimeError(
+            f"{init_checkpoint} does not fit the model {spec.name} at {pretrain_size} px: {exc}"
+        ) from exc
+    if has_dictionary(model) and not model.cfg.vd.frozen:
+        raise ValueError(
+            "finetune: the visual dictionary is frozen in fine-tuning (NAS_METHOD §6); set "
+            "finetune.model_overrides.vd.frozen: true for this variant"
+        )
+    if model.cfg.vision.img_size != cfg.image_size:
+        model.set_image_size(cfg.image_size)
+    return model
+
+
+def build_nta_loader(data: DataConfig, loader: LoaderConfig, annotation_file: Path, image_size: int):
+    from nas.data.finetune_data import NTACaptionDataset, make_nta_collate
+    from nas.data.loader import build_loader
+    from nas.data.tokenizer import load_tokenizer
+    from nas.data.transforms import build_train_transform
+
+    transform = dataclasses.replace(data.transform, image_size=image_size)
+    dataset = NTACaptionDataset(
+        annotation_file,
+        data.images,
+        build_train_transform(transform),
+        skip_bad_images=data.skip_bad_images,
+        max_words=data.max_words,
+    )
+    return build_loader(
+        dataset, loader, make_nta_collate(load_tokenizer(), data.text_max_length), shuffle=True
+    )
 
 
 def stage(cfg: dict[str, Any], record: Recorder) -> None:
+    import ignite.distributed as idist
+    from ignite.utils import manual_seed
+
+    from nas.engine.fit import fit
+
     variant = cfg["variant"]
-    source, target = Path("runs/pretrain_stage2") / variant, Path("runs/finetune") / variant
-    if not (source / "checkpoint.pt").is_file():
-        raise FileNotFoundError(f"finetune: {source / 'checkpoint.pt'} is missing; run pretrain_stage2 first")
-    target.mkdir(parents=True, exist_ok=True)
-    for name in ("checkpoint.pt", "config.json"):
-        shutil.copyfile(source / name, target / name)
-    note = "PASS-THROUGH: fine-tuning is not implemented yet (issue 4); this is the stage-2 checkpoint"
-    print(f"finetune[{variant}]: {note}")
-    record.info("pass_through", note)
-    out = Path("metrics/finetune") / f"{variant}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"variant": variant, "pass_through": True, "note": note}, indent=2) + "\n")
+    data = from_dict(DataConfig, cfg["data"], "data")
+    loader_cfg = from_dict(LoaderConfig, cfg["loader"], "loader")
+    spec = from_dict(ModelSpec, cfg["model"], "model")
+    section = dict(cfg[STAGE])
+    section["train"] = {**section.get("train", {}), "seed": cfg["seed"]}  # one seed: params `seed`
+    ft = from_dict(FinetuneConfig, section, STAGE)
+    paths = stage_paths(STAGE, variant)
+    init_checkpoint = stage_paths(ft.init_from, variant)["run"] / "checkpoint.pt"
+    if not init_checkpoint.is_file():
+        raise FileNotFoundError(f"{STAGE}: {init_checkpoint} is missing; run {ft.init_from} first")
+
+    manual_seed(cfg["seed"] + idist.get_rank())
+    paths["run"].mkdir(parents=True, exist_ok=True)
+    annotation_file = paths["run"] / "train_nta.json"
+    if idist.get_rank() == 0:
+        nta_counts = write_negatives(data, ft, annotation_file, cfg["seed"])
+        print(f"{STAGE}[{variant}]: NTA negatives {nta_counts}")
+    if idist.get_world_size() > 1:
+        idist.barrier()  # every rank reads the file rank 0 wrote
+    model = build_finetune_model(spec, ft, init_checkpoint)
+    loader = build_nta_loader(data, loader_cfg, annotation_file, ft.image_size)
+
+    digest = config_digest({k: v for k, v in cfg.items() if k != "stage"} | {"stage": STAGE})
+    step_rows: list[dict[str, float]] = []
+
+    def on_epoch_end(epoch: int, metrics: dict[str, Any]) -> None:
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)):
+                record.log_scalar(f"train.{key}", value, epoch)
+        print(
+            f"{STAGE}[{variant}] epoch {epoch}: "
+            + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
+        )
+
+    def on_log_step(iteration: int, output: dict[str, Any]) -> None:
+        row = {"step": iteration, **{k: float(v) for k, v in output.items() if isinstance(v, (int, float))}}
+        step_rows.append(row)
+        record.log_scalar("step.loss", row.get("loss", float("nan")), iteration)
+
+    # init_checkpoint=None: the weights are loaded (and resized) above; a resumed run loads its own.
+    result = fit(
+        model,
+        loader,
+        ft.train,
+        output_dir=paths["checkpoints"] / digest,
+        on_epoch_end=on_epoch_end,
+        on_log_step=on_log_step,
+    )
+    if idist.get_rank() != 0:
+        return
+    shutil.copyfile(result["last_checkpoint"], paths["run"] / "checkpoint.pt")
+    recorded = copy.deepcopy(cfg)
+    recorded["model"]["overrides"] = effective_overrides(spec, ft, image_size=ft.image_size)
+    recorded["data"].setdefault("transform", {})["image_size"] = ft.image_size
+    (paths["run"] / "config.json").write_text(json.dumps(recorded, indent=2, sort_keys=True) + "\n")
+    history = result["history"]
+    summary = {
+        "stage": STAGE,
+        "variant": variant,
+        "config_digest": digest,
+        "init_checkpoint": str(init_checkpoint),
+        "image_size": ft.image_size,
+        "nta": nta_counts,
+        "resumed_from": result["resumed_from"],
+        "final": history[-1] if history else {},
+        "epochs": history,
+        "steps": step_rows,
+    }
+    paths["metrics"].parent.mkdir(parents=True, exist_ok=True)
+    paths["metrics"].write_text(json.dumps(summary, indent=2) + "\n")
+    record.add_artifact(paths["run"] / "config.json", name="resolved_config.json")
+    record.add_artifact(paths["metrics"], name="stage_metrics.json")
 
 
 def main(argv=None) -> None:
-    run_stage("finetune", stage, argv)
+    run_stage(STAGE, stage, argv, nproc_key=(STAGE, "train", "launch"))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,11 @@ It returns the weighted loss terms `{"itc", "itm", "mlm"}`; the engine sums them
 Extension points for NAS (§3–4), which change ITM only: `itm_image_tokens` (the visual dictionary
 replaces the patch tokens ITM sees; `itm_image_encoding` is its training-step form, which may also hand
 state to the next hook) and `extra_itm_blocks` (NVA adds a block of negatives).
+
+Text-augmented fine-tuning (NTA, §5): a batch that carries `neg_input_ids` / `neg_attention_mask` (one
+hard-negative caption per pair, nas.data.finetune_data) adds those captions (a) to ITC as extra negative
+texts on the image→text side (2B texts + queue; text→image unchanged) and (b) to ITM as a block
+`(T_nta, I)` of label 0, after the other rows.
 """
 
 from __future__ import annotations
@@ -31,9 +36,19 @@ from nas.distributed import all_gather_cat
 from nas.models.registry import build_config, register_model
 from nas.models.text import TextConfig, TextEncoder
 from nas.models.vision import VisionConfig, build_vision_encoder, resize_position_embeddings
-from nas.objectives.itc import TEMP_INIT, TEMP_MAX, TEMP_MIN, ContrastiveLoss
+from nas.objectives.itc import (
+    TEMP_INIT,
+    TEMP_MAX,
+    TEMP_MIN,
+    ContrastiveLoss,
+    ITCOutput,
+    distillation_targets,
+    positive_targets,
+    soft_cross_entropy,
+)
 from nas.objectives.itm import (
     MATCH,
+    NO_MATCH,
     ITMBlock,
     concat_blocks,
     hard_negative_blocks,
@@ -43,6 +58,7 @@ from nas.objectives.itm import (
 from nas.objectives.mlm import IGNORE_INDEX, MASK_PROBABILITY, mask_tokens, mlm_loss
 
 _BATCH_KEYS = ("image", "input_ids", "attention_mask", "image_id")
+_NTA_KEYS = ("neg_input_ids", "neg_attention_mask")  # NTA fine-tuning batches (nas.data.finetune_data)
 
 
 @dataclass
@@ -165,6 +181,7 @@ class ALBEF(nn.Module):
         """Weighted loss terms. `alpha`: distillation weight α; `generator`: for MLM masking and
         ITM negative sampling (torch's global RNG when None). Terms with weight 0 are left out."""
         image, input_ids, attention_mask, image_ids = _unpack(batch)
+        negative_text = _unpack_negative_text(batch, input_ids.shape[0])
         cfg = self.cfg
         alpha = float(alpha) if cfg.distill else 0.0
         if not 0.0 <= alpha <= 1.0:
@@ -179,10 +196,26 @@ class ALBEF(nn.Module):
             image_feat_m = F.normalize(self.vision_proj_m(image_tokens_m[:, 0]), dim=-1)
             text_tokens_m = self.text_encoder_m.encode(input_ids, attention_mask)
             text_feat_m = F.normalize(self.text_proj_m(text_tokens_m[:, 0]), dim=-1)
+            negative_feat_m = None
+            if negative_text is not None:
+                negative_tokens_m = self.text_encoder_m.encode(*negative_text)
+                negative_feat_m = F.normalize(self.text_proj_m(negative_tokens_m[:, 0]), dim=-1)
 
         ids = image_ids if cfg.itc_match_image_ids else None
         # ITC always runs: ITM samples its hard negatives from these similarities.
-        itc = self.itc(image_feat, text_feat, image_feat_m, text_feat_m, alpha=alpha, ids=ids)
+        if negative_feat_m is None:
+            itc = self.itc(image_feat, text_feat, image_feat_m, text_feat_m, alpha=alpha, ids=ids)
+        else:
+            itc = itc_with_negative_texts(
+                self.itc,
+                image_feat,
+                text_feat,
+                image_feat_m,
+                text_feat_m,
+                negative_feat_m,
+                alpha=alpha,
+                ids=ids,
+            )
         if self.training and cfg.queue_update:
             self.itc.enqueue(image_feat_m, text_feat_m, ids)
 
@@ -197,7 +230,9 @@ class ALBEF(nn.Module):
                 image_ids,
                 generator,
             )
-            loss = self._itm_loss(image_tokens, text_tokens, attention_mask, image_ids, negatives, generator)
+            loss = self._itm_loss(
+                image_tokens, text_tokens, attention_mask, image_ids, negatives, generator, negative_text
+            )
             losses["itm"] = cfg.itm_weight * loss
         if cfg.mlm_weight > 0:
             loss = self._mlm_loss(image_tokens, image_tokens_m, input_ids, attention_mask, alpha, generator)
@@ -212,6 +247,7 @@ class ALBEF(nn.Module):
         image_ids: torch.Tensor,
         negatives: tuple[torch.Tensor, torch.Tensor],
         generator: torch.Generator | None,
+        negative_text: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         # Computed once per step; the in-batch negatives index these tokens, they are not recomputed.
         itm_tokens, itm_state = self.itm_image_encoding(image_tokens)
@@ -224,8 +260,20 @@ class ALBEF(nn.Module):
             *self.extra_itm_blocks(context),
             *hard_negative_blocks(itm_tokens, text_tokens, attention_mask, *negatives),
         ]
+        blocks += self.negative_text_blocks(itm_tokens, negative_text)
         images, texts, masks, labels = concat_blocks(blocks)
         return itm_loss(self.fused_itm_logits(images, texts, masks), labels)
+
+    def negative_text_blocks(
+        self, itm_image_tokens: torch.Tensor, negative_text: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> list[ITMBlock]:
+        """NTA fine-tuning: `(T_nta, I)` label 0, each image with its own pair's hard-negative caption,
+        encoded by the online text encoder (gradient reaches it). Empty without negative texts."""
+        if negative_text is None:
+            return []
+        negative_ids, negative_mask = negative_text
+        negative_tokens = self.text_encoder.encode(negative_ids, negative_mask)
+        return [ITMBlock(itm_image_tokens, negative_tokens, negative_mask, NO_MATCH)]
 
     def extra_itm_blocks(self, context: ITMContext) -> list[ITMBlock]:
         """Extra ITM rows (NAS: the NVA negatives, §4). None for plain ALBEF."""
@@ -285,6 +333,73 @@ class ALBEF(nn.Module):
         self.cfg = dataclasses.replace(
             self.cfg, vision=dataclasses.replace(self.cfg.vision, img_size=img_size)
         )
+
+
+def itc_with_negative_texts(
+    itc: ContrastiveLoss,
+    image_feat: torch.Tensor,
+    text_feat: torch.Tensor,
+    image_feat_m: torch.Tensor,
+    text_feat_m: torch.Tensor,
+    negative_text_feat_m: torch.Tensor,
+    *,
+    alpha: float,
+    ids: torch.Tensor | None = None,
+) -> ITCOutput:
+    """ITC of `itc` (its temperature and queues) with one extra negative text per image (NTA, §5).
+
+    Image→text scores `[B, 2B + K]`: columns are the batch's momentum texts, the NTA captions' momentum
+    texts, then the text queue; the NTA columns get target 0 except through momentum distillation (their
+    share of `softmax(s_m / τ)`), like every other negative. Text→image is exactly `itc`'s. As in ALBEF,
+    the columns are momentum features, so the gradient of the i2t term reaches the image side only.
+    The queues are not touched here (the caller enqueues the batch's own features).
+    """
+    batch_size = image_feat.shape[0]
+    if negative_text_feat_m.shape != text_feat_m.shape:
+        raise ValueError(
+            f"negative_text_feat_m must match text_feat_m {tuple(text_feat_m.shape)} (one negative caption per "
+            f"pair), got {tuple(negative_text_feat_m.shape)}"
+        )
+    if itc.match_ids and ids is None:
+        raise ValueError("ContrastiveLoss(match_ids=True) needs the batch's image ids")
+    with torch.no_grad():
+        itc.temp.clamp_(TEMP_MIN, TEMP_MAX)
+        image_queue, text_queue = itc.image_queue.features.clone(), itc.text_queue.features.clone()
+        image_all = torch.cat([image_feat_m, image_queue])
+        text_all = torch.cat([text_feat_m, negative_text_feat_m, text_queue])
+        match = itc.match_ids
+        # Both queues hold the same ids (they are enqueued together), so one positive mask serves both sides.
+        all_ids = torch.cat([ids, itc.image_queue.ids.clone()]) if match else None
+        positives = positive_targets(
+            batch_size, image_all.shape[0], ids if match else None, all_ids, device=image_feat.device
+        ).to(image_feat.dtype)
+        # The NTA columns never hold a positive, with or without id matching.
+        no_match = positives.new_zeros(batch_size, batch_size)
+        positives_i2t = torch.cat([positives[:, :batch_size], no_match, positives[:, batch_size:]], dim=1)
+        targets_i2t = distillation_targets(image_feat_m @ text_all.t() / itc.temp, positives_i2t, alpha)
+        targets_t2i = distillation_targets(text_feat_m @ image_all.t() / itc.temp, positives, alpha)
+    sim_i2t = image_feat @ text_all.t() / itc.temp
+    sim_t2i = text_feat @ image_all.t() / itc.temp
+    loss = (soft_cross_entropy(sim_i2t, targets_i2t) + soft_cross_entropy(sim_t2i, targets_t2i)) / 2
+    return ITCOutput(loss, sim_i2t, sim_t2i)
+
+
+def _unpack_negative_text(
+    batch: Mapping[str, Any], batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """`(neg_input_ids, neg_attention_mask)` of an NTA batch, None for a plain one; half of them is an error."""
+    present = [k for k in _NTA_KEYS if k in batch]
+    if not present:
+        return None
+    if len(present) != len(_NTA_KEYS):
+        raise KeyError(f"an NTA batch needs both {list(_NTA_KEYS)}; it has only {present}")
+    ids, mask = batch["neg_input_ids"], batch["neg_attention_mask"]
+    if ids.dim() != 2 or mask.shape != ids.shape or ids.shape[0] != batch_size:
+        raise ValueError(
+            f"batch['neg_input_ids'] must be [B={batch_size}, T] and neg_attention_mask the same shape; got "
+            f"{tuple(ids.shape)} and {tuple(mask.shape)}"
+        )
+    return ids, mask
 
 
 def _frozen_copy(module: nn.Module) -> nn.Module:
