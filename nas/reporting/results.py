@@ -202,6 +202,30 @@ def loss_curve_figure(stage1: dict[str, Any], stage2: dict[str, Any], path: Path
     plt.close(fig)
 
 
+def audit_section(runs_dir: Path, variants: list[str]) -> list[str]:
+    """`nas audit` of the fine-tuned run of every reported variant (its recorded config), written
+    beside the report; results.md lists the verdict counts and links the tables."""
+    from nas.reporting.audit import audit, load_run_config, render
+
+    lines = []
+    for variant in variants:
+        run = runs_dir / "finetune" / variant
+        if not (run / "config.json").is_file():
+            continue
+        config = load_run_config(run)
+        text, code = render(config, title=f"Audit of {variant} (runs/finetune/{variant})")
+        target = runs_dir.parent / "reports" / "audits" / f"{variant}.md"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text + "\n")
+        verdicts: dict[str, int] = {}
+        for row in audit(config):
+            verdicts[row.verdict] = verdicts.get(row.verdict, 0) + 1
+        summary = ", ".join(f"{n} {v}" for v, n in sorted(verdicts.items()))
+        lines.append(f"- [{variant}](audits/{variant}.md): {summary} (exit code {code}: "
+                     f"{'every departure from the paper explained' if code == 0 else 'departs from the paper; this profile is tiny on purpose'})")
+    return lines
+
+
 def write_report(metrics_dir: Path, reports_dir: Path, cfg: ReportConfig) -> Path:
     results = collect(metrics_dir)
     figures = reports_dir / "figures"
@@ -247,6 +271,11 @@ def write_report(metrics_dir: Path, reports_dir: Path, cfg: ReportConfig) -> Pat
                       "nearby code; every other token is bitwise unchanged).", "",
                       f"![NVA {variant}](figures/nva_{variant}.png)", ""]
     reports_dir.mkdir(parents=True, exist_ok=True)
+    audits = audit_section(metrics_dir.parent / "runs", sorted(results["evaluate"]))
+    if audits:
+        lines += ["## Hyperparameter audit against the paper card", "",
+                  "`nas audit runs/finetune/<variant>` compares each run's recorded config with the paper "
+                  "(match / deviation / known difference with the first author's code).", "", *audits, ""]
     out = reports_dir / "results.md"
     out.write_text("\n".join(lines))
     return out
