@@ -55,7 +55,9 @@ def stage(cfg: dict[str, Any], record: Recorder) -> None:
     model = build_model(spec, stage1.model_overrides)
     if not has_dictionary(model):
         note = f"variant {variant!r} ({spec.name}) has no visual dictionary: nothing to build"
-        (out_dir / "vd_init.json").write_text(json.dumps({"variant": variant, "vd": False, "note": note}) + "\n")
+        (out_dir / "vd_init.json").write_text(
+            json.dumps({"variant": variant, "vd": False, "note": note}) + "\n"
+        )
         print(f"build_vd[{variant}]: {note}")
         metrics: dict[str, Any] = {"vd": False}
     else:
@@ -66,8 +68,10 @@ def stage(cfg: dict[str, Any], record: Recorder) -> None:
         generator = torch.Generator().manual_seed(cfg["seed"])
         built = build_initial_dictionary(model, images, generator, path=out_dir / "vd_init.pt")
         health = built["health"] or {}
-        print(f"build_vd[{variant}]: init={built['init']} over {built['num_images']} images "
-              f"({built['num_features']} patch features): {health}")
+        print(
+            f"build_vd[{variant}]: init={built['init']} over {built['num_images']} images "
+            f"({built['num_features']} patch features): {health}"
+        )
         metrics = {"vd": True, "init": built["init"], "num_images": built["num_images"], **health}
         for key, value in health.items():
             record.log_scalar(f"vd_init.{key}", value)

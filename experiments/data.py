@@ -20,7 +20,9 @@ METRICS = Path("metrics/data.json")
 def stage(cfg: dict, record: Recorder) -> None:
     data = from_dict(DataConfig, cfg["data"], "data")
     if data.source != "synthetic":
-        raise NotImplementedError("data.source=files: the real-corpus download stage is not built yet (issue 5)")
+        raise NotImplementedError(
+            "data.source=files: the real-corpus download stage is not built yet (issue 5)"
+        )
     from nas.data.synthetic import generate
 
     manifest = generate(data.synthetic, data.root, overwrite=True)

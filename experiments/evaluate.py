@@ -54,8 +54,12 @@ def fine_grained(model, data: DataConfig, cfg: EvaluateConfig, scores_dir: Path)
             if name == "valse" and scorer_cfg.kind == "itm" and cfg.valse_match_threshold is not None:
                 config["match_threshold"] = cfg.valse_match_threshold
             result = evaluate_benchmark(
-                name, spec["root"], scorer, config,
-                score_file=scores_dir / f"{name}.{scorer.name}.jsonl", **spec["load_options"],
+                name,
+                spec["root"],
+                scorer,
+                config,
+                score_file=scores_dir / f"{name}.{scorer.name}.jsonl",
+                **spec["load_options"],
             )
             result.pop("scores")  # kept in the score file, not in the metrics JSON
             results.setdefault(name, {})[scorer.name] = result
@@ -121,11 +125,19 @@ def nva_picture(model, data: DataConfig, images, out_dir: Path, count: int = 4) 
     for image, caption in load_pairs(data.path(data.test_file), max_words=data.max_words):
         first_caption.setdefault(image, caption)
     captions = list(first_caption.values())[:count]
-    enc = load_tokenizer()(captions, padding="longest", truncation=True, max_length=data.text_max_length,
-                           return_tensors="pt")
+    enc = load_tokenizer()(
+        captions, padding="longest", truncation=True, max_length=data.text_max_length, return_tensors="pt"
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
-    return nva_figure(model, images[:count], enc["input_ids"], enc["attention_mask"], out_dir / "nva_figure.png",
-                      captions=captions, max_images=count)
+    return nva_figure(
+        model,
+        images[:count],
+        enc["input_ids"],
+        enc["attention_mask"],
+        out_dir / "nva_figure.png",
+        captions=captions,
+        max_images=count,
+    )
 
 
 def stage(cfg: dict[str, Any], record: Recorder) -> None:
@@ -146,14 +158,18 @@ def stage(cfg: dict[str, Any], record: Recorder) -> None:
 
         test_images = sample_training_images(data, limit=10**9, annotation_file=data.test_file)
         result["dictionary"] = model.dictionary_health(test_images)
-        print(f"evaluate[{variant}] dictionary health on {len(test_images)} test images: {result['dictionary']}")
+        print(
+            f"evaluate[{variant}] dictionary health on {len(test_images)} test images: {result['dictionary']}"
+        )
         result["nva_figure"] = str(nva_picture(model, data, test_images, Path("runs/evaluate") / variant))
     result["fine_grained"] = fine_grained(model, data, eval_cfg, Path("runs/evaluate") / variant / "scores")
     for name, by_scorer in result["fine_grained"].items():
         for scorer_name, res in by_scorer.items():
             headline = {k: v for k, v in res["metrics"].items() if isinstance(v, (int, float))}
-            print(f"evaluate[{variant}] {name} ({scorer_name}, {res['n_cases']} cases): "
-                  + ", ".join(f"{k}={v:.1f}" for k, v in list(headline.items())[:6]))
+            print(
+                f"evaluate[{variant}] {name} ({scorer_name}, {res['n_cases']} cases): "
+                + ", ".join(f"{k}={v:.1f}" for k, v in list(headline.items())[:6])
+            )
 
     r = result["retrieval"]
     print(

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.common import Recorder, run_stage
-from experiments.pretrain import build_model, has_dictionary, stage_paths
+from experiments.pretrain import build_model, has_dictionary, stage_paths, training_callbacks
 from nas.config import from_dict, merge
 from nas.config.data import DataConfig
 from nas.config.stages import LoaderConfig, ModelSpec, config_digest
@@ -162,21 +162,7 @@ def stage(cfg: dict[str, Any], record: Recorder) -> None:
     loader = build_nta_loader(data, loader_cfg, annotation_file, ft.image_size)
 
     digest = config_digest({k: v for k, v in cfg.items() if k != "stage"} | {"stage": STAGE})
-    step_rows: list[dict[str, float]] = []
-
-    def on_epoch_end(epoch: int, metrics: dict[str, Any]) -> None:
-        for key, value in metrics.items():
-            if isinstance(value, (int, float)):
-                record.log_scalar(f"train.{key}", value, epoch)
-        print(
-            f"{STAGE}[{variant}] epoch {epoch}: "
-            + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
-        )
-
-    def on_log_step(iteration: int, output: dict[str, Any]) -> None:
-        row = {"step": iteration, **{k: float(v) for k, v in output.items() if isinstance(v, (int, float))}}
-        step_rows.append(row)
-        record.log_scalar("step.loss", row.get("loss", float("nan")), iteration)
+    on_epoch_end, on_log_step, step_rows = training_callbacks(STAGE, variant, record)
 
     # init_checkpoint=None: the weights are loaded (and resized) above; a resumed run loads its own.
     result = fit(

@@ -64,6 +64,28 @@ def build_train_loader(data: DataConfig, loader: LoaderConfig):
     return build_loader(dataset, loader, collate, shuffle=True)
 
 
+def training_callbacks(name: str, variant: str, record: Recorder):
+    """(on_epoch_end, on_log_step, step rows) for `fit`: per-epoch means and per-step losses go to
+    Sacred and to the stage's metrics file (the report's loss curves)."""
+    step_rows: list[dict[str, float]] = []
+
+    def on_epoch_end(epoch: int, metrics: dict[str, Any]) -> None:
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)):
+                record.log_scalar(f"train.{key}", value, epoch)
+        print(
+            f"{name}[{variant}] epoch {epoch}: "
+            + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
+        )
+
+    def on_log_step(iteration: int, output: dict[str, Any]) -> None:
+        row = {"step": iteration, **{k: float(v) for k, v in output.items() if isinstance(v, (int, float))}}
+        step_rows.append(row)
+        record.log_scalar("step.loss", row.get("loss", float("nan")), iteration)
+
+    return on_epoch_end, on_log_step, step_rows
+
+
 def stage(cfg: dict[str, Any], record: Recorder) -> None:
     import ignite.distributed as idist
     from ignite.utils import manual_seed
@@ -86,10 +108,13 @@ def stage(cfg: dict[str, Any], record: Recorder) -> None:
         # Stage 1 of a VD variant: start from the build_vd artifact; γ ramps over this stage's steps.
         from nas.models.vd_build import load_initial_dictionary
 
-        record = load_initial_dictionary(model, Path("runs/build_vd") / variant / "vd_init.pt")
-        print(f"{name}[{variant}]: initial dictionary ({record['init']}) health {record['health']}")
-        steps = len(loader) if stage_cfg.train.max_steps_per_epoch is None else min(
-            len(loader), stage_cfg.train.max_steps_per_epoch)
+        built = load_initial_dictionary(model, Path("runs/build_vd") / variant / "vd_init.pt")
+        print(f"{name}[{variant}]: initial dictionary ({built['init']}) health {built['health']}")
+        steps = (
+            len(loader)
+            if stage_cfg.train.max_steps_per_epoch is None
+            else min(len(loader), stage_cfg.train.max_steps_per_epoch)
+        )
         model.set_total_steps(stage_cfg.train.epochs * steps)
     init_checkpoint = None
     if stage_cfg.init_from is not None:
@@ -103,19 +128,7 @@ def stage(cfg: dict[str, Any], record: Recorder) -> None:
     # and the old checkpoints stay on disk (nothing is lost).
     digest = config_digest({k: v for k, v in cfg.items() if k != "stage"} | {"stage": name})
     output_dir = paths["checkpoints"] / digest
-    step_rows: list[dict[str, float]] = []
-
-    def on_epoch_end(epoch: int, metrics: dict[str, Any]) -> None:
-        for key, value in metrics.items():
-            if isinstance(value, (int, float)):
-                record.log_scalar(f"train.{key}", value, epoch)
-        print(f"{name}[{variant}] epoch {epoch}: " + ", ".join(
-            f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
-
-    def on_log_step(iteration: int, output: dict[str, Any]) -> None:
-        row = {"step": iteration, **{k: float(v) for k, v in output.items() if isinstance(v, (int, float))}}
-        step_rows.append(row)
-        record.log_scalar("step.loss", row.get("loss", float("nan")), iteration)
+    on_epoch_end, on_log_step, step_rows = training_callbacks(name, variant, record)
 
     result = fit(
         model,

@@ -32,7 +32,9 @@ def read_json_dir(folder: Path) -> dict[str, dict[str, Any]]:
 
 def collect(metrics_dir: Path) -> dict[str, Any]:
     return {
-        "data": json.loads((metrics_dir / "data.json").read_text()) if (metrics_dir / "data.json").is_file() else {},
+        "data": json.loads((metrics_dir / "data.json").read_text())
+        if (metrics_dir / "data.json").is_file()
+        else {},
         "stage1": read_json_dir(metrics_dir / "pretrain_stage1"),
         "stage2": read_json_dir(metrics_dir / "pretrain_stage2"),
         "finetune": read_json_dir(metrics_dir / "finetune"),
@@ -88,14 +90,19 @@ def headline(name: str, metrics: dict[str, Any]) -> dict[str, float]:
     if name == "winoground":
         return {"text": metrics["text"], "image": metrics["image"], "group": metrics["group"]}
     if name == "valse":
-        out = {"acc_r (macro)": metrics["macro"]["acc_r"], "acc_r (micro)": metrics["micro"]["acc_r"],
-               "AUROC (macro)": metrics["macro"]["auroc"]}
+        out = {
+            "acc_r (macro)": metrics["macro"]["acc_r"],
+            "acc_r (micro)": metrics["micro"]["acc_r"],
+            "AUROC (macro)": metrics["macro"]["auroc"],
+        }
         if "min_p_c_p_f" in metrics["macro"]:
             out["min(p_c, p_f) (macro)"] = metrics["macro"]["min_p_c_p_f"]
         return out
     if name == "sugarcrepe":
-        return {"mean of files": metrics["mean_of_files"],
-                **{f"{k} (pooled)": v["accuracy"] for k, v in metrics["categories"].items()}}
+        return {
+            "mean of files": metrics["mean_of_files"],
+            **{f"{k} (pooled)": v["accuracy"] for k, v in metrics["categories"].items()},
+        }
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
 
 
@@ -117,8 +124,11 @@ def fine_grained_tables(evaluations: dict[str, dict[str, Any]]) -> list[str]:
             values = headline(name, res["metrics"])
             lines.append(f"| {variant} | {scorer} | " + " | ".join(_fmt(values[f]) for f in figures) + " |")
         if chance:
-            lines.append("| chance | — | " + " | ".join(
-                _fmt(chance[k]) if k in chance else "" for k in _chance_keys(figures, chance)) + " |")
+            lines.append(
+                "| chance | — | "
+                + " | ".join(_fmt(chance[k]) if k in chance else "" for k in _chance_keys(figures, chance))
+                + " |"
+            )
         if name in REFERENCES:
             lines += ["", f"Reference on the real benchmark: {REFERENCES[name]}."]
         lines.append("")
@@ -142,11 +152,16 @@ def dictionary_table(results: dict[str, Any]) -> list[str]:
             continue
         after = results["stage2"].get(variant, {}).get("dictionary_health", {})
         test = results["evaluate"].get(variant, {}).get("dictionary", {})
-        for when, health in (("after build_vd (" + str(built.get("init")) + ")", built),
-                             ("after pretraining (EMA counts)", after), ("test images", test)):
+        for when, health in (
+            ("after build_vd (" + str(built.get("init")) + ")", built),
+            ("after pretraining (EMA counts)", after),
+            ("test images", test),
+        ):
             if health:
-                rows.append(f"| {variant} | {when} | {health.get('num_codes', '')} | {health.get('codes_in_use', '')} "
-                            f"| {health.get('perplexity', float('nan')):.1f} | {health.get('dead_codes', '')} |")
+                rows.append(
+                    f"| {variant} | {when} | {health.get('num_codes', '')} | {health.get('codes_in_use', '')} "
+                    f"| {health.get('perplexity', float('nan')):.1f} | {health.get('dead_codes', '')} |"
+                )
     if not rows:
         return []
     return ["| variant | when | codes | in use | perplexity | dead |", "|---|---|---:|---:|---:|---:|", *rows]
@@ -162,8 +177,10 @@ def training_table(stage1: dict[str, Any], stage2: dict[str, Any]) -> list[str]:
             epochs = run.get("epochs", [])
             final = run.get("final", {})
             terms = ", ".join(
-                f"{k} {v:.3f}" for k, v in final.items()
-                if k not in {"epoch", "lr", "alpha", "steps", "images_seen", "images_skipped", "seconds", "total"}
+                f"{k} {v:.3f}"
+                for k, v in final.items()
+                if k
+                not in {"epoch", "lr", "alpha", "steps", "images_seen", "images_skipped", "seconds", "total"}
                 and isinstance(v, (int, float))
             )
             lines.append(
@@ -180,8 +197,15 @@ def loss_curve_figure(stage1: dict[str, Any], stage2: dict[str, Any], path: Path
     import matplotlib.pyplot as plt
 
     variants = sorted(set(stage1) | set(stage2))
-    terms = sorted({k for run in [*stage1.values(), *stage2.values()] for row in run.get("steps", [])
-                    for k in row if k not in {"step", "lr", "alpha", "images", "skipped"}})
+    terms = sorted(
+        {
+            k
+            for run in [*stage1.values(), *stage2.values()]
+            for row in run.get("steps", [])
+            for k in row
+            if k not in {"step", "lr", "alpha", "images", "skipped"}
+        }
+    )
     fig, axes = plt.subplots(1, max(len(terms), 1), figsize=(4 * max(len(terms), 1), 3.2), squeeze=False)
     for ax, term in zip(axes[0], terms):
         for variant in variants:
@@ -221,8 +245,10 @@ def audit_section(runs_dir: Path, variants: list[str]) -> list[str]:
         for row in audit(config):
             verdicts[row.verdict] = verdicts.get(row.verdict, 0) + 1
         summary = ", ".join(f"{n} {v}" for v, n in sorted(verdicts.items()))
-        lines.append(f"- [{variant}](audits/{variant}.md): {summary} (exit code {code}: "
-                     f"{'every departure from the paper explained' if code == 0 else 'departs from the paper; this profile is tiny on purpose'})")
+        lines.append(
+            f"- [{variant}](audits/{variant}.md): {summary} (exit code {code}: "
+            f"{'every departure from the paper explained' if code == 0 else 'departs from the paper; this profile is tiny on purpose'})"
+        )
     return lines
 
 
@@ -243,13 +269,21 @@ def write_report(metrics_dir: Path, reports_dir: Path, cfg: ReportConfig) -> Pat
             "",
         ]
     if results["evaluate"]:
-        lines += ["## Zero-shot retrieval on the test split", "",
-                  "R@K in percent. Chance = a scorer that ranks uniformly at random.", ""]
+        lines += [
+            "## Zero-shot retrieval on the test split",
+            "",
+            "R@K in percent. Chance = a scorer that ranks uniformly at random.",
+            "",
+        ]
         lines += retrieval_table(results["evaluate"]) + [""]
         grained = fine_grained_tables(results["evaluate"])
         if grained:
-            lines += ["## Fine-grained probes (official formats, synthetic test scenes)", "",
-                      "Percent. Each row names the pair scorer that produced it.", ""] + grained
+            lines += [
+                "## Fine-grained probes (official formats, synthetic test scenes)",
+                "",
+                "Percent. Each row names the pair scorer that produced it.",
+                "",
+            ] + grained
     health = dictionary_table(results)
     if health:
         lines += ["## Visual dictionary health", ""] + health + [""]
@@ -265,17 +299,28 @@ def write_report(metrics_dir: Path, reports_dir: Path, cfg: ReportConfig) -> Pat
 
             target = figures / f"nva_{variant}.png"
             shutil.copyfile(source, target)
-            lines += [f"### What NVA changes: {variant}", "",
-                      "Each row: a test image, its visual-dictionary code map over the patch grid, and the "
-                      "patches one NVA draw replaced (all patches sharing the anchor's code move to one "
-                      "nearby code; every other token is bitwise unchanged).", "",
-                      f"![NVA {variant}](figures/nva_{variant}.png)", ""]
+            lines += [
+                f"### What NVA changes: {variant}",
+                "",
+                "Each row: a test image, its visual-dictionary code map over the patch grid, and the "
+                "patches one NVA draw replaced (all patches sharing the anchor's code move to one "
+                "nearby code; every other token is bitwise unchanged).",
+                "",
+                f"![NVA {variant}](figures/nva_{variant}.png)",
+                "",
+            ]
     reports_dir.mkdir(parents=True, exist_ok=True)
     audits = audit_section(metrics_dir.parent / "runs", sorted(results["evaluate"]))
     if audits:
-        lines += ["## Hyperparameter audit against the paper card", "",
-                  "`nas audit runs/finetune/<variant>` compares each run's recorded config with the paper "
-                  "(match / deviation / known difference with the first author's code).", "", *audits, ""]
+        lines += [
+            "## Hyperparameter audit against the paper card",
+            "",
+            "`nas audit runs/finetune/<variant>` compares each run's recorded config with the paper "
+            "(match / deviation / known difference with the first author's code).",
+            "",
+            *audits,
+            "",
+        ]
     out = reports_dir / "results.md"
     out.write_text("\n".join(lines))
     return out

@@ -44,5 +44,7 @@ def test_unknown_param_key_is_an_error_naming_it(tmp_path, monkeypatch):
     (tmp_path / "params.yaml").write_text("seed: 1\ndata: {root: d, synthetic: {n_trian: 5}}\n")
     from experiments.data import stage
 
-    with pytest.raises(ValueError, match=r"data\.synthetic\.n_trian.*did you mean 'data\.synthetic\.n_train'"):
+    with pytest.raises(
+        ValueError, match=r"data\.synthetic\.n_trian.*did you mean 'data\.synthetic\.n_train'"
+    ):
         run_stage("data", stage, ["--runs-dir", str(tmp_path / "runs")], needs_variant=False)

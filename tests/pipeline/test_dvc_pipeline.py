@@ -20,11 +20,28 @@ ROOT = Path(__file__).resolve().parents[2]
 DVC = Path(sys.executable).with_name("dvc")
 
 TINY = {
-    "data": {"synthetic": {"n_train": 48, "n_val": 8, "n_test": 12}},
+    "data": {
+        "synthetic": {"n_train": 48, "n_val": 8, "n_test": 40},
+        "probes": {
+            "vg_relation": 4,
+            "vg_attribution": 4,
+            "order_images": 2,
+            "winoground": 3,
+            "valse_per_instrument": 2,
+            "sugarcrepe_per_file": 2,
+        },
+    },
     "loader": {"batch_size_per_gpu": 8},
-    "pretrain_stage1": {"train": {"epochs": 1, "max_steps_per_epoch": 2, "progress_bar": False,
-                                   "schedule": {"warmup_steps": 1}}},
+    "pretrain_stage1": {
+        "train": {
+            "epochs": 1,
+            "max_steps_per_epoch": 2,
+            "progress_bar": False,
+            "schedule": {"warmup_steps": 1},
+        }
+    },
     "pretrain_stage2": {"train": {"max_steps_per_epoch": 1, "progress_bar": False}},
+    "finetune": {"train": {"max_steps_per_epoch": 1, "progress_bar": False}},
     "evaluate": {"retrieval": {"k_test": 4}},
 }
 
@@ -60,8 +77,13 @@ def test_dvc_repro_small_profile(tmp_path):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     (work / "params.yaml").write_text(yaml.safe_dump(_merge(params, TINY), sort_keys=False))
 
-    env = {**os.environ, "PYTHONPATH": str(work), "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(work),
+        "DVC_NO_ANALYTICS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     _run(["git", "init", "-q"], work, env)
     _run([str(DVC), "init", "-q"], work, env)
     _run([str(DVC), "config", "core.analytics", "false"], work, env)
@@ -76,7 +98,8 @@ def test_dvc_repro_small_profile(tmp_path):
     assert _stages_run(first) == expected
     for v in variants:
         result = json.loads((work / "metrics" / "evaluate" / f"{v}.json").read_text())
-        assert result["retrieval"]["n_images"] == 12
+        assert result["retrieval"]["n_images"] == 40
+        assert result["fine_grained"], "no fine-grained probe was scored"
         assert 0.0 <= result["retrieval"]["metrics"]["i2t_r1"] <= 100.0
         assert (work / "runs" / "pretrain_stage2" / v / "checkpoint.pt").is_file()
         sacred_runs = list((work / "runs" / "sacred" / "pretrain_stage1" / v).glob("*/config.json"))
@@ -85,6 +108,7 @@ def test_dvc_repro_small_profile(tmp_path):
         assert recorded["pretrain_stage1"]["train"]["max_steps_per_epoch"] == 2
     report = (work / "reports" / "results.md").read_text()
     assert "Zero-shot retrieval" in report and "chance" in report
+    assert "Fine-grained probes" in report and "Hyperparameter audit" in report
     assert (work / "reports" / "figures" / "loss_curves.png").stat().st_size > 1000
 
     second = _run([str(DVC), "repro"], work, env)
