@@ -55,14 +55,18 @@ def retrieval_table(evaluations: dict[str, dict[str, Any]]) -> list[str]:
     ]
     for variant, result in evaluations.items():
         r = result["retrieval"]
-        m, c = r["metrics"], r["chance"]
-        ratio_i2t = m["i2t_r1"] / c["i2t_r1"] if c["i2t_r1"] else float("nan")
-        ratio_t2i = m["t2i_r1"] / c["t2i_r1"] if c["t2i_r1"] else float("nan")
-        lines.append(
-            f"| {variant} | {r['scorer']} | {r['n_images']} | {r['n_texts']} | "
-            + " | ".join(_fmt(m[k]) for k in ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"))
-            + f" | {c['i2t_r1']:.2f} / {c['t2i_r1']:.2f} | {ratio_i2t:.1f}x / {ratio_t2i:.1f}x |"
-        )
+        c = r["chance"]
+        for scored in (r, r.get("reranked")):
+            if not scored:
+                continue
+            m = scored["metrics"]
+            ratio_i2t = m["i2t_r1"] / c["i2t_r1"] if c["i2t_r1"] else float("nan")
+            ratio_t2i = m["t2i_r1"] / c["t2i_r1"] if c["t2i_r1"] else float("nan")
+            lines.append(
+                f"| {variant} | {scored['scorer']} | {r['n_images']} | {r['n_texts']} | "
+                + " | ".join(_fmt(m[k]) for k in ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"))
+                + f" | {c['i2t_r1']:.2f} / {c['t2i_r1']:.2f} | {ratio_i2t:.1f}x / {ratio_t2i:.1f}x |"
+            )
     return lines
 
 
