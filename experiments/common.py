@@ -111,7 +111,7 @@ def _run_on_rank(local_rank: int, stage: str, main: StageMain, cfg: dict, observ
 
     SETTINGS.CAPTURE_MODE = "sys"  # "fd" tees through a pipe that breaks progress bars and children
     SETTINGS.DISCOVER_SOURCES = "dir"  # record the sources of this project, not every import
-    ex = Experiment(stage, save_git_info=_in_git_repo())
+    ex = Experiment(stage, save_git_info=_git_head_exists())
     ex.observers.append(FileStorageObserver(str(observer_dir)))
     ex.add_config(cfg)
 
@@ -122,9 +122,16 @@ def _run_on_rank(local_rank: int, stage: str, main: StageMain, cfg: dict, observ
     ex.run(options={"--name": f"{stage}:{cfg.get('variant') or 'all'}"})
 
 
-def _in_git_repo() -> bool:
-    path = Path.cwd()
-    return any((p / ".git").exists() for p in (path, *path.parents))
+def _git_head_exists() -> bool:
+    """Sacred records the commit only where there is one: outside a repository, or in a fresh
+    `git init` without commits, its git lookup raises instead of skipping."""
+    import subprocess
+
+    try:
+        done = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], capture_output=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
 
 
 def to_plain(obj: Any) -> Any:

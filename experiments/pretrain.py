@@ -81,7 +81,7 @@ def training_callbacks(name: str, variant: str, record: Recorder):
     def on_log_step(iteration: int, output: dict[str, Any]) -> None:
         row = {"step": iteration, **{k: float(v) for k, v in output.items() if isinstance(v, (int, float))}}
         step_rows.append(row)
-        record.log_scalar("step.loss", row.get("loss", float("nan")), iteration)
+        record.log_scalar("step.total", row.get("total", float("nan")), iteration)
 
     return on_epoch_end, on_log_step, step_rows
 
