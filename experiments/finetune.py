@@ -162,7 +162,7 @@ def stage(cfg: dict[str, Any], record: Recorder) -> None:
     loader = build_nta_loader(data, loader_cfg, annotation_file, ft.image_size)
 
     digest = config_digest({k: v for k, v in cfg.items() if k != "stage"} | {"stage": STAGE})
-    on_epoch_end, on_log_step, step_rows = training_callbacks(STAGE, variant, record)
+    on_epoch_end, on_log_step = training_callbacks(STAGE, variant, record)
 
     # init_checkpoint=None: the weights are loaded (and resized) above; a resumed run loads its own.
     result = fit(
@@ -191,7 +191,7 @@ def stage(cfg: dict[str, Any], record: Recorder) -> None:
         "resumed_from": result["resumed_from"],
         "final": history[-1] if history else {},
         "epochs": history,
-        "steps": step_rows,
+        "steps": result["steps"],
     }
     paths["metrics"].parent.mkdir(parents=True, exist_ok=True)
     paths["metrics"].write_text(json.dumps(summary, indent=2) + "\n")

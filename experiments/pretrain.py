@@ -65,9 +65,8 @@ def build_train_loader(data: DataConfig, loader: LoaderConfig):
 
 
 def training_callbacks(name: str, variant: str, record: Recorder):
-    """(on_epoch_end, on_log_step, step rows) for `fit`: per-epoch means and per-step losses go to
-    Sacred and to the stage's metrics file (the report's loss curves)."""
-    step_rows: list[dict[str, float]] = []
+    """(on_epoch_end, on_log_step) for `fit`: per-epoch means and per-step totals go to Sacred.
+    (The metrics file takes its loss curves from fit's checkpointed history, which survives resume.)"""
 
     def on_epoch_end(epoch: int, metrics: dict[str, Any]) -> None:
         for key, value in metrics.items():
@@ -79,11 +78,9 @@ def training_callbacks(name: str, variant: str, record: Recorder):
         )
 
     def on_log_step(iteration: int, output: dict[str, Any]) -> None:
-        row = {"step": iteration, **{k: float(v) for k, v in output.items() if isinstance(v, (int, float))}}
-        step_rows.append(row)
-        record.log_scalar("step.total", row.get("total", float("nan")), iteration)
+        record.log_scalar("step.total", float(output.get("total", float("nan"))), iteration)
 
-    return on_epoch_end, on_log_step, step_rows
+    return on_epoch_end, on_log_step
 
 
 def stage(cfg: dict[str, Any], record: Recorder) -> None:
@@ -128,7 +125,7 @@ def stage(cfg: dict[str, Any], record: Recorder) -> None:
     # and the old checkpoints stay on disk (nothing is lost).
     digest = config_digest({k: v for k, v in cfg.items() if k != "stage"} | {"stage": name})
     output_dir = paths["checkpoints"] / digest
-    on_epoch_end, on_log_step, step_rows = training_callbacks(name, variant, record)
+    on_epoch_end, on_log_step = training_callbacks(name, variant, record)
 
     result = fit(
         model,
@@ -158,7 +155,7 @@ def stage(cfg: dict[str, Any], record: Recorder) -> None:
         "resumed_from": result["resumed_from"],
         "final": history[-1] if history else {},
         "epochs": history,
-        "steps": step_rows,
+        "steps": result["steps"],
     }
     if has_dictionary(model):
         summary["dictionary_health"] = health

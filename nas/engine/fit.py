@@ -137,6 +137,7 @@ def fit(
     def result() -> dict[str, Any]:
         return {
             "history": list(history.epochs),
+            "steps": list(history.steps),
             "last_checkpoint": str(output_dir / "last.pt"),
             "resumed_from": None if resumed_from is None else str(resumed_from),
             "init_report": init_report,
@@ -152,6 +153,10 @@ def fit(
         return result()
 
     checkpointer = epoch_checkpointer(to_save, checkpoint_dir, keep=cfg.keep_checkpoints)
+    trainer.add_event_handler(
+        Events.ITERATION_COMPLETED(every=cfg.log_every_steps),
+        lambda engine: history.log_step(engine.state.iteration, dict(engine.state.output)),
+    )
     _attach_epoch_handlers(trainer, cfg, train_loader, history, checkpointer, on_epoch_end)
     trainer.add_event_handler(Events.COMPLETED, lambda _: _write_last(to_save, output_dir / "last.pt"))
     tensorboard = None

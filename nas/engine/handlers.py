@@ -54,22 +54,28 @@ class EpochMeter:
 
 
 class EpochHistory:
-    """Per-epoch metrics of a whole stage; checkpointed, so a resumed run still returns every epoch."""
+    """Per-epoch metrics and the logged steps of a whole stage; checkpointed, so a resumed run still
+    returns every epoch and every logged step (the loss curves)."""
 
     def __init__(self) -> None:
         self.epochs: list[dict[str, Any]] = []
+        self.steps: list[dict[str, Any]] = []
 
     def append(self, epoch: int, metrics: dict[str, Any]) -> None:
         self.epochs.append({"epoch": epoch, **metrics})
 
+    def log_step(self, iteration: int, output: dict[str, Any]) -> None:
+        self.steps.append({"step": iteration, **{k: float(v) for k, v in output.items()}})
+
     def state_dict(self) -> dict[str, Any]:
-        return {"epochs": [dict(entry) for entry in self.epochs]}
+        return {"epochs": [dict(entry) for entry in self.epochs], "steps": [dict(row) for row in self.steps]}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         epochs = state_dict.get("epochs") if isinstance(state_dict, dict) else None
         if not isinstance(epochs, list):
             raise ValueError(f"history state must be {{'epochs': [...]}}, got {state_dict!r:.200}")
         self.epochs = [dict(entry) for entry in epochs]
+        self.steps = [dict(row) for row in state_dict.get("steps", [])]
 
 
 def _scalars(output: dict[str, float]) -> dict[str, float]:

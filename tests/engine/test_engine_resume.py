@@ -85,6 +85,8 @@ def test_killed_and_rerun_equals_uninterrupted(tmp_path, uninterrupted):
 
     assert result["resumed_from"] == str(tmp_path / "checkpoints" / "checkpoint_1.pt")
     assert _without_seconds(result["history"]) == _without_seconds(reference["history"])
+    # the logged steps (loss curves) of the killed epoch survive the resume, identical
+    assert result["steps"] and result["steps"] == reference["steps"]
     for key, value in reference_model.state_dict().items():  # weights, momentum copy, queue, pointer
         assert torch.equal(model.state_dict()[key], value), key
     # optimizer moments and steps, schedule counter, trainer counters, RNG states, history
@@ -107,6 +109,7 @@ def test_rerunning_a_finished_stage_trains_nothing(uninterrupted):
     model = _fresh_model(seed=5)
     result = fit(model, make_loader(size=20), CFG, output_dir=reference_dir)
     assert _without_seconds(result["history"]) == _without_seconds(reference["history"])
+    assert result["steps"] == reference["steps"]
     assert torch.equal(model.head.weight, reference_model.head.weight)  # loaded, not retrained
     assert (reference_dir / "last.pt").stat().st_mtime_ns == before
 
