@@ -303,3 +303,30 @@ def mean(values: Iterable[float]) -> float:
     if not values:
         raise ValueError("mean of an empty list")
     return float(sum(values) / len(values))
+
+
+def iter_jsonl(path: str | Path, *, first_line: int = 1) -> Iterable[tuple[str, Any]]:
+    """`(where, entry)` for every non-blank line of a JSONL score file from line `first_line` on;
+    `where` names the file and line for error messages. Invalid JSON is a ScoreError."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines[first_line - 1 :], start=first_line):
+        if not line.strip():
+            continue
+        where = f"{path}, line {number}"
+        try:
+            yield where, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ScoreError(f"{where}: not valid JSON: {exc.msg}") from exc
+
+
+def labelled_score(entry: Any, pattern: Any, expected: str, where: str) -> tuple[Any, float]:
+    """`(label match, score)` of a `{"label", "score"}` line (the official Winoground and FGE score
+    formats); a label not matching `pattern` or a non-numeric / NaN score is a ScoreError."""
+    label = entry.get("label") if isinstance(entry, dict) else None
+    match = pattern.match(label) if isinstance(label, str) else None
+    if match is None:
+        raise ScoreError(f"{where}: expected a label {expected}, got {label!r}")
+    score = entry.get("score")
+    if isinstance(score, bool) or not isinstance(score, (int, float)) or math.isnan(score):
+        raise ScoreError(f"{where}: score for {label} is not a number: {score!r}")
+    return match, float(score)

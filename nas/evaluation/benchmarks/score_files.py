@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from nas.evaluation.benchmarks.common import BenchmarkCase, ScoreError
+from nas.evaluation.benchmarks.common import BenchmarkCase, ScoreError, iter_jsonl
 
 FORMAT = "nas-benchmark-scores"
 VERSION = 1
@@ -74,16 +74,7 @@ def read_scores(path: Path, cases: Sequence[BenchmarkCase]) -> dict[str, np.ndar
     read_header(path)
     options = {case.case_id: case.texts for case in cases}
     out: dict[str, np.ndarray] = {}
-    with open(path, encoding="utf-8") as handle:
-        lines = handle.read().splitlines()
-    for number, line in enumerate(lines[1:], start=2):
-        if not line.strip():
-            continue
-        where = f"{path}, line {number}"
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ScoreError(f"{where}: not valid JSON: {exc.msg}") from exc
+    for where, entry in iter_jsonl(path, first_line=2):  # line 1 is the header
         case_id = entry.get("id") if isinstance(entry, dict) else None
         if not isinstance(case_id, str):
             raise ScoreError(f"{where}: missing string 'id'")

@@ -38,6 +38,8 @@ from nas.evaluation.benchmarks.common import (
     check_images_exist,
     check_unique_ids,
     field_of,
+    iter_jsonl,
+    labelled_score,
     mean,
     percent,
     read_json,
@@ -244,22 +246,10 @@ def read_fge_scores(path: Path, cases: Sequence[BenchmarkCase]) -> dict[str, np.
     _require_official_files(cases)
     by_position = {case.meta["position"]: case for case in cases}
     found: dict[str, dict[str, float]] = {}
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}, line {number}"
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ScoreError(f"{where}: not valid JSON: {exc.msg}") from exc
-        label = entry.get("label") if isinstance(entry, dict) else None
-        match = _FGE_LABEL.match(label) if isinstance(label, str) else None
-        if match is None:
-            raise ScoreError(f"{where}: expected a label '<n>_c' or '<n>_f', got {label!r}")
+    for where, entry in iter_jsonl(path):
+        match, score = labelled_score(entry, _FGE_LABEL, "'<n>_c' or '<n>_f'", where)
+        label = entry["label"]
         position, suffix = int(match.group(1)), match.group(2)
-        score = entry.get("score")
-        if isinstance(score, bool) or not isinstance(score, (int, float)) or math.isnan(score):
-            raise ScoreError(f"{where}: score for {label} is not a number: {score!r}")
         case = by_position.get(position)
         if case is None:
             raise ScoreError(

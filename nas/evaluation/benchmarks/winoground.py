@@ -15,7 +15,6 @@ Breakdowns select examples by exact equality of one field, as the official scrip
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -32,6 +31,8 @@ from nas.evaluation.benchmarks.common import (
     check_images_exist,
     check_unique_ids,
     field_of,
+    iter_jsonl,
+    labelled_score,
     percent,
     require_file,
     require_root,
@@ -151,21 +152,9 @@ def write_official_scores(
 def read_official_scores(path: Path) -> dict[str, np.ndarray]:
     """`{str(id): S}` with S[k][j] = score of label `<id>_c<j>_i<k>`; every id needs its 4 labels."""
     found: dict[str, dict[tuple[int, int], float]] = {}
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}, line {number}"
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ScoreError(f"{where}: not valid JSON: {exc.msg}") from exc
-        label = entry.get("label") if isinstance(entry, dict) else None
-        match = _LABEL.match(label) if isinstance(label, str) else None
-        if match is None:
-            raise ScoreError(f"{where}: expected a label '<id>_c<j>_i<k>', got {label!r}")
-        score = entry.get("score")
-        if isinstance(score, bool) or not isinstance(score, (int, float)) or math.isnan(score):
-            raise ScoreError(f"{where}: score for {label} is not a number: {score!r}")
+    for where, entry in iter_jsonl(path):
+        match, score = labelled_score(entry, _LABEL, "'<id>_c<j>_i<k>'", where)
+        label = entry["label"]
         example = str(int(match.group(1)))
         key = (int(match.group(3)), int(match.group(2)))  # (image k, caption j)
         if key in found.setdefault(example, {}):
