@@ -20,9 +20,9 @@ from nas.config.data import DataConfig
 from nas.config.stages import ModelSpec, TrainStageConfig
 
 
-def sample_training_images(data: DataConfig, limit: int, annotation_file: str | None = None):
-    """The first `limit` distinct images of the training split (or `annotation_file`), eval
-    transform (no augmentation), as one tensor."""
+def load_split_images(data: DataConfig, limit: int | None = None, annotation_file: str | None = None):
+    """The first `limit` (default: all) distinct images of the training split (or
+    `annotation_file`), in order of first appearance, eval transform (no augmentation), as one tensor."""
     import torch
 
     from nas.data.captions import load_pairs, open_rgb
@@ -33,7 +33,7 @@ def sample_training_images(data: DataConfig, limit: int, annotation_file: str | 
     seen: dict[str, None] = {}
     for image, _ in load_pairs(annotation, max_words=data.max_words):
         seen.setdefault(image, None)
-        if len(seen) >= limit:
+        if limit is not None and len(seen) >= limit:
             break
     return torch.stack([transform(open_rgb(data.images / path, annotation)) for path in seen])
 
@@ -64,7 +64,7 @@ def stage(cfg: dict[str, Any], record: Recorder) -> None:
         from nas.models.vd_build import build_initial_dictionary
 
         data = from_dict(DataConfig, cfg["data"], "data")
-        images = sample_training_images(data, model.vd.config.kmeans_sample_images)
+        images = load_split_images(data, model.vd.config.kmeans_sample_images)
         generator = torch.Generator().manual_seed(cfg["seed"])
         built = build_initial_dictionary(model, images, generator, path=out_dir / "vd_init.pt")
         health = built["health"] or {}

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from experiments.build_vd import load_split_images
 from experiments.common import Recorder, run_stage
 from nas.config import from_dict
 from nas.config.data import DataConfig
@@ -66,13 +67,15 @@ def fine_grained(model, data: DataConfig, cfg: EvaluateConfig, scores_dir: Path)
     return results
 
 
-def retrieval_on_split(model, data: DataConfig, split_file: str, cfg: RetrievalConfig) -> dict[str, Any]:
+def retrieval_on_split(
+    model, data: DataConfig, split_file: str, cfg: RetrievalConfig, images
+) -> dict[str, Any]:
+    """`images`: the split's distinct images in order of first appearance (`load_split_images`)."""
     import numpy as np
     import torch
 
-    from nas.data.captions import load_pairs, open_rgb
+    from nas.data.captions import load_pairs
     from nas.data.tokenizer import load_tokenizer
-    from nas.data.transforms import build_eval_transform
     from nas.evaluation.encode import embed_images, embed_texts
     from nas.evaluation.retrieval import chance_recall, recall_at_k, rerank_with_itm
 
@@ -82,10 +85,11 @@ def retrieval_on_split(model, data: DataConfig, split_file: str, cfg: RetrievalC
     txt2img = []
     for image, _ in pairs:
         txt2img.append(image_index.setdefault(image, len(image_index)))
-    images = [open_rgb(data.images / path, annotation) for path in image_index]
+    if len(image_index) != len(images):
+        raise ValueError(f"{annotation}: {len(image_index)} distinct images, but {len(images)} were loaded")
     texts = [caption for _, caption in pairs]
 
-    img_tokens, img_feat = embed_images(model, images, build_eval_transform(data.transform), cfg.batch_size)
+    img_tokens, img_feat = embed_images(model, images, cfg.batch_size)
     txt = embed_texts(model, texts, load_tokenizer(), data.text_max_length, cfg.batch_size)
     itc = img_feat @ txt["feat"].T  # [N_img, N_txt]
 
@@ -156,11 +160,9 @@ def stage(cfg: dict[str, Any], record: Recorder) -> None:
     run_dir = Path("runs") / eval_cfg.checkpoint_stage / variant
     model, _ = load_trained_model(run_dir)
     result = {"variant": variant, "checkpoint": str(run_dir / "checkpoint.pt")}
-    result["retrieval"] = retrieval_on_split(model, data, data.test_file, eval_cfg.retrieval)
+    test_images = load_split_images(data, annotation_file=data.test_file)  # read once, used below
+    result["retrieval"] = retrieval_on_split(model, data, data.test_file, eval_cfg.retrieval, test_images)
     if hasattr(model, "dictionary_health"):
-        from experiments.build_vd import sample_training_images
-
-        test_images = sample_training_images(data, limit=10**9, annotation_file=data.test_file)
         result["dictionary"] = model.dictionary_health(test_images)
         print(
             f"evaluate[{variant}] dictionary health on {len(test_images)} test images: {result['dictionary']}"

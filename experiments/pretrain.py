@@ -107,11 +107,9 @@ def stage(cfg: dict[str, Any], record: Recorder) -> None:
 
         built = load_initial_dictionary(model, Path("runs/build_vd") / variant / "vd_init.pt")
         print(f"{name}[{variant}]: initial dictionary ({built['init']}) health {built['health']}")
-        steps = (
-            len(loader)
-            if stage_cfg.train.max_steps_per_epoch is None
-            else min(len(loader), stage_cfg.train.max_steps_per_epoch)
-        )
+        from nas.engine.fit import epoch_length_of
+
+        steps = epoch_length_of(loader, stage_cfg.train.max_steps_per_epoch)
         model.set_total_steps(stage_cfg.train.epochs * steps)
     init_checkpoint = None
     if stage_cfg.init_from is not None:

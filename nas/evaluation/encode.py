@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 
 from nas.config import from_dict
 
@@ -33,12 +32,12 @@ def load_trained_model(run_dir: str | Path, device: str | torch.device = "cpu"):
 
 
 @torch.no_grad()
-def embed_images(model, images: list[Image.Image], transform, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def embed_images(model, images: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`model.encode_image` over preprocessed `images` [N, 3, H, W] in batches."""
     device = next(model.parameters()).device
     tokens, feats = [], []
     for start in range(0, len(images), batch_size):
-        batch = torch.stack([transform(im) for im in images[start : start + batch_size]]).to(device)
-        tok, feat = model.encode_image(batch)
+        tok, feat = model.encode_image(images[start : start + batch_size].to(device))
         tokens.append(tok)
         feats.append(feat)
     return torch.cat(tokens), torch.cat(feats)
