@@ -33,38 +33,21 @@ class EvaluateConfig:
 
 def fine_grained(model, data: DataConfig, cfg: EvaluateConfig, scores_dir: Path) -> dict[str, Any]:
     """Every probe benchmark under every configured scorer, through the official-format loaders."""
-    from nas.data.probes import probe_benchmarks
     from nas.data.tokenizer import load_tokenizer
     from nas.data.transforms import build_eval_transform
-    from nas.evaluation.benchmarks import evaluate_benchmark
     from nas.evaluation.model_scorers import scorer_from_config
+    from nas.evaluation.probe_suite import run_probe_suite
 
-    suite = probe_benchmarks(data.probes_root)
-    names = list(cfg.benchmarks) or sorted(suite)
-    unknown = [n for n in names if n not in suite]
-    if unknown:
-        raise ValueError(f"evaluate.benchmarks: {unknown} not among the probes {sorted(suite)}")
     transform, tokenizer = build_eval_transform(data.transform), load_tokenizer()
-    results: dict[str, Any] = {}
-    scores_dir.mkdir(parents=True, exist_ok=True)
-    for scorer_cfg in cfg.scorers:
-        scorer = scorer_from_config(scorer_cfg, model, transform, tokenizer)
-        for name in names:
-            spec = suite[name]
-            config = dict(spec["config"])
-            if name == "valse" and scorer_cfg.kind == "itm" and cfg.valse_match_threshold is not None:
-                config["match_threshold"] = cfg.valse_match_threshold
-            result = evaluate_benchmark(
-                name,
-                spec["root"],
-                scorer,
-                config,
-                score_file=scores_dir / f"{name}.{scorer.name}.jsonl",
-                **spec["load_options"],
-            )
-            result.pop("scores")  # kept in the score file, not in the metrics JSON
-            results.setdefault(name, {})[scorer.name] = result
-    return results
+    scorers = [scorer_from_config(s, model, transform, tokenizer) for s in cfg.scorers]
+    kinds = {scorer.name: s.kind for scorer, s in zip(scorers, cfg.scorers, strict=True)}
+
+    def config_for(scorer, name: str) -> dict[str, Any]:
+        if name == "valse" and kinds[scorer.name] == "itm" and cfg.valse_match_threshold is not None:
+            return {"match_threshold": cfg.valse_match_threshold}
+        return {}
+
+    return run_probe_suite(scorers, data.probes_root, cfg.benchmarks, scores_dir, config_for)
 
 
 def retrieval_on_split(

@@ -50,6 +50,14 @@ def collate_pairs(
     """Stack CaptionDataset items into a batch; None items (skipped bad images) are dropped and
     counted in "num_skipped". Keys: image float [B,3,H,W], input_ids / attention_mask long [B,T],
     index / image_id long [B], caption list[str] (for text-side negatives), num_skipped int."""
+    return stack_items(items, TextCollator(tokenizer, max_length))
+
+
+def stack_items(
+    items: list[dict[str, Any] | None], text_collator: Callable[[list[str]], dict[str, Any]]
+) -> dict[str, Any]:
+    """The batch layout of `collate_pairs` with any text collator (BERT WordPiece, CLIP BPE): its
+    output keys (input_ids, attention_mask, and any counts it adds) join the batch."""
     kept = [item for item in items if item is not None]
     num_skipped = len(items) - len(kept)
     if not kept:
@@ -57,11 +65,9 @@ def collate_pairs(
             f"every item of this batch was a bad image ({num_skipped} skipped); check the data set"
         )
     captions = [item["caption"] for item in kept]
-    text = TextCollator(tokenizer, max_length)(captions)
     return {
         "image": torch.stack([item["image"] for item in kept]),
-        "input_ids": text["input_ids"],
-        "attention_mask": text["attention_mask"],
+        **text_collator(captions),
         "index": torch.tensor([item["index"] for item in kept], dtype=torch.long),
         "image_id": torch.tensor([item["image_id"] for item in kept], dtype=torch.long),
         "caption": captions,

@@ -1,0 +1,52 @@
+"""Every fine-grained probe benchmark under a list of pair scorers, through the official-format
+loaders (ARO, Winoground, VALSE, SugarCrepe; BENCHMARKS.md). Recipe-agnostic: ALBEF/NAS (ITM, ITC),
+MUG (caption likelihood) and UTA (student-teacher cosine) all come through here."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from nas.evaluation.scorers import PairScorer
+
+# Benchmark options that depend on the scorer, e.g. VALSE's caption/foil precision needs a match
+# threshold that only a probability has: (scorer, benchmark name) -> extra config keys.
+ConfigFor = Callable[[PairScorer, str], dict[str, Any]]
+
+
+def run_probe_suite(
+    scorers: Sequence[PairScorer],
+    probes_root: str | Path,
+    benchmarks: Sequence[str] = (),
+    scores_dir: str | Path | None = None,
+    config_for: ConfigFor | None = None,
+) -> dict[str, dict[str, Any]]:
+    """{benchmark: {scorer.name: result}}; per-pair scores go to `scores_dir/<benchmark>.<scorer>.jsonl`
+    (the metrics can be recomputed from those files) and are dropped from the returned results."""
+    from nas.data.probes import probe_benchmarks
+    from nas.evaluation.benchmarks import evaluate_benchmark
+
+    suite = probe_benchmarks(probes_root)
+    names = list(benchmarks) or sorted(suite)
+    unknown = [n for n in names if n not in suite]
+    if unknown:
+        raise ValueError(f"benchmarks {unknown} are not among the probes {sorted(suite)} in {probes_root}")
+    if scores_dir is not None:
+        Path(scores_dir).mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict[str, Any]] = {}
+    for scorer in scorers:
+        for name in names:
+            spec = suite[name]
+            config = {**spec["config"], **(config_for(scorer, name) if config_for else {})}
+            result = evaluate_benchmark(
+                name,
+                spec["root"],
+                scorer,
+                config,
+                score_file=None if scores_dir is None else Path(scores_dir) / f"{name}.{scorer.name}.jsonl",
+                **spec["load_options"],
+            )
+            result.pop("scores", None)  # kept in the score file, not in the metrics JSON
+            results.setdefault(name, {})[scorer.name] = result
+    return results
