@@ -7,6 +7,7 @@ The fine-grained suite (ARO / Winoground / VALSE / SugarCrepe probes) plugs in h
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,9 @@ from nas.evaluation.retrieval import RetrievalConfig
 
 @dataclass
 class EvaluateConfig:
-    checkpoint_stage: str = "finetune"  # which stage's output of the variant is scored
+    # Which stages' outputs of the variant are scored: the pretrained model and the fine-tuned
+    # replicates (one per `finetune.seeds` offset), side by side in the report.
+    checkpoint_stages: tuple[str, ...] = ("pretrain_stage2", "finetune")
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     # Pair scorers for the fine-grained probes; the first is the headline (NAS_METHOD §7: ITM
     # probability with VD tokens on the image side). Every result names its scorer.
@@ -131,46 +134,91 @@ def nva_picture(model, data: DataConfig, images, out_dir: Path, count: int = 4) 
     )
 
 
-def stage(cfg: dict[str, Any], record: Recorder) -> None:
-    import torch
+def model_runs(stage_name: str, variant: str, cfg: dict[str, Any]) -> list[Path]:
+    """Run folders of one stage's models: the fine-tuning replicates, or the stage's single run."""
+    from experiments.finetune import FinetuneConfig, replicate_dirs
 
-    from nas.evaluation.encode import load_trained_model
+    if stage_name == "finetune":
+        seeds = from_dict(FinetuneConfig, cfg["finetune"], "finetune").seeds
+        return replicate_dirs(variant, seeds)
+    return [Path("runs") / stage_name / variant]
 
-    variant = cfg["variant"]
-    data = from_dict(DataConfig, cfg["data"], "data")
-    eval_cfg = from_dict(EvaluateConfig, cfg["evaluate"], "evaluate")
-    torch.manual_seed(cfg["seed"])
-    run_dir = Path("runs") / eval_cfg.checkpoint_stage / variant
-    model, _ = load_trained_model(run_dir)
-    result = {"variant": variant, "checkpoint": str(run_dir / "checkpoint.pt")}
-    test_images = load_split_images(data, annotation_file=data.test_file)  # read once, used below
-    result["retrieval"] = retrieval_on_split(model, data, data.test_file, eval_cfg.retrieval, test_images)
-    if hasattr(model, "dictionary_health"):
-        result["dictionary"] = model.dictionary_health(test_images)
-        print(
-            f"evaluate[{variant}] dictionary health on {len(test_images)} test images: {result['dictionary']}"
-        )
-        result["nva_figure"] = str(nva_picture(model, data, test_images, Path("runs/evaluate") / variant))
-    result["fine_grained"] = fine_grained(model, data, eval_cfg, Path("runs/evaluate") / variant / "scores")
-    for name, by_scorer in result["fine_grained"].items():
+
+def data_as_trained(data: DataConfig, recorded: dict[str, Any]) -> DataConfig:
+    """The eval input size a model was trained at, read from its recorded config (fine-tuning may
+    raise the resolution: 384 px at paper scale), not from today's params."""
+    size = recorded.get("data", {}).get("transform", {}).get("image_size", data.transform.image_size)
+    return dataclasses.replace(data, transform=dataclasses.replace(data.transform, image_size=int(size)))
+
+
+def evaluate_model(
+    model, data: DataConfig, eval_cfg: EvaluateConfig, test_images, scores_dir: Path, label: str
+) -> dict[str, Any]:
+    """Retrieval on the test split and every fine-grained probe, for one trained model."""
+    out = {"retrieval": retrieval_on_split(model, data, data.test_file, eval_cfg.retrieval, test_images)}
+    out["fine_grained"] = fine_grained(model, data, eval_cfg, scores_dir)
+    for name, by_scorer in out["fine_grained"].items():
         for scorer_name, res in by_scorer.items():
             headline = {k: v for k, v in res["metrics"].items() if isinstance(v, (int, float))}
             print(
-                f"evaluate[{variant}] {name} ({scorer_name}, {res['n_cases']} cases): "
+                f"evaluate[{label}] {name} ({scorer_name}, {res['n_cases']} cases): "
                 + ", ".join(f"{k}={v:.1f}" for k, v in list(headline.items())[:6])
             )
-
-    r = result["retrieval"]
+    r = out["retrieval"]
     for scored in (r, r.get("reranked")):
         if scored:
             print(
-                f"evaluate[{variant}] retrieval on {r['n_images']} images / {r['n_texts']} texts "
+                f"evaluate[{label}] retrieval on {r['n_images']} images / {r['n_texts']} texts "
                 f"({scored['scorer']}): "
                 + ", ".join(f"{k}={v:.1f}" for k, v in scored["metrics"].items() if "_r" in k)
                 + f" | chance R@1 i2t={r['chance']['i2t_r1']:.2f} t2i={r['chance']['t2i_r1']:.2f}"
             )
-    for key, value in r["metrics"].items():
-        record.log_scalar(f"retrieval.{key}", value)
+    return out
+
+
+def stage(cfg: dict[str, Any], record: Recorder) -> None:
+    import torch
+
+    from nas.evaluation.encode import load_trained_model
+    from nas.evaluation.seeds import aggregate
+
+    variant = cfg["variant"]
+    data = from_dict(DataConfig, cfg["data"], "data")
+    eval_cfg = from_dict(EvaluateConfig, cfg["evaluate"], "evaluate")
+    out_dir = Path("runs") / "evaluate" / variant
+    result: dict[str, Any] = {"variant": variant, "models": {}, "summary": {}}
+    images_by_size: dict[int, Any] = {}  # test images, read once per input size
+    for stage_name in eval_cfg.checkpoint_stages:
+        runs = model_runs(stage_name, variant, cfg)
+        replicates = []
+        for run_dir in runs:
+            torch.manual_seed(cfg["seed"])
+            model, recorded = load_trained_model(run_dir)
+            model_data = data_as_trained(data, recorded)
+            size = model_data.transform.image_size
+            if size not in images_by_size:
+                images_by_size[size] = load_split_images(model_data, annotation_file=data.test_file)
+            test_images = images_by_size[size]
+            label = f"{variant} {stage_name}" + (f" {run_dir.name}" if len(runs) > 1 else "")
+            scores_dir = out_dir / "scores" / stage_name / run_dir.name
+            replicates.append(evaluate_model(model, model_data, eval_cfg, test_images, scores_dir, label))
+            final_stage = stage_name == eval_cfg.checkpoint_stages[-1]
+            if final_stage and "dictionary" not in result and hasattr(model, "dictionary_health"):
+                # The final model's visual dictionary, on the test images (first replicate).
+                result["dictionary"] = model.dictionary_health(test_images)
+                print(
+                    f"evaluate[{variant}] dictionary health on {len(test_images)} test images: "
+                    f"{result['dictionary']}"
+                )
+                result["nva_figure"] = str(nva_picture(model, model_data, test_images, out_dir))
+        result["models"][stage_name] = {
+            "runs": [str(r) for r in runs],
+            "image_size": size,
+            "replicates": replicates,
+        }
+        result["summary"][stage_name] = aggregate(replicates)
+        for key, stats in result["summary"][stage_name]["retrieval"]["metrics"].items():
+            record.log_scalar(f"{stage_name}.retrieval.{key}", stats["mean"])
     out = Path("metrics") / "evaluate" / f"{variant}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

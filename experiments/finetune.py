@@ -6,14 +6,21 @@ interpolated, before the optimizer exists), and train ITC + ITM on the training 
 hard-negative caption as an extra ITC negative text and an extra ITM negative (nas.data.finetune_data).
 NAS variants overlay `model_overrides` (VD frozen, NVA on and not detached, §4.8).
 
-Outputs (paths fixed for dvc.yaml):
-  runs/finetune/<variant>/train_nta.json      the NTA annotation file the run trained on
-  runs/finetune/<variant>/checkpoint.pt       the final checkpoint
-  runs/finetune/<variant>/config.json         the resolved config, with the EFFECTIVE model overrides
-                                              (fine-tuning size in `model.overrides.vision.img_size`), so
-                                              `load_trained_model` rebuilds exactly this model
-  checkpoints/finetune/<variant>/<digest>/    resumable epoch checkpoints
-  metrics/finetune/<variant>.json             per-epoch and per-step losses, NTA counts
+Seeds: `finetune.seeds` lists replicate offsets. Replicate `s` fine-tunes the same pretrained
+checkpoint with seed `params.seed + s` (data order, NTA draws, NVA draws), so the fine-grained figures
+come with a mean ± std over replicates (issue 4: the probes are small and NVA is stochastic).
+Pretraining is not replicated here; a pretraining replicate is a run with another params `seed`.
+
+Outputs (paths fixed for dvc.yaml), per replicate `s`:
+  runs/finetune/<variant>/seed<s>/train_nta.json   the NTA annotation file the run trained on
+  runs/finetune/<variant>/seed<s>/checkpoint.pt    the final checkpoint
+  runs/finetune/<variant>/seed<s>/config.json      the resolved config, with the EFFECTIVE model
+                                                   overrides and image size (fine-tuning size in
+                                                   `model.overrides.vision.img_size` and
+                                                   `data.transform.image_size`), so evaluation rebuilds
+                                                   exactly this model and its input size
+  checkpoints/finetune/<variant>/<digest>/         resumable epoch checkpoints (digest per replicate)
+  metrics/finetune/<variant>.json                  per-replicate losses and NTA counts
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import copy
 import dataclasses
 import json
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +57,8 @@ class FinetuneConfig:
     # Fine-tuning resolution; paper: 384 (pretraining 256) [P]. The tiny default keeps the pretraining
     # 64 px (a raise costs time and the evaluate stage reads data.transform.image_size).
     image_size: int = 64
+    # Replicate offsets added to params `seed`; the report gives mean ± std over them (issue 4).
+    seeds: tuple[int, ...] = (0,)
     nta: NTAConfig = field(default_factory=NTAConfig)  # edit kinds; vocabularies come from the data set
     # ALBEF's retrieval fine-tuning has no MLM [B]; > 0 adds it with this weight.
     mlm_weight: float = 0.0
@@ -58,6 +68,8 @@ class FinetuneConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
+            raise ValueError(f"seeds must be distinct non-negative offsets, at least one; got {self.seeds}")
         if self.image_size <= 0:
             raise ValueError(f"image_size must be positive, got {self.image_size}")
         if self.mlm_weight < 0:
@@ -132,58 +144,104 @@ def build_nta_loader(data: DataConfig, loader: LoaderConfig, annotation_file: Pa
     )
 
 
+def replicate_dir(variant: str, seed: int) -> Path:
+    return stage_paths(STAGE, variant)["run"] / f"seed{seed}"
+
+
+def replicate_dirs(variant: str, seeds: Sequence[int]) -> list[Path]:
+    return [replicate_dir(variant, s) for s in seeds]
+
+
 def stage(cfg: dict[str, Any], record: Recorder) -> None:
+    variant = cfg["variant"]
+    section = dict(cfg[STAGE])
+    section["train"] = {**section.get("train", {}), "seed": cfg["seed"]}
+    ft = from_dict(FinetuneConfig, section, STAGE)
+    init_checkpoint = stage_paths(ft.init_from, variant)["run"] / "checkpoint.pt"
+    if not init_checkpoint.is_file():
+        raise FileNotFoundError(f"{STAGE}: {init_checkpoint} is missing; run {ft.init_from} first")
+    replicates = {}
+    for offset in ft.seeds:
+        replicates[str(offset)] = finetune_replicate(cfg, offset, init_checkpoint, record)
+    if not replicates or next(iter(replicates.values())) is None:
+        return  # ranks other than 0
+    first = next(iter(replicates.values()))
+    summary = {
+        "stage": STAGE,
+        "variant": variant,
+        "seeds": list(ft.seeds),
+        # The first replicate's curves stand for the stage in the loss plots; every replicate's
+        # final losses are below.
+        "final": first["final"],
+        "epochs": first["epochs"],
+        "steps": first["steps"],
+        "replicates": replicates,
+    }
+    paths = stage_paths(STAGE, variant)
+    paths["metrics"].parent.mkdir(parents=True, exist_ok=True)
+    paths["metrics"].write_text(json.dumps(summary, indent=2) + "\n")
+    record.add_artifact(paths["metrics"], name="stage_metrics.json")
+
+
+def finetune_replicate(
+    cfg: dict[str, Any], offset: int, init_checkpoint: Path, record: Recorder
+) -> dict[str, Any] | None:
+    """Fine-tune one replicate (seed `params.seed + offset`); its summary on rank 0, None elsewhere."""
     import ignite.distributed as idist
     from ignite.utils import manual_seed
 
     from nas.engine.fit import fit
 
-    variant = cfg["variant"]
+    variant, seed = cfg["variant"], cfg["seed"] + offset
     data = from_dict(DataConfig, cfg["data"], "data")
     loader_cfg = from_dict(LoaderConfig, cfg["loader"], "loader")
     spec = from_dict(ModelSpec, cfg["model"], "model")
     section = dict(cfg[STAGE])
-    section["train"] = {**section.get("train", {}), "seed": cfg["seed"]}  # one seed: params `seed`
+    section["train"] = {**section.get("train", {}), "seed": seed}
     ft = from_dict(FinetuneConfig, section, STAGE)
-    paths = stage_paths(STAGE, variant)
-    init_checkpoint = stage_paths(ft.init_from, variant)["run"] / "checkpoint.pt"
-    if not init_checkpoint.is_file():
-        raise FileNotFoundError(f"{STAGE}: {init_checkpoint} is missing; run {ft.init_from} first")
+    run_dir = replicate_dir(variant, offset)
+    name = f"{STAGE}[{variant} seed+{offset}]"
 
-    manual_seed(cfg["seed"] + idist.get_rank())
-    paths["run"].mkdir(parents=True, exist_ok=True)
-    annotation_file = paths["run"] / "train_nta.json"
+    manual_seed(seed + idist.get_rank())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    annotation_file = run_dir / "train_nta.json"
+    nta_counts = None
     if idist.get_rank() == 0:
-        nta_counts = write_negatives(data, ft, annotation_file, cfg["seed"])
-        print(f"{STAGE}[{variant}]: NTA negatives {nta_counts}")
+        nta_counts = write_negatives(data, ft, annotation_file, seed)
+        print(f"{name}: NTA negatives {nta_counts}")
     if idist.get_world_size() > 1:
         idist.barrier()  # every rank reads the file rank 0 wrote
     model = build_finetune_model(spec, ft, init_checkpoint)
     loader = build_nta_loader(data, loader_cfg, annotation_file, ft.image_size)
 
-    digest = config_digest({k: v for k, v in cfg.items() if k != "stage"} | {"stage": STAGE})
-    on_epoch_end, on_log_step = training_callbacks(STAGE, variant, record)
+    # One digest per replicate, blind to the list of seeds: adding a seed never retrains the others.
+    replicate_cfg = copy.deepcopy({k: v for k, v in cfg.items() if k != "stage"})
+    replicate_cfg[STAGE]["seeds"] = [offset]
+    digest = config_digest(replicate_cfg | {"stage": STAGE})
+    on_epoch_end, on_log_step = training_callbacks(STAGE, f"{variant}/seed{offset}", record)
 
     # init_checkpoint=None: the weights are loaded (and resized) above; a resumed run loads its own.
     result = fit(
         model,
         loader,
         ft.train,
-        output_dir=paths["checkpoints"] / digest,
+        output_dir=stage_paths(STAGE, variant)["checkpoints"] / digest,
         on_epoch_end=on_epoch_end,
         on_log_step=on_log_step,
     )
     if idist.get_rank() != 0:
-        return
-    shutil.copyfile(result["last_checkpoint"], paths["run"] / "checkpoint.pt")
+        return None
+    shutil.copyfile(result["last_checkpoint"], run_dir / "checkpoint.pt")
     recorded = copy.deepcopy(cfg)
+    recorded["seed"] = seed
+    recorded[STAGE]["seeds"] = [offset]
     recorded["model"]["overrides"] = effective_overrides(spec, ft, image_size=ft.image_size)
     recorded["data"].setdefault("transform", {})["image_size"] = ft.image_size
-    (paths["run"] / "config.json").write_text(json.dumps(recorded, indent=2, sort_keys=True) + "\n")
+    (run_dir / "config.json").write_text(json.dumps(recorded, indent=2, sort_keys=True) + "\n")
+    record.add_artifact(run_dir / "config.json", name=f"resolved_config_seed{offset}.json")
     history = result["history"]
-    summary = {
-        "stage": STAGE,
-        "variant": variant,
+    return {
+        "seed": seed,
         "config_digest": digest,
         "init_checkpoint": str(init_checkpoint),
         "image_size": ft.image_size,
@@ -193,10 +251,6 @@ def stage(cfg: dict[str, Any], record: Recorder) -> None:
         "epochs": history,
         "steps": result["steps"],
     }
-    paths["metrics"].parent.mkdir(parents=True, exist_ok=True)
-    paths["metrics"].write_text(json.dumps(summary, indent=2) + "\n")
-    record.add_artifact(paths["run"] / "config.json", name="resolved_config.json")
-    record.add_artifact(paths["metrics"], name="stage_metrics.json")
 
 
 def main(argv=None) -> None:

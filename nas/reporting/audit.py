@@ -211,9 +211,15 @@ def load_run_config(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     file = path / "config.json" if path.is_dir() else path
     if not file.is_file():
+        replicates = sorted(p.parent.name for p in path.glob("seed*/config.json")) if path.is_dir() else []
+        hint = (
+            f"; this folder holds replicates {replicates}: audit one, e.g. {path / replicates[0]}"
+            if replicates
+            else ""
+        )
         raise FileNotFoundError(
             f"no run config at {file}: give a config.json, a Sacred run folder (runs/sacred/<stage>/<variant>/<id>) "
-            "or a stage output folder (runs/<stage>/<variant>)"
+            f"or a stage output folder (runs/<stage>/<variant>, runs/finetune/<variant>/seed<k>){hint}"
         )
     try:
         config = json.loads(file.read_text())

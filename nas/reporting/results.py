@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nas.evaluation.seeds import fmt_mean_std, mean_std
+
 
 @dataclass
 class ReportConfig:
@@ -41,6 +43,7 @@ def collect(metrics_dir: Path) -> dict[str, Any]:
         "finetune": read_json_dir(metrics_dir / "finetune"),
         "evaluate": read_json_dir(metrics_dir / "evaluate"),
         "build_vd": read_json_dir(metrics_dir / "build_vd"),
+        "recipes": read_json_dir(metrics_dir / "fine_grained"),  # MUG, UTA: rows of the same tables
     }
 
 
@@ -48,27 +51,47 @@ def _fmt(value: float) -> str:
     return f"{value:.1f}"
 
 
-def retrieval_table(evaluations: dict[str, dict[str, Any]]) -> list[str]:
-    lines = [
-        "| variant | scorer | images | texts | i2t R@1 | i2t R@5 | i2t R@10 | t2i R@1 | t2i R@5 | t2i R@10 "
-        "| chance R@1 (i2t / t2i) | R@1 / chance (i2t / t2i) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+def _cell(values: list[float]) -> str:
+    """One table cell over replicates: "m ± s" (sample std), or the value for one replicate."""
+    return fmt_mean_std(mean_std(values)) if len(values) > 1 else _fmt(values[0])
+
+
+# How a stage's models are named in the tables.
+STAGE_LABELS = {"pretrain_stage2": "pretrained", "finetune": "fine-tuned"}
+
+
+def model_rows(evaluations: dict[str, dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """(row label, replicate results) for every evaluated model: variant x checkpoint stage."""
+    rows = []
     for variant, result in evaluations.items():
-        r = result["retrieval"]
-        c = r["chance"]
-        for scored in (r, r.get("reranked")):
-            if not scored:
+        for stage_name, block in (result.get("models") or {}).items():
+            rows.append((f"{variant} ({STAGE_LABELS.get(stage_name, stage_name)})", block["replicates"]))
+    return rows
+
+
+def retrieval_table(evaluations: dict[str, dict[str, Any]]) -> list[str]:
+    keys = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")
+    lines = [
+        "| model | scorer | seeds | images | texts | i2t R@1 | i2t R@5 | i2t R@10 | t2i R@1 | t2i R@5 "
+        "| t2i R@10 | chance R@1 (i2t / t2i) | R@1 / chance (i2t / t2i) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for label, replicates in model_rows(evaluations):
+        first = replicates[0]["retrieval"]
+        c = first["chance"]
+        for part in (None, "reranked"):
+            scored = [r["retrieval"] if part is None else r["retrieval"].get(part) for r in replicates]
+            if not all(scored):
                 continue
-            m = scored["metrics"]
-            ratio_i2t = m["i2t_r1"] / c["i2t_r1"] if c["i2t_r1"] else float("nan")
-            ratio_t2i = m["t2i_r1"] / c["t2i_r1"] if c["t2i_r1"] else float("nan")
+            values = {k: [m["metrics"][k] for m in scored] for k in keys}
+            r1 = (mean_std(values["i2t_r1"])["mean"], mean_std(values["t2i_r1"])["mean"])
+            ratio = " / ".join(
+                f"{v / ch:.1f}x" if ch else "nan" for v, ch in zip(r1, (c["i2t_r1"], c["t2i_r1"]))
+            )
             lines.append(
-                f"| {variant} | {scored['scorer']} | {r['n_images']} | {r['n_texts']} | "
-                + " | ".join(
-                    _fmt(m[k]) for k in ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")
-                )
-                + f" | {c['i2t_r1']:.2f} / {c['t2i_r1']:.2f} | {ratio_i2t:.1f}x / {ratio_t2i:.1f}x |"
+                f"| {label} | {scored[0]['scorer']} | {len(scored)} | {first['n_images']} | {first['n_texts']} | "
+                + " | ".join(_cell(values[k]) for k in keys)
+                + f" | {c['i2t_r1']:.2f} / {c['t2i_r1']:.2f} | {ratio} |"
             )
     return lines
 
@@ -113,26 +136,42 @@ def headline(name: str, metrics: dict[str, Any]) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
 
 
-def fine_grained_tables(evaluations: dict[str, dict[str, Any]]) -> list[str]:
-    """One table per benchmark: rows = variant x scorer, columns = headline figures + chance."""
-    by_benchmark: dict[str, list[tuple[str, str, dict[str, Any]]]] = {}
-    for variant, result in evaluations.items():
-        for name, by_scorer in (result.get("fine_grained") or {}).items():
-            for scorer, res in by_scorer.items():
-                by_benchmark.setdefault(name, []).append((variant, scorer, res))
+def fine_grained_rows(results: dict[str, Any]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """(row label, per-replicate probe-suite results) for the pipeline's models and the recipes
+    (MUG, UTA) that score the same probes (`metrics/fine_grained/<recipe>.json`)."""
+    rows = [(label, [r["fine_grained"] for r in reps]) for label, reps in model_rows(results["evaluate"])]
+    for recipe, payload in sorted(results.get("recipes", {}).items()):
+        for row, block in (payload.get("rows") or {}).items():
+            if not block.get("per_seed"):
+                raise ValueError(f"metrics/fine_grained/{recipe}.json: row {row!r} has no per_seed results")
+            rows.append((row, block["per_seed"]))
+    return rows
+
+
+def fine_grained_tables(rows: list[tuple[str, list[dict[str, Any]]]]) -> list[str]:
+    """One table per benchmark: rows = model x scorer, columns = headline figures (mean ± std over
+    replicates) + the chance level."""
+    by_benchmark: dict[str, list[tuple[str, str, list[dict[str, Any]]]]] = {}
+    for label, per_seed in rows:
+        for name in per_seed[0]:
+            for scorer in per_seed[0][name]:
+                replicates = [seed[name][scorer] for seed in per_seed]
+                by_benchmark.setdefault(name, []).append((label, scorer, replicates))
     lines: list[str] = []
-    for name, rows in sorted(by_benchmark.items()):
-        figures = list(headline(name, rows[0][2]["metrics"]))
-        chance = rows[0][2].get("chance", {})
-        lines += [f"### {name} ({rows[0][2]['n_cases']} probe cases)", ""]
-        lines.append("| variant | scorer | " + " | ".join(figures) + " |")
-        lines.append("|---|---|" + "---:|" * len(figures))
-        for variant, scorer, res in rows:
-            values = headline(name, res["metrics"])
-            lines.append(f"| {variant} | {scorer} | " + " | ".join(_fmt(values[f]) for f in figures) + " |")
+    for name, table in sorted(by_benchmark.items()):
+        first = table[0][2][0]
+        figures = list(headline(name, first["metrics"]))
+        chance = first.get("chance", {})
+        lines += [f"### {name} ({first['n_cases']} probe cases)", ""]
+        lines.append("| model | scorer | seeds | " + " | ".join(figures) + " |")
+        lines.append("|---|---|---:|" + "---:|" * len(figures))
+        for label, scorer, replicates in table:
+            values = [headline(name, r["metrics"]) for r in replicates]
+            cells = [_cell([v[f] for v in values]) if all(f in v for v in values) else "" for f in figures]
+            lines.append(f"| {label} | {scorer} | {len(replicates)} | " + " | ".join(cells) + " |")
         if chance:
             lines.append(
-                "| chance | — | "
+                "| chance | — | | "
                 + " | ".join(_fmt(chance[k]) if k in chance else "" for k in _chance_keys(figures, chance))
                 + " |"
             )
@@ -240,11 +279,12 @@ def audit_section(runs_dir: Path, variants: list[str]) -> list[str]:
 
     lines = []
     for variant in variants:
-        run = runs_dir / "finetune" / variant
-        if not (run / "config.json").is_file():
+        replicates = sorted((runs_dir / "finetune" / variant).glob("seed*/config.json"))
+        if not replicates:
             continue
+        run = replicates[0].parent
         config = load_run_config(run)
-        text, code = render(config, title=f"Audit of {variant} (runs/finetune/{variant})")
+        text, code = render(config, title=f"Audit of {variant} ({run.as_posix()})")
         target = runs_dir.parent / "reports" / "audits" / f"{variant}.md"
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text + "\n")
@@ -308,12 +348,14 @@ def write_report(metrics_dir: Path, reports_dir: Path, cfg: ReportConfig) -> Pat
             "",
         ]
         lines += retrieval_table(results["evaluate"]) + [""]
-        grained = fine_grained_tables(results["evaluate"])
+        grained = fine_grained_tables(fine_grained_rows(results))
         if grained:
             lines += [
                 "## Fine-grained probes (official formats, synthetic test scenes)",
                 "",
-                "Percent. Each row names the pair scorer that produced it.",
+                "Percent. Each row names the pair scorer that produced it; `seeds` is the number of "
+                "training replicates behind a mean ± sample std (fine-tuning replicates for the "
+                "fine-tuned models, see `finetune.seeds`; one pretraining run per variant).",
                 "",
             ] + grained
     health = dictionary_table(results)
@@ -345,7 +387,7 @@ def write_report(metrics_dir: Path, reports_dir: Path, cfg: ReportConfig) -> Pat
         lines += [
             "## Hyperparameter audit against the paper card",
             "",
-            "`nas audit runs/finetune/<variant>` compares each run's recorded config with the paper "
+            "`nas audit runs/finetune/<variant>/seed0` compares each run's recorded config with the paper "
             "(match / deviation / known difference with the first author's code).",
             "",
             *audits,

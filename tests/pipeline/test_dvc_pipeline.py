@@ -41,7 +41,7 @@ TINY = {
         }
     },
     "pretrain_stage2": {"train": {"max_steps_per_epoch": 1, "progress_bar": False}},
-    "finetune": {"train": {"max_steps_per_epoch": 1, "progress_bar": False}},
+    "finetune": {"seeds": [0, 1], "train": {"max_steps_per_epoch": 1, "progress_bar": False}},
     "evaluate": {"retrieval": {"k_test": 4}},
 }
 
@@ -98,9 +98,20 @@ def test_dvc_repro_small_profile(tmp_path):
     assert _stages_run(first) == expected
     for v in variants:
         result = json.loads((work / "metrics" / "evaluate" / f"{v}.json").read_text())
-        assert result["retrieval"]["n_images"] == 40
-        assert result["fine_grained"], "no fine-grained probe was scored"
-        assert 0.0 <= result["retrieval"]["metrics"]["i2t_r1"] <= 100.0
+        assert sorted(result["models"]) == ["finetune", "pretrain_stage2"]
+        replicates = result["models"]["finetune"]["replicates"]
+        assert len(replicates) == 2, "one evaluation per fine-tuning seed"
+        for replicate in replicates:
+            assert replicate["retrieval"]["n_images"] == 40
+            assert replicate["fine_grained"], "no fine-grained probe was scored"
+            assert 0.0 <= replicate["retrieval"]["metrics"]["i2t_r1"] <= 100.0
+        i2t = result["summary"]["finetune"]["retrieval"]["metrics"]["i2t_r1"]
+        assert i2t["n"] == 2 and i2t["mean"] == sum(i2t["values"]) / 2
+        for seed in (0, 1):
+            recorded = json.loads(
+                (work / "runs" / "finetune" / v / f"seed{seed}" / "config.json").read_text()
+            )
+            assert recorded["seed"] == params["seed"] + seed
         assert (work / "runs" / "pretrain_stage2" / v / "checkpoint.pt").is_file()
         sacred_runs = list((work / "runs" / "sacred" / "pretrain_stage1" / v).glob("*/config.json"))
         assert sacred_runs, "Sacred recorded no stage-1 run"
