@@ -1,8 +1,10 @@
 """Stage `data`: produce the image-caption pairs every later stage reads.
 
-Embedded default: the seeded synthetic compositional scenes, written in the same on-disk format as
-the real corpora (ALBEF JSON list + image folder). The fine-grained probes (ARO / Winoground /
-VALSE / SugarCrepe formats) and the real-corpus downloads are added by their own issues.
+Embedded default (`data.source: synthetic`): the seeded synthetic compositional scenes, written in
+the same on-disk format as the real corpora (ALBEF JSON list + image folder), and the fine-grained
+probes in the official ARO / Winoground / VALSE / SugarCrepe formats.
+Paper scale (`data.source: files`): fetch, shard and list the real corpora (nas/data/real.py);
+`--set data.download.dry_run=true` prints what would be fetched and the disk it needs.
 """
 
 from __future__ import annotations
@@ -19,10 +21,15 @@ METRICS = Path("metrics/data.json")
 
 def stage(cfg: dict, record: Recorder) -> None:
     data = from_dict(DataConfig, cfg["data"], "data")
-    if data.source != "synthetic":
-        raise NotImplementedError(
-            "data.source=files: the real-corpus download stage is not built yet (issue 5)"
-        )
+    if data.source == "files":
+        from nas.data.real import prepare_files
+
+        summary = prepare_files(data)
+        if summary.get("dry_run"):
+            return  # a plan, not a data set: nothing to record
+        METRICS.parent.mkdir(parents=True, exist_ok=True)
+        METRICS.write_text(json.dumps(summary, indent=2) + "\n")
+        return
     from nas.data.synthetic import generate
 
     manifest = generate(data.synthetic, data.root, overwrite=True)

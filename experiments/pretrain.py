@@ -48,18 +48,12 @@ def has_dictionary(model) -> bool:
 
 
 def build_train_loader(data: DataConfig, loader: LoaderConfig):
-    from nas.data.captions import CaptionDataset
     from nas.data.loader import build_loader, make_collate
     from nas.data.tokenizer import load_tokenizer
+    from nas.data.training_set import build_training_set
     from nas.data.transforms import build_train_transform
 
-    dataset = CaptionDataset(
-        data.path(data.train_file),
-        data.images,
-        build_train_transform(data.transform),
-        skip_bad_images=data.skip_bad_images,
-        max_words=data.max_words,
-    )
+    dataset = build_training_set(data, build_train_transform(data.transform))
     collate = make_collate(load_tokenizer(), data.text_max_length)
     return build_loader(dataset, loader, collate, shuffle=True)
 

@@ -11,6 +11,36 @@ from nas.data.synthetic import SyntheticConfig
 from nas.data.transforms import TransformConfig
 
 
+def _default_anchors() -> dict[str, str]:
+    from nas.data.pair_lists import DEFAULT_ANCHORS
+
+    return dict(DEFAULT_ANCHORS)
+
+
+@dataclass
+class DownloadConfig:
+    """`data.download`: what the `data` stage fetches with `source: files` (nas/data/download.py)."""
+
+    # Catalogue groups, sets ("pretrain", "benchmarks", "all") or single keys (nas/data/catalog.py).
+    selection: tuple[str, ...] = ("pretrain", "benchmarks")
+    dry_run: bool = False  # list what would be fetched, from where, and the disk it needs; fetch nothing
+    retries: int = 3
+    timeout: float = 60.0  # seconds per HTTP request
+    # img2dataset for the URL-list corpora (CC3M, SBU); false: print the commands and stop.
+    run_img2dataset: bool = True
+    img2dataset_image_size: int = 512
+    img2dataset_processes: int = 16
+    img2dataset_threads: int = 64
+    # ALBEF pair lists merged into `data.train_file`, image paths rewritten by anchors
+    # (nas/data/pair_lists.py); CC3M and SBU come from `data.train_shards` instead.
+    pair_lists: tuple[str, ...] = ()
+    path_anchors: dict[str, str] = field(default_factory=_default_anchors)
+
+    def __post_init__(self) -> None:
+        if self.retries < 0 or not self.timeout > 0:
+            raise ValueError(f"retries must be >= 0 and timeout > 0, got {self.retries}, {self.timeout}")
+
+
 @dataclass
 class DataConfig:
     # `synthetic` (the embedded default, generated locally) or `files` (real corpora already on
@@ -21,6 +51,10 @@ class DataConfig:
     val_file: str = "val.json"
     test_file: str = "test.json"
     image_root: str = ""  # image paths are relative to root/image_root
+    # webdataset tar shards (img2dataset output: CC3M, SBU) added to the training pairs: folders or
+    # glob patterns relative to root. Empty: the training set is `train_file` alone.
+    train_shards: tuple[str, ...] = ()
+    download: DownloadConfig = field(default_factory=DownloadConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     # Fine-grained probes written from the test scenes in the official ARO / Winoground / VALSE /
     # SugarCrepe file formats; `evaluate` scores them with the same code as the real benchmarks.

@@ -129,7 +129,7 @@ def _key_tree(data, skip=("variants",), prefix=""):
         if key in skip:
             continue
         keys.add(path)
-        if isinstance(value, dict) and key not in ("overrides", "model_overrides"):
+        if isinstance(value, dict) and key not in ("overrides", "model_overrides", "path_anchors"):
             keys |= _key_tree(value, (), path + ".")
     return keys
 
