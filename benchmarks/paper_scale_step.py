@@ -261,6 +261,11 @@ def main(argv: list[str] | None = None) -> None:
         help="count FLOPs on one extra step (auto: CUDA)",
     )
     parser.add_argument(
+        "--grad-checkpointing",
+        action="store_true",
+        help="recompute ViT and BERT activations in backward (vision/text.grad_checkpointing)",
+    )
+    parser.add_argument(
         "--peak-tflops", type=float, default=None, help="device peak for MFU (default: known GPUs)"
     )
     args = parser.parse_args(argv)
@@ -276,12 +281,16 @@ def main(argv: list[str] | None = None) -> None:
         else f"CPU, {torch.get_num_threads()} threads"
     )
     print(
-        f"device: {where}; precision {args.precision}; batch {args.batch}; {IMAGE_SIZE} px; text {TEXT_LENGTH}"
+        f"device: {where}; precision {args.precision}; batch {args.batch}; {IMAGE_SIZE} px; text {TEXT_LENGTH}; "
+        f"activation checkpointing {'on' if args.grad_checkpointing else 'off'}"
     )
     for name in args.models:
         torch.manual_seed(0)
         start = time.perf_counter()
-        model = build(name, NAS_STAGE2 if name.startswith("nas") else None)
+        overrides = dict(NAS_STAGE2) if name.startswith("nas") else {}
+        if args.grad_checkpointing:
+            overrides |= {"vision": {"grad_checkpointing": True}, "text": {"grad_checkpointing": True}}
+        model = build(name, overrides)
         built = time.perf_counter() - start
         counts = count_parameters(model)
         result = measure(

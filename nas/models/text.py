@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from nas.models.pretrained import LoadReport, PretrainedWeightsError, load_checked, read_state_dict
@@ -57,6 +58,9 @@ class TextConfig:
     dropout: float = 0.0  # BERT-base: 0.1 (hidden and attention probabilities); 0 keeps tiny CPU runs fast
     # Hugging Face BERT folder/file (config.json + model.safetensors or pytorch_model.bin); None: random.
     pretrained: str | None = None
+    # Recompute each layer's activations in backward (torch.utils.checkpoint, non-reentrant): less
+    # activation memory at paper size, about one more forward of compute; same values and gradients.
+    grad_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         for name in (
@@ -221,8 +225,15 @@ class TextEncoder(nn.Module):
         key_mask = self._key_mask(attention_mask, input_ids.shape)
         x = self.embeddings(input_ids)
         for layer in self.text_layers:
-            x = layer(x, key_mask)
+            x = self._run(layer, x, key_mask)
         return x
+
+    def _run(self, layer: nn.Module, *args: torch.Tensor | None) -> torch.Tensor:
+        """One layer, under activation checkpointing when configured and a backward will follow
+        (the momentum copies run under no_grad and are never checkpointed)."""
+        if self.cfg.grad_checkpointing and self.training and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(layer, *args, use_reentrant=False)
+        return layer(*args)
 
     def fuse(
         self, text_tokens: torch.Tensor, attention_mask: torch.Tensor, image_tokens: torch.Tensor
@@ -239,7 +250,7 @@ class TextEncoder(nn.Module):
         key_mask = self._key_mask(attention_mask, text_tokens.shape[:2])
         x = text_tokens
         for layer in self.fusion_layers:
-            x = layer(x, key_mask, image_tokens)
+            x = self._run(layer, x, key_mask, image_tokens)
         return x
 
     def forward(

@@ -44,6 +44,9 @@ class VisionConfig:
     drop_path_rate: float = 0.0  # ALBEF builds its ViT without stochastic depth [B]
     # Local file/folder, or a timm hub name (needs the hub or its local cache); None: random init.
     pretrained: str | None = None
+    # Recompute block activations in backward (timm's `set_grad_checkpointing`): less activation
+    # memory for ViT-B at 384 px, about one more forward of compute. Same values and gradients.
+    grad_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         for name in ("img_size", "patch_size", "embed_dim", "depth", "num_heads"):
@@ -90,6 +93,7 @@ def build_vision_encoder(cfg: VisionConfig) -> nn.Module:
         )
     if cfg.pretrained is not None:
         load_vision_weights(model, cfg.pretrained)
+    model.set_grad_checkpointing(cfg.grad_checkpointing)
     return model
 
 
