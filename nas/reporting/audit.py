@@ -38,6 +38,37 @@ MODEL_CONFIGS: dict[str, tuple[str, str, str | None]] = {
 }
 STAGE_SECTIONS = ("pretrain_stage1", "pretrain_stage2")
 
+# The companion recipes' cards (MUG_UTA.md): recipe -> module defining `CARD` and `<recipe>_view(run_config)`
+# (its params section typed, defaults filled in). A run's recipe is the prefix of its recorded stage
+# name (`mug_pretrain` -> mug); NAS's own stages use PAPER_CARD and `audit_view`.
+RECIPE_CARDS: dict[str, str] = {"mug": "nas.config.mug_card", "uta": "nas.config.uta_card"}
+RECIPES = ("nas", *RECIPE_CARDS)
+
+
+def recipe_of(run_config: dict[str, Any]) -> str:
+    prefix = str(run_config.get("stage") or "").split("_", 1)[0]
+    return prefix if prefix in RECIPE_CARDS else "nas"
+
+
+def card_for(
+    recipe: str,
+) -> tuple[Sequence[CardEntry], Callable[[dict[str, Any]], tuple[dict[str, Any], list[str]]]]:
+    """(card, view function) of a recipe."""
+    if recipe == "nas":
+        return PAPER_CARD, audit_view
+    if recipe not in RECIPE_CARDS:
+        raise AuditError(f"unknown recipe {recipe!r}; known: {list(RECIPES)}")
+    module = importlib.import_module(RECIPE_CARDS[recipe])
+    view = getattr(module, f"{recipe}_view")
+
+    def recipe_view(run_config: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+        try:
+            return view(run_config), []
+        except ConfigError as exc:
+            raise AuditError(f"the {recipe} section is not valid: {exc}") from exc
+
+    return module.CARD, recipe_view
+
 
 class AuditError(ValueError):
     """The run config cannot be audited (unreadable, or a section is not a valid config)."""
@@ -164,10 +195,14 @@ def _entry_rows(entry: CardEntry, view: dict[str, Any]) -> list[AuditRow]:
     return rows
 
 
-def audit(run_config: dict[str, Any], card: Sequence[CardEntry] = PAPER_CARD) -> list[AuditRow]:
-    """Rows of the audit of `run_config` (a resolved params dict) against `card`."""
-    view, _ = audit_view(run_config)
-    return [row for entry in card for row in _entry_rows(entry, view)]
+def audit(
+    run_config: dict[str, Any], card: Sequence[CardEntry] | None = None, recipe: str | None = None
+) -> list[AuditRow]:
+    """Rows of the audit of `run_config` (a resolved params dict) against `card` (default: the card
+    of the run's recipe, from its stage name or `recipe`)."""
+    recipe_card, view_of = card_for(recipe or recipe_of(run_config))
+    view, _ = view_of(run_config)
+    return [row for entry in (card or recipe_card) for row in _entry_rows(entry, view)]
 
 
 def exit_code(rows: Sequence[AuditRow]) -> int:
@@ -231,11 +266,15 @@ def load_run_config(path: str | Path) -> dict[str, Any]:
 
 
 def render(
-    run_config: dict[str, Any], card: Sequence[CardEntry] = PAPER_CARD, title: str = "Hyperparameter audit"
+    run_config: dict[str, Any],
+    card: Sequence[CardEntry] | None = None,
+    title: str = "Hyperparameter audit",
+    recipe: str | None = None,
 ) -> tuple[str, int]:
     """(markdown table, exit code) of the audit of `run_config`; the title names its stage and variant."""
-    view, notes = audit_view(run_config)
-    rows = [row for entry in card for row in _entry_rows(entry, view)]
+    recipe_card, view_of = card_for(recipe or recipe_of(run_config))
+    view, notes = view_of(run_config)
+    rows = [row for entry in (card or recipe_card) for row in _entry_rows(entry, view)]
     stage, variant = run_config.get("stage"), run_config.get("variant")
     named = [f"stage {stage}" if stage else "", f"variant {variant}" if variant else ""]
     suffix = " ".join(part for part in named if part)
@@ -243,7 +282,7 @@ def render(
 
 
 def audit_run(
-    path: str | Path, card: Sequence[CardEntry] = PAPER_CARD, echo: Callable[[str], Any] = print
+    path: str | Path, card: Sequence[CardEntry] | None = None, echo: Callable[[str], Any] = print
 ) -> int:
     """Audit a run folder's config.json, print the markdown table, return the exit code."""
     text, code = render(load_run_config(path), card, f"Hyperparameter audit: {path}")
@@ -264,6 +303,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml", help="params file to audit (default: params.yaml)")
     parser.add_argument("--variant", default=None, help="a key of `variants` in the params file")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument(
+        "--recipe",
+        choices=RECIPES,
+        default=None,
+        help="which paper card (default: from the run's stage name; nas for a params file)",
+    )
     parser.add_argument("--output", default=None, help="also write the table (.md) or the rows (.json) here")
     args = parser.parse_args(argv)
 
@@ -271,13 +316,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         config, source = load_run_config(args.run), args.run
     else:
         config, source = resolve(load_params(args.params), args.variant, args.overrides), args.params
-    text, code = render(config, PAPER_CARD, f"Hyperparameter audit: {source}")
+    recipe = args.recipe or recipe_of(config)
+    text, code = render(config, None, f"Hyperparameter audit: {source}", recipe)
     print(text)
     if args.output:
         out = Path(args.output)
         out.parent.mkdir(parents=True, exist_ok=True)
         if out.suffix == ".json":
-            rows = audit(config)
+            rows = audit(config, recipe=recipe)
             out.write_text(
                 json.dumps({"exit_code": code, "rows": [asdict(r) for r in rows]}, indent=2) + "\n"
             )
