@@ -20,9 +20,15 @@ from nas.config.data import DataConfig
 from nas.config.stages import ModelSpec, TrainStageConfig
 
 
-def load_split_images(data: DataConfig, limit: int | None = None, annotation_file: str | None = None):
+def load_split_images(
+    data: DataConfig,
+    limit: int | None = None,
+    annotation_file: str | None = None,
+    select: slice | None = None,
+):
     """The first `limit` (default: all) distinct images of the training split (or
-    `annotation_file`), in order of first appearance, eval transform (no augmentation), as one tensor."""
+    `annotation_file`), in order of first appearance, eval transform (no augmentation), as one tensor;
+    `select` keeps a slice of them (one rank's share in sharded evaluation)."""
     import torch
 
     from nas.data.captions import load_pairs, open_rgb
@@ -35,7 +41,10 @@ def load_split_images(data: DataConfig, limit: int | None = None, annotation_fil
         seen.setdefault(image, None)
         if limit is not None and len(seen) >= limit:
             break
-    return torch.stack([transform(open_rgb(data.images / path, annotation)) for path in seen])
+    paths = list(seen)[select] if select is not None else list(seen)
+    if not paths:
+        return torch.empty(0, 3, data.transform.image_size, data.transform.image_size)
+    return torch.stack([transform(open_rgb(data.images / path, annotation)) for path in paths])
 
 
 def stage(cfg: dict[str, Any], record: Recorder) -> None:

@@ -17,6 +17,7 @@ from experiments.build_vd import load_split_images
 from experiments.common import Recorder, run_stage
 from nas.config import from_dict
 from nas.config.data import DataConfig
+from nas.engine.launch import LaunchConfig
 from nas.evaluation.model_scorers import ScorerConfig
 from nas.evaluation.retrieval import RetrievalConfig
 
@@ -32,6 +33,9 @@ class EvaluateConfig:
     scorers: tuple[ScorerConfig, ...] = (ScorerConfig(kind="itm"),)
     benchmarks: tuple[str, ...] = ()  # empty = every benchmark the probe manifest lists
     valse_match_threshold: float | None = 0.5  # p_c / p_f of an ITM probability (VALSE §3.4)
+    # Retrieval is sharded over these processes (each embeds its share; every quantity is gathered
+    # once); the fine-grained probes are small and rank 0 scores them. Paper scale: 8.
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
 
 
 def fine_grained(model, data: DataConfig, cfg: EvaluateConfig, scores_dir: Path) -> dict[str, Any]:
@@ -54,16 +58,17 @@ def fine_grained(model, data: DataConfig, cfg: EvaluateConfig, scores_dir: Path)
 
 
 def retrieval_on_split(
-    model, data: DataConfig, split_file: str, cfg: RetrievalConfig, images
+    model, data: DataConfig, split_file: str, cfg: RetrievalConfig, local_images
 ) -> dict[str, Any]:
-    """`images`: the split's distinct images in order of first appearance (`load_split_images`)."""
+    """`local_images`: this rank's share (`shard_slice`) of the split's distinct images, in order of
+    first appearance (`load_split_images`); all of them in a single process. Sharded across ranks
+    and gathered once per quantity (nas.evaluation.retrieval.retrieval_scores)."""
     import numpy as np
-    import torch
 
     from nas.data.captions import load_pairs
     from nas.data.tokenizer import load_tokenizer
-    from nas.evaluation.encode import embed_images, embed_texts
-    from nas.evaluation.retrieval import chance_recall, recall_at_k, rerank_with_itm
+    from nas.evaluation.retrieval import chance_recall, recall_at_k, retrieval_scores
+    from nas.evaluation.sharding import shard_slice
 
     annotation = data.path(split_file)
     pairs = load_pairs(annotation, max_words=data.max_words)
@@ -71,26 +76,27 @@ def retrieval_on_split(
     txt2img = []
     for image, _ in pairs:
         txt2img.append(image_index.setdefault(image, len(image_index)))
-    if len(image_index) != len(images):
-        raise ValueError(f"{annotation}: {len(image_index)} distinct images, but {len(images)} were loaded")
+    mine = shard_slice(len(image_index))
+    if len(local_images) != mine.stop - mine.start:
+        raise ValueError(
+            f"{annotation}: this rank's share is images {mine.start}..{mine.stop - 1}, "
+            f"but {len(local_images)} were loaded"
+        )
     texts = [caption for _, caption in pairs]
-
-    img_tokens, img_feat = embed_images(model, images, cfg.batch_size)
-    txt = embed_texts(model, texts, load_tokenizer(), data.text_max_length, cfg.batch_size)
-    itc = img_feat @ txt["feat"].T  # [N_img, N_txt]
-
-    @torch.no_grad()
-    def itm_i2t(rows, cols):
-        logits = model.itm_logits(img_tokens[rows], txt["tokens"][cols], txt["attention_mask"][cols])
-        return logits[:, 1]
-
-    @torch.no_grad()
-    def itm_t2i(rows, cols):
-        return itm_i2t(cols, rows)
-
+    scores = retrieval_scores(
+        model,
+        local_images,
+        texts[shard_slice(len(texts))],
+        n_images=len(image_index),
+        n_texts=len(texts),
+        tokenizer=load_tokenizer(),
+        max_length=data.text_max_length,
+        cfg=cfg,
+    )
+    itc = scores["itc"]
     txt2img_arr = np.asarray(txt2img)
     result = {
-        "n_images": len(images),
+        "n_images": len(image_index),
         "n_texts": len(texts),
         "chance": chance_recall(txt2img_arr, 1),
         # Headline: ITC cosine over all pairs. ALBEF's ITM re-ranking (below) relies on a trained ITM
@@ -98,12 +104,10 @@ def retrieval_on_split(
         "scorer": "ITC cosine",
         "metrics": recall_at_k(itc.numpy(), itc.T.numpy(), txt2img_arr, cfg.ks),
     }
-    if cfg.k_test > 0:
-        i2t = rerank_with_itm(itc, cfg.k_test, itm_i2t)
-        t2i = rerank_with_itm(itc.T.contiguous(), cfg.k_test, itm_t2i)
+    if "i2t" in scores:
         result["reranked"] = {
             "scorer": f"ITC + ITM re-rank top {cfg.k_test}",
-            "metrics": recall_at_k(i2t.numpy(), t2i.numpy(), txt2img_arr, cfg.ks),
+            "metrics": recall_at_k(scores["i2t"].numpy(), scores["t2i"].numpy(), txt2img_arr, cfg.ks),
         }
     return result
 
@@ -152,11 +156,16 @@ def data_as_trained(data: DataConfig, recorded: dict[str, Any]) -> DataConfig:
 
 
 def evaluate_model(
-    model, data: DataConfig, eval_cfg: EvaluateConfig, test_images, scores_dir: Path, label: str
-) -> dict[str, Any]:
-    """Retrieval on the test split and every fine-grained probe, for one trained model."""
-    out = {"retrieval": retrieval_on_split(model, data, data.test_file, eval_cfg.retrieval, test_images)}
-    out["fine_grained"] = fine_grained(model, data, eval_cfg, scores_dir)
+    model, data: DataConfig, eval_cfg: EvaluateConfig, local_images, scores_dir: Path, label: str
+) -> dict[str, Any] | None:
+    """Retrieval on the test split (sharded across ranks) and every fine-grained probe (small: rank
+    0 alone scores them), for one trained model. The result on rank 0, None on the others."""
+    import ignite.distributed as idist
+
+    retrieval = retrieval_on_split(model, data, data.test_file, eval_cfg.retrieval, local_images)
+    if idist.get_rank() != 0:
+        return None
+    out = {"retrieval": retrieval, "fine_grained": fine_grained(model, data, eval_cfg, scores_dir)}
     for name, by_scorer in out["fine_grained"].items():
         for scorer_name, res in by_scorer.items():
             headline = {k: v for k, v in res["metrics"].items() if isinstance(v, (int, float))}
@@ -176,18 +185,28 @@ def evaluate_model(
     return out
 
 
+def count_split_images(data: DataConfig, split_file: str) -> int:
+    from nas.data.captions import load_pairs
+
+    return len({image for image, _ in load_pairs(data.path(split_file), max_words=data.max_words)})
+
+
 def stage(cfg: dict[str, Any], record: Recorder) -> None:
+    import ignite.distributed as idist
     import torch
 
     from nas.evaluation.encode import load_trained_model
     from nas.evaluation.seeds import aggregate
+    from nas.evaluation.sharding import shard_slice
 
     variant = cfg["variant"]
     data = from_dict(DataConfig, cfg["data"], "data")
     eval_cfg = from_dict(EvaluateConfig, cfg["evaluate"], "evaluate")
+    main_rank, sharded = idist.get_rank() == 0, idist.get_world_size() > 1
     out_dir = Path("runs") / "evaluate" / variant
     result: dict[str, Any] = {"variant": variant, "models": {}, "summary": {}}
-    images_by_size: dict[int, Any] = {}  # test images, read once per input size
+    mine = shard_slice(count_split_images(data, data.test_file))
+    images_by_size: dict[int, Any] = {}  # this rank's test images, read once per input size
     for stage_name in eval_cfg.checkpoint_stages:
         runs = model_runs(stage_name, variant, cfg)
         replicates = []
@@ -197,20 +216,32 @@ def stage(cfg: dict[str, Any], record: Recorder) -> None:
             model_data = data_as_trained(data, recorded)
             size = model_data.transform.image_size
             if size not in images_by_size:
-                images_by_size[size] = load_split_images(model_data, annotation_file=data.test_file)
-            test_images = images_by_size[size]
+                images_by_size[size] = load_split_images(
+                    model_data, annotation_file=data.test_file, select=mine
+                )
+            local_images = images_by_size[size]
             label = f"{variant} {stage_name}" + (f" {run_dir.name}" if len(runs) > 1 else "")
             scores_dir = out_dir / "scores" / stage_name / run_dir.name
-            replicates.append(evaluate_model(model, model_data, eval_cfg, test_images, scores_dir, label))
+            replicates.append(evaluate_model(model, model_data, eval_cfg, local_images, scores_dir, label))
             final_stage = stage_name == eval_cfg.checkpoint_stages[-1]
-            if final_stage and "dictionary" not in result and hasattr(model, "dictionary_health"):
+            if (
+                main_rank
+                and final_stage
+                and "dictionary" not in result
+                and hasattr(model, "dictionary_health")
+            ):
                 # The final model's visual dictionary, on the test images (first replicate).
+                test_images = (
+                    load_split_images(model_data, annotation_file=data.test_file) if sharded else local_images
+                )
                 result["dictionary"] = model.dictionary_health(test_images)
                 print(
                     f"evaluate[{variant}] dictionary health on {len(test_images)} test images: "
                     f"{result['dictionary']}"
                 )
                 result["nva_figure"] = str(nva_picture(model, model_data, test_images, out_dir))
+        if not main_rank:
+            continue
         result["models"][stage_name] = {
             "runs": [str(r) for r in runs],
             "image_size": size,
@@ -219,6 +250,8 @@ def stage(cfg: dict[str, Any], record: Recorder) -> None:
         result["summary"][stage_name] = aggregate(replicates)
         for key, stats in result["summary"][stage_name]["retrieval"]["metrics"].items():
             record.log_scalar(f"{stage_name}.retrieval.{key}", stats["mean"])
+    if not main_rank:
+        return
     out = Path("metrics") / "evaluate" / f"{variant}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
@@ -226,7 +259,7 @@ def stage(cfg: dict[str, Any], record: Recorder) -> None:
 
 
 def main(argv=None) -> None:
-    run_stage("evaluate", stage, argv)
+    run_stage("evaluate", stage, argv, nproc_key=("evaluate", "launch"))
 
 
 if __name__ == "__main__":

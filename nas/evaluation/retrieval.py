@@ -74,15 +74,65 @@ def chance_recall(txt2img: np.ndarray, k: int = 1) -> dict[str, float]:
 
 
 @torch.no_grad()
-def rerank_with_itm(itc: torch.Tensor, k: int, pair_score, *, floor: float = -100.0) -> torch.Tensor:
+def rerank_with_itm(
+    itc: torch.Tensor, k: int, pair_score, *, floor: float = -100.0, row_offset: int = 0
+) -> torch.Tensor:
     """ALBEF re-ranking: for each row keep the top-k ITC candidates, score them as
-    `pair_score(row_indices, col_indices) + itc`, and put every other entry at `floor`."""
+    `pair_score(row_indices, col_indices) + itc`, and put every other entry at `floor`.
+    `itc` may be a slice of the query rows (one rank's share): `row_offset` is the global index of
+    its first row, which `pair_score` receives."""
     if k <= 0:
         return itc.clone()
     k = min(k, itc.shape[1])
     out = torch.full_like(itc, floor)
     topk_sim, topk_idx = itc.topk(k, dim=1)
     for row in range(itc.shape[0]):  # one query at a time keeps the fusion batch at k pairs
-        rows = torch.full((k,), row, dtype=torch.long)
+        rows = torch.full((k,), row + row_offset, dtype=torch.long)
         out[row, topk_idx[row]] = pair_score(rows, topk_idx[row]).to(out.dtype) + topk_sim[row]
+    return out
+
+
+@torch.no_grad()
+def retrieval_scores(
+    model,
+    local_images: torch.Tensor,
+    local_texts: list[str],
+    *,
+    n_images: int,
+    n_texts: int,
+    tokenizer,
+    max_length: int,
+    cfg: RetrievalConfig,
+) -> dict[str, torch.Tensor]:
+    """Score matrices of the whole split, from this rank's share of images and texts
+    (`nas.evaluation.sharding.shard_slice`; everything in a single process).
+
+    Each rank embeds its share; image tokens/features and text tokens/features/masks are gathered
+    once each; ITC covers all pairs on every rank; ITM re-ranks this rank's share of the query rows
+    (images for i2t, texts for t2i) and each re-ranked matrix is gathered once. Returns, on every
+    rank: {"itc": [N_img, N_txt]} plus "i2t" [N_img, N_txt] and "t2i" [N_txt, N_img] when
+    `cfg.k_test > 0`."""
+    from nas.evaluation.encode import embed_images, embed_texts
+    from nas.evaluation.sharding import gather_shards, shard_slice
+
+    img_tokens, img_feat = embed_images(model, local_images, cfg.batch_size)
+    img_tokens, img_feat = gather_shards(img_tokens, n_images), gather_shards(img_feat, n_images)
+    txt = embed_texts(model, local_texts, tokenizer, max_length, cfg.batch_size)
+    txt = {key: gather_shards(value, n_texts) for key, value in txt.items()}
+    itc = img_feat @ txt["feat"].T  # [N_img, N_txt]
+    out = {"itc": itc}
+    if cfg.k_test <= 0:
+        return out
+
+    def itm_i2t(rows, cols):
+        logits = model.itm_logits(img_tokens[rows], txt["tokens"][cols], txt["attention_mask"][cols])
+        return logits[:, 1]
+
+    def itm_t2i(rows, cols):
+        return itm_i2t(cols, rows)
+
+    mine_i, mine_t = shard_slice(n_images), shard_slice(n_texts)
+    i2t = rerank_with_itm(itc[mine_i], cfg.k_test, itm_i2t, row_offset=mine_i.start)
+    t2i = rerank_with_itm(itc.T[mine_t].contiguous(), cfg.k_test, itm_t2i, row_offset=mine_t.start)
+    out["i2t"], out["t2i"] = gather_shards(i2t, n_images), gather_shards(t2i, n_texts)
     return out
