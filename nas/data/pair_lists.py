@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from nas.jsonfile import read_json_file
+
 # [D] anchors of the layout nas/data/catalog.py extracts to (COCO 2014 zips into coco/, Visual
 # Genome's two zips into vg/VG_100K and vg/VG_100K_2).
 DEFAULT_ANCHORS: dict[str, str] = {
@@ -55,14 +57,7 @@ def merge_pair_lists(
     counts: dict[str, Any] = {}
     for source in sources:
         path = root / source
-        if not path.is_file():
-            raise FileNotFoundError(f"pair list {path} is missing (fetch `albef_json` first)")
-        try:
-            records = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise PairListError(f"{path}: not valid JSON ({exc})") from exc
-        if not isinstance(records, list):
-            raise PairListError(f"{path}: expected a JSON list of records")
+        records = read_json_file(path, expect=list, missing="fetch `albef_json` first", error=PairListError)
         pairs = missing = 0
         for k, record in enumerate(records):
             if not isinstance(record, dict) or "image" not in record or "caption" not in record:

@@ -10,11 +10,11 @@ drop those rows).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from nas.data.synthetic import RELATIONS, SyntheticConfig, salient_relation
+from nas.jsonfile import read_json_file
 
 ATTRIBUTES = ("count", "colour", "shape", "size", "hpos", "vpos", "relation")
 # The attributes a caption names in words, and those only pixels carry (MUG_UTA.md §1: MUG should
@@ -58,14 +58,7 @@ def scene_attributes(scene: dict[str, Any]) -> dict[str, str | None]:
 def load_split_attributes(data_root: str | Path, split: str) -> tuple[list[str], dict[str, list[str | None]]]:
     """(image paths relative to data_root, {attribute: per-image labels}) for one split."""
     path = Path(data_root) / f"{split}_scenes.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: scene ground truth missing (run the `data` stage)")
-    try:
-        scenes = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(scenes, list):
-        raise ValueError(f"{path}: expected a list of scene records")
+    scenes = read_json_file(path, expect=list, missing="scene ground truth: run the `data` stage")
     paths: list[str] = []
     labels: dict[str, list[str | None]] = {name: [] for name in ATTRIBUTES}
     for k, scene in enumerate(scenes):

@@ -25,6 +25,7 @@ from typing import Any
 
 from nas.config.base import ConfigError, from_dict, merge, to_dict
 from nas.config.paper_card import E2, MISSING, PAPER_CARD, CardEntry, show
+from nas.jsonfile import read_json_file
 
 MATCH, DEVIATION, ABLATION, NOT_APPLICABLE, UNCHECKED = "match", "deviation", "ablation", "n/a", "unchecked"
 
@@ -256,13 +257,7 @@ def load_run_config(path: str | Path) -> dict[str, Any]:
             f"no run config at {file}: give a config.json, a Sacred run folder (runs/sacred/<stage>/<variant>/<id>) "
             f"or a stage output folder (runs/<stage>/<variant>, runs/finetune/<variant>/seed<k>){hint}"
         )
-    try:
-        config = json.loads(file.read_text())
-    except json.JSONDecodeError as exc:
-        raise AuditError(f"{file}: not valid JSON ({exc})") from exc
-    if not isinstance(config, dict):
-        raise AuditError(f"{file}: expected a JSON object, got {type(config).__name__}")
-    return config
+    return read_json_file(file, expect=dict, error=AuditError)
 
 
 def render(
