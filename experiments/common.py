@@ -50,6 +50,21 @@ class Recorder:
             self._run.info[key] = value
 
 
+class PrefixedRecorder(Recorder):
+    """One Sacred record for many runs: every scalar name starts with the run's name."""
+
+    def __init__(self, inner: Recorder, prefix: str) -> None:
+        super().__init__(None)
+        self.inner, self.prefix = inner, prefix
+
+    @property
+    def active(self) -> bool:
+        return self.inner.active
+
+    def log_scalar(self, name: str, value: float, step: int | None = None) -> None:
+        self.inner.log_scalar(f"{self.prefix}{name}", value, step)
+
+
 def parse_args(stage: str, argv: Sequence[str] | None, needs_variant: bool) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=f"nas {stage}", description=f"Run the `{stage}` stage.")
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")

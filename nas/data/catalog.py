@@ -423,6 +423,58 @@ def _weights() -> list[Resource]:
     ]
 
 
+def _imagenet21k() -> list[Resource]:
+    return [
+        Resource(
+            "imagenet21k.winter21",
+            "ImageNet-21K (winter 2021 release, processed): UTA's pretraining images [P]",
+            "manual",
+            "imagenet21k/winter21_whole.tar.gz",
+            url="https://image-net.org/download-images.php",
+            size=None,
+            licence="ImageNet terms of access: non-commercial research and education only",
+            source="MUG_UTA.md §2 paper card (ImageNet-21K, 224 px)",
+            instructions="log in at https://image-net.org/download-images.php (accept the terms of "
+            "access), download the winter 2021 ImageNet-21K release and save it as "
+            "<root>/imagenet21k/winter21_whole.tar.gz",
+        )
+    ]
+
+
+def _datacomp() -> list[Resource]:
+    return [
+        Resource(
+            "datacomp.metadata",
+            "DataComp-style URL list (url, text parquet): UTA's contrastive fine-tuning pairs [P]",
+            "manual",
+            "datacomp/metadata",
+            url="https://github.com/mlfoundations/datacomp",
+            licence="CC-BY-4.0 (metadata); images belong to their owners",
+            source="MUG_UTA.md §2 (DataComp-1B); datacomp README `download_upstream.py`",
+            instructions="fetch a DataComp pool's metadata parquet files (e.g. the `small` pool with "
+            "datacomp's download_upstream.py --skip_shards, or the Hugging Face dataset "
+            "mlfoundations/datacomp_small) into <root>/datacomp/metadata/",
+        ),
+    ]
+
+
+def _teachers() -> list[Resource]:
+    return [
+        Resource(
+            "teachers.eva02_e14",
+            "EVA02-E-14 open_clip weights: the frozen UTA teacher at paper scale [D]",
+            "manual",
+            "teachers/EVA02-E-14/open_clip_pytorch_model.bin",
+            url="https://github.com/mlfoundations/open_clip",
+            licence="MIT (EVA-CLIP)",
+            source="open_clip pretrained tag laion2b_s4b_b115k",
+            instructions="on a machine with internet, run open_clip.create_model_and_transforms("
+            "'EVA02-E-14', pretrained='laion2b_s4b_b115k') and copy the downloaded "
+            "open_clip_pytorch_model.bin to <root>/teachers/EVA02-E-14/",
+        ),
+    ]
+
+
 def _shard_jobs() -> list[ShardJob]:
     return [
         ShardJob(
@@ -446,6 +498,16 @@ def _shard_jobs() -> list[ShardJob]:
             "sbu/shards",
             source="img2dataset dataset_examples/SBUcaptions.md",
         ),
+        ShardJob(
+            "datacomp.shards",
+            "DataComp images as webdataset shards",
+            "datacomp/metadata",
+            "parquet",
+            "url",
+            "text",
+            "datacomp/shards",
+            source="datacomp README; img2dataset dataset_examples/laion400m.md (parquet url/text columns)",
+        ),
     ]
 
 
@@ -460,6 +522,9 @@ _BUILDERS = {
     "valse": _valse,
     "sugarcrepe": _sugarcrepe,
     "weights": _weights,
+    "imagenet21k": _imagenet21k,
+    "datacomp": _datacomp,
+    "teachers": _teachers,
 }
 # Besides its own files, a group needs these from others (deduplicated by key in `select`).
 _NEEDS = {
@@ -472,6 +537,8 @@ _NEEDS = {
 SETS = {
     "pretrain": ("coco", "vg", "albef_json", "cc3m", "sbu", "weights"),
     "benchmarks": ("aro", "winoground", "valse", "sugarcrepe"),
+    # UTA at paper scale (MUG_UTA.md §2): ImageNet-21K, a DataComp pool and the EVA-CLIP teacher.
+    "uta": ("imagenet21k", "datacomp", "teachers"),
     "all": tuple(_BUILDERS),
 }
 

@@ -26,6 +26,10 @@ class OptimConfig:
     eps: float = 1e-8  # timm `opt_eps` default, as in ALBEF
     # Fused AdamW kernels exist for CUDA parameters only: auto = fused when every parameter is on CUDA.
     fused_adamw: Literal["auto", "true", "false"] = "auto"
+    # "lamb" (UTA's contrastive fine-tuning [P]) and layer-wise lr decay (BEiT-style fine-tuning) come
+    # from timm's optimizer factory: groups get an `lr_scale`, which the engine's schedule multiplies in.
+    name: Literal["adamw", "lamb"] = "adamw"
+    layer_decay: float | None = None
 
     def __post_init__(self) -> None:
         if self.weight_decay < 0:
@@ -34,15 +38,31 @@ class OptimConfig:
             raise ValueError(f"betas must be in [0, 1), got {self.betas}")
         if not self.eps > 0:
             raise ValueError(f"eps must be > 0, got {self.eps}")
+        if self.layer_decay is not None and not 0.0 < self.layer_decay <= 1.0:
+            raise ValueError(f"layer_decay must be in (0, 1] or null, got {self.layer_decay}")
 
 
 def build_optimizer(
     model: nn.Module, cfg: OptimConfig, *, lr: float, no_weight_decay: Collection[str] = ()
-) -> torch.optim.AdamW:
-    """AdamW over `model`'s trainable parameters; 1-D params, biases and `no_weight_decay` names undecayed.
+) -> torch.optim.Optimizer:
+    """AdamW (or `cfg.name` from timm's factory) over `model`'s trainable parameters; 1-D params, biases and `no_weight_decay` names undecayed.
 
     Call after the model is on its device (fused kernels need to see where the parameters are).
     """
+    if cfg.name != "adamw" or cfg.layer_decay is not None:
+        from timm.optim import create_optimizer_v2
+
+        # timm's factory: the same no-decay split (1-D params, biases, the model's `no_weight_decay`),
+        # plus layer-decay groups from the model's `group_matcher` (timm ViTs and EVA have one).
+        return create_optimizer_v2(
+            model,
+            opt=cfg.name,
+            lr=lr,
+            weight_decay=cfg.weight_decay,
+            layer_decay=cfg.layer_decay,
+            betas=cfg.betas,
+            eps=cfg.eps,
+        )
     groups = param_groups_weight_decay(model, cfg.weight_decay, no_weight_decay_list=no_weight_decay)
     params = [p for group in groups for p in group["params"]]
     if not params:

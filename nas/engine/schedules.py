@@ -106,8 +106,11 @@ class WarmupCosineLR(ParamScheduler):
             "warmup_start_lr": warmup_start_lr,
         }
 
-    def get_param(self) -> float:
-        return lr_at(self.event_index, **self.shape)
+    def get_param(self) -> float | list[float]:
+        lr = lr_at(self.event_index, **self.shape)
+        # Layer-wise lr decay (timm's layer-decay groups carry `lr_scale`): each group gets its share.
+        scales = [group.get("lr_scale", 1.0) for group in self.optimizer_param_groups]
+        return lr if all(s == 1.0 for s in scales) else [lr * s for s in scales]
 
 
 def build_lr_scheduler(optimizer: Optimizer, cfg: ScheduleConfig, *, total_steps: int) -> WarmupCosineLR:

@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 
 from nas.data.tokenizer import pre_caption
+from nas.evaluation.scorers import distinct_pairs
 
 ScoreKind = Literal["itm", "itc", "itm+itc"]
 SCORE_KINDS: tuple[str, ...] = ("itm", "itc", "itm+itc")
@@ -53,13 +54,6 @@ class ScorerConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.max_words < 0:
             raise ValueError(f"max_words must be >= 0, got {self.max_words}")
-
-
-def _image_key(image: Image.Image) -> Any:
-    # The benchmark loaders name the file and crop box; otherwise the object itself is the key.
-    if "path" in image.info:
-        return ("file", image.info["path"], image.info.get("box"))
-    return ("object", id(image))
 
 
 class ModelPairScorer:
@@ -136,31 +130,17 @@ class ModelPairScorer:
 
     def score(self, images: list[Image.Image], texts: list[str]) -> np.ndarray:
         """Scores of the row-aligned pairs `(images[i], texts[i])`, float64 of shape (len(texts),)."""
-        if len(images) != len(texts):
-            raise ValueError(
-                f"{self.name}: {len(images)} images but {len(texts)} texts; pairs must be row-aligned"
-            )
+        pairs = distinct_pairs(images, texts, self.name)
         if not texts:
             return np.zeros(0, dtype=np.float64)
-        image_index: dict[Any, int] = {}
-        distinct_images: list[Image.Image] = []
-        for image in images:
-            key = _image_key(image)
-            if key not in image_index:
-                image_index[key] = len(distinct_images)
-                distinct_images.append(image)
-        text_index: dict[str, int] = {}
-        for text in texts:
-            text_index.setdefault(text, len(text_index))
-        rows = torch.tensor([image_index[_image_key(image)] for image in images])
-        cols = torch.tensor([text_index[text] for text in texts])
+        rows, cols = pairs.rows, pairs.cols
 
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.no_grad():
-                image_tokens, image_feat = self._encode_images(distinct_images)
-                text_tokens, text_feat, text_mask = self._encode_texts(list(text_index))
+                image_tokens, image_feat = self._encode_images(pairs.images)
+                text_tokens, text_feat, text_mask = self._encode_texts(pairs.texts)
                 rows, cols = rows.to(image_tokens.device), cols.to(text_tokens.device)
                 out = []
                 for start in range(0, len(texts), self.batch_size):

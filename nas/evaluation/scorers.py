@@ -8,9 +8,11 @@ Every benchmark result names the scorer that produced it, hence the `name` attri
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+import torch
 from PIL import Image
 
 
@@ -31,3 +33,45 @@ class PairScorer(Protocol):
     name: str
 
     def score(self, images: list[Image.Image], texts: list[str]) -> np.ndarray: ...
+
+
+def image_key(image: Image.Image) -> Any:
+    """What identifies an image: the file and crop box the benchmark loaders record, else the object."""
+    if "path" in image.info:
+        return ("file", image.info["path"], image.info.get("box"))
+    return ("object", id(image))
+
+
+@dataclass
+class DistinctPairs:
+    """Row-aligned pairs reduced to their distinct images and texts, so each is encoded once:
+    pair i is (images[rows[i]], texts[cols[i]])."""
+
+    images: list[Image.Image]
+    texts: list[str]
+    rows: torch.Tensor  # long [n_pairs]
+    cols: torch.Tensor  # long [n_pairs]
+
+
+def distinct_pairs(images: list[Image.Image], texts: list[str], scorer_name: str) -> DistinctPairs:
+    """The shared first step of every model scorer; unaligned inputs are an error naming the scorer."""
+    if len(images) != len(texts):
+        raise ValueError(
+            f"{scorer_name}: {len(images)} images but {len(texts)} texts; pairs must be row-aligned"
+        )
+    image_index: dict[Any, int] = {}
+    unique_images: list[Image.Image] = []
+    for image in images:
+        key = image_key(image)
+        if key not in image_index:
+            image_index[key] = len(unique_images)
+            unique_images.append(image)
+    text_index: dict[str, int] = {}
+    for text in texts:
+        text_index.setdefault(text, len(text_index))
+    return DistinctPairs(
+        unique_images,
+        list(text_index),
+        torch.tensor([image_index[image_key(image)] for image in images], dtype=torch.long),
+        torch.tensor([text_index[text] for text in texts], dtype=torch.long),
+    )

@@ -22,7 +22,13 @@ Entrypoint = Callable[..., nn.Module]
 _ENTRYPOINTS: dict[str, Entrypoint] = {}
 # Modules whose import registers entrypoints; imported on first lookup so that importing the
 # registry stays cheap and free of import cycles. A new model file adds itself here.
-_MODEL_MODULES = ("nas.models.albef", "nas.models.nas_model")
+_MODEL_MODULES = (
+    "nas.models.albef",
+    "nas.models.nas_model",
+    "nas.models.mug",
+    "nas.models.uta",
+    "nas.models.clip_teacher",
+)
 
 
 def register_model(fn: Entrypoint) -> Entrypoint:

@@ -6,6 +6,7 @@ can be rebuilt without touching a model.
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 from dataclasses import dataclass
@@ -55,6 +56,9 @@ def _cell(values: list[float]) -> str:
     """One table cell over replicates: "m ± s" (sample std), or the value for one replicate."""
     return fmt_mean_std(mean_std(values)) if len(values) > 1 else _fmt(values[0])
 
+
+# The companion recipes' report sections (MUG_UTA.md): `section(metrics_dir, reports_dir) -> lines`.
+RECIPE_SECTIONS = ("nas.reporting.mug_section", "nas.reporting.uta_section")
 
 # How a stage's models are named in the tables.
 STAGE_LABELS = {"pretrain_stage2": "pretrained", "finetune": "fine-tuned"}
@@ -272,20 +276,34 @@ def loss_curve_figure(stage1: dict[str, Any], stage2: dict[str, Any], path: Path
     plt.close(fig)
 
 
+# The recipes' audited runs: MUG's full arm (first seed) and UTA's students (one recorded config).
+RECIPE_AUDIT_RUNS = {"mug": Path("mug_pretrain/mug/seed0"), "uta": Path("uta_pretrain")}
+
+
+def audited_runs(runs_dir: Path, variants: list[str]) -> dict[str, Path]:
+    """{name: run folder} of what the report audits: each variant's first fine-tuning replicate and
+    the recipes' runs that exist."""
+    runs = {}
+    for variant in variants:
+        replicates = sorted((runs_dir / "finetune" / variant).glob("seed*/config.json"))
+        if replicates:
+            runs[variant] = replicates[0].parent
+    for name, relative in RECIPE_AUDIT_RUNS.items():
+        if (runs_dir / relative / "config.json").is_file():
+            runs[name] = runs_dir / relative
+    return runs
+
+
 def audit_section(runs_dir: Path, variants: list[str]) -> list[str]:
-    """`nas audit` of the fine-tuned run of every reported variant (its recorded config), written
-    beside the report; results.md lists the verdict counts and links the tables."""
+    """`nas audit` of every audited run (its recorded config, against its recipe's paper card),
+    written beside the report; results.md lists the verdict counts and links the tables."""
     from nas.reporting.audit import audit, load_run_config, render
 
     lines = []
-    for variant in variants:
-        replicates = sorted((runs_dir / "finetune" / variant).glob("seed*/config.json"))
-        if not replicates:
-            continue
-        run = replicates[0].parent
+    for name, run in audited_runs(runs_dir, variants).items():
         config = load_run_config(run)
-        text, code = render(config, title=f"Audit of {variant} ({run.as_posix()})")
-        target = runs_dir.parent / "reports" / "audits" / f"{variant}.md"
+        text, code = render(config, title=f"Audit of {name} ({run.as_posix()})")
+        target = runs_dir.parent / "reports" / "audits" / f"{name}.md"
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text + "\n")
         verdicts: dict[str, int] = {}
@@ -293,7 +311,7 @@ def audit_section(runs_dir: Path, variants: list[str]) -> list[str]:
             verdicts[row.verdict] = verdicts.get(row.verdict, 0) + 1
         summary = ", ".join(f"{n} {v}" for v, n in sorted(verdicts.items()))
         lines.append(
-            f"- [{variant}](audits/{variant}.md): {summary} (exit code {code}: "
+            f"- [{name}](audits/{name}.md): {summary} (exit code {code}: "
             f"{'every departure from the paper explained' if code == 0 else 'departs from the paper; this profile is tiny on purpose'})"
         )
     return lines
@@ -358,6 +376,8 @@ def write_report(metrics_dir: Path, reports_dir: Path, cfg: ReportConfig) -> Pat
                 "fine-tuned models, see `finetune.seeds`; one pretraining run per variant).",
                 "",
             ] + grained
+    for module in RECIPE_SECTIONS:  # MUG, UTA: their own tables and figures ([] when not run)
+        lines += importlib.import_module(module).section(metrics_dir, reports_dir)
     health = dictionary_table(results)
     if health:
         lines += ["## Visual dictionary health", ""] + health + [""]
@@ -387,7 +407,8 @@ def write_report(metrics_dir: Path, reports_dir: Path, cfg: ReportConfig) -> Pat
         lines += [
             "## Hyperparameter audit against the paper card",
             "",
-            "`nas audit runs/finetune/<variant>/seed0` compares each run's recorded config with the paper "
+            "`nas audit runs/finetune/<variant>/seed0` (MUG: `runs/mug_pretrain/mug/seed0`, UTA: "
+            "`runs/uta_pretrain`) compares each run's recorded config with its recipe's paper card "
             "(match / deviation / known difference with the first author's code).",
             "",
             *audits,

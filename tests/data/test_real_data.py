@@ -92,3 +92,16 @@ def test_dry_run_lists_the_plan_and_touches_nothing(tmp_path):
     assert not (tmp_path / "paper").exists()
     with pytest.raises(ValueError, match="selection is empty"):
         prepare_files(from_dict(DataConfig, {"source": "files", "download": {"selection": []}}, "data"))
+
+
+def test_uta_selection_lists_gated_imagenet21k_datacomp_shards_and_the_teacher():
+    from nas.data.catalog import select
+
+    resources, jobs = select(["uta"])
+    by_key = {r.key: r for r in resources}
+    assert (
+        by_key["imagenet21k.winter21"].method == "manual"
+        and "image-net.org" in by_key["imagenet21k.winter21"].instructions
+    )
+    assert by_key["teachers.eva02_e14"].filename.endswith("open_clip_pytorch_model.bin")
+    assert [j.key for j in jobs] == ["datacomp.shards"] and jobs[0].input_format == "parquet"

@@ -43,6 +43,23 @@ TINY = {
     "pretrain_stage2": {"train": {"max_steps_per_epoch": 1, "progress_bar": False}},
     "finetune": {"seeds": [0, 1], "train": {"max_steps_per_epoch": 1, "progress_bar": False}},
     "evaluate": {"retrieval": {"k_test": 4}},
+    "mug": {
+        "loader": {"batch_size_per_gpu": 8},
+        "seeds": [0],
+        "train": {"epochs": 1, "max_steps_per_epoch": 2, "schedule": {"warmup_steps": 1}},
+        "evaluate": {
+            "generation": {"max_length": 8, "beam_size": 2},
+            "caption_images": 8,
+            "figure_images": 2,
+        },
+    },
+    "uta": {
+        "teacher": {"loader": {"batch_size_per_gpu": 8}, "train": {"epochs": 1, "max_steps_per_epoch": 2}},
+        "student": {"loader": {"batch_size_per_gpu": 8}, "train": {"epochs": 1, "max_steps_per_epoch": 2}},
+        "seeds": [0, 1],
+        "finetune": {"loader": {"batch_size_per_gpu": 8}, "train": {"max_steps_per_epoch": 1}},
+        "evaluation": {"probe_train_images": 40, "visibility_draws": 50},
+    },
 }
 
 
@@ -90,7 +107,9 @@ def test_dvc_repro_small_profile(tmp_path):
 
     first = _run([str(DVC), "repro"], work, env)
     variants = sorted(params["variants"])
-    expected = {"data", "report"} | {
+    expected = {"data", "report", "mug_pretrain", "mug_evaluate"}
+    expected |= {"uta_teacher", "uta_pretrain", "uta_finetune", "uta_evaluate"}
+    expected |= {
         f"{stage}@{v}"
         for stage in ("build_vd", "pretrain_stage1", "pretrain_stage2", "finetune", "evaluate")
         for v in variants
@@ -120,6 +139,9 @@ def test_dvc_repro_small_profile(tmp_path):
     report = (work / "reports" / "results.md").read_text()
     assert "Zero-shot retrieval" in report and "chance" in report
     assert "Fine-grained probes" in report and "Hyperparameter audit" in report
+    assert "## MUG" in report and "## UTA" in report
+    # the recipes' rows join the shared fine-grained tables (MUG: 1 seed, UTA: 2 seeds)
+    assert "| mug | caption-ll | 1 |" in report and "| uta | uta | 2 |" in report
     assert (work / "reports" / "figures" / "loss_curves.png").stat().st_size > 1000
 
     second = _run([str(DVC), "repro"], work, env)

@@ -1,0 +1,360 @@
+"""UTA's `uta:` params section, typed, and its paper card for `nas audit` (MUG_UTA.md §2).
+
+The section drives the stages of experiments/uta.py: the teacher (a tiny CLIP trained here, or an
+open_clip EVA-CLIP checkpoint from a local path), the student (model spec, loader overrides, one
+TrainConfig for every run: equal steps across arms), the masking and its ablation arms as data, the
+seeds, the optional contrastive fine-tuning, and the evaluation knobs.
+
+The card is in the format of nas/config/paper_card.py. Sources: [P] the UTA paper (Liu et al.,
+TMLR 2024) as MUG_UTA.md §2 holds it; [C] UTA's released inference code; [B] the methods it builds on
+(BEiT/EVA-02 block-wise masking); [D] this project's decisions. Paths are read from
+`uta_view(run_config)`: the section with every default filled in, `uta.student.model.overrides`
+being the student as the registry builds it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from nas.config.base import ConfigError, from_dict, merge, to_dict
+from nas.config.paper_card import CardEntry, Equals, NotNull, _check_card
+from nas.config.stages import ModelSpec
+from nas.engine.trainer import TrainConfig
+from nas.evaluation.linear_probe import LinearProbeConfig
+from nas.models.block_masking import MaskingConfig
+from nas.models.clip_teacher import TinyClipConfig
+
+# ---- the params section ---------------------------------------------------------------------------
+
+
+def _default_arms() -> dict[str, dict[str, Any]]:
+    # MUG_UTA.md §2 "What the CPU-scale reproduction must show" 3: none / random / block-wise /
+    # reversed block-wise at equal steps; each arm is an overlay of `uta.masking`.
+    return {
+        "none": {"scheme": "none"},
+        "random": {"scheme": "random"},
+        "blockwise": {"scheme": "blockwise"},
+        "reversed_blockwise": {"scheme": "reversed_blockwise"},
+    }
+
+
+@dataclass
+class TeacherSection:
+    """`uta.teacher`: train the tiny CLIP (default) or load an EVA-CLIP checkpoint (paper scale)."""
+
+    open_clip_model: str | None = None  # paper: an open_clip EVA-CLIP config, e.g. "EVA02-E-14"
+    checkpoint: str | None = None  # paper: local path of that model's open_clip weights
+    model: TinyClipConfig = field(default_factory=TinyClipConfig)  # the tiny CLIP trained when no checkpoint
+    loader: dict[str, Any] = field(default_factory=dict)  # over the `loader` section
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if (self.open_clip_model is None) != (self.checkpoint is None):
+            raise ValueError(
+                "open_clip_model and checkpoint go together: both null (train the tiny CLIP) or both set "
+                f"(load an EVA-CLIP), got open_clip_model={self.open_clip_model!r}, checkpoint={self.checkpoint!r}"
+            )
+
+    @property
+    def pretrained(self) -> bool:
+        return self.checkpoint is not None
+
+
+@dataclass
+class StudentSection:
+    """`uta.student`: the EVA-02-style ViT and how every arm x seed run trains it."""
+
+    model: ModelSpec = field(default_factory=lambda: ModelSpec(name="uta_tiny"))
+    train_file: str | None = None  # images under data.root; None: data.train_file (paper: ImageNet-21K)
+    loader: dict[str, Any] = field(default_factory=dict)  # over the `loader` section
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass
+class FinetuneSection:
+    """`uta.finetune`: optional contrastive fine-tuning of student + teacher text tower [P]."""
+
+    enabled: bool = True
+    train_file: str | None = None  # pairs under data.root; None: data.train_file (paper: DataComp-1B)
+    temperature: float = 0.01  # [P]: fixed at 0.01
+    layer_decay: float = 0.75  # [P]: 0.75 (base), 0.85 (large)
+    loader: dict[str, Any] = field(default_factory=dict)
+    train: TrainConfig = field(
+        default_factory=TrainConfig
+    )  # optimizer: LAMB + layer_decay (experiments/uta.py)
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not 0.0 < self.layer_decay <= 1.0:
+            raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
+        if self.train.optim.name != "adamw" or self.train.optim.layer_decay is not None:
+            raise ValueError(
+                "train.optim.name / train.optim.layer_decay: the stage always uses LAMB [P]; set the "
+                "decay with uta.finetune.layer_decay"
+            )
+
+
+@dataclass
+class EvaluationSection:
+    """`uta.evaluation`: what `uta_evaluate` measures on the teacher and every run."""
+
+    split: str = "test"  # held-out split: zero-shot, probe test rows, 1 - cos, heatmaps
+    batch_size: int = 200
+    probe_train_images: int | None = 600  # first N training images fit the probes (None: all)
+    probe: LinearProbeConfig = field(default_factory=LinearProbeConfig)
+    mask_seed: int = 0  # one fixed masking draw for the held-out masked-view 1 - cos
+    visibility_draws: int = 2000  # masks drawn for the P(visible) maps (spec §2: 2,000 draws)
+    example_masks: int = 3  # example masks per scheme in the figure
+    fine_grained: bool = True  # the ARO / Winoground / VALSE / SugarCrepe probes
+    benchmarks: tuple[str, ...] = ()  # empty = every probe benchmark
+
+    def __post_init__(self) -> None:
+        if self.split not in ("val", "test"):
+            raise ValueError(f"split must be 'val' or 'test', got {self.split!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.probe_train_images is not None and self.probe_train_images < 2:
+            raise ValueError(f"probe_train_images must be >= 2 or null, got {self.probe_train_images}")
+        if self.visibility_draws < 1 or self.example_masks < 0:
+            raise ValueError("visibility_draws must be >= 1 and example_masks >= 0")
+
+
+@dataclass
+class UTASection:
+    """The `uta:` section of params.yaml (see the module docstring)."""
+
+    teacher: TeacherSection = field(default_factory=TeacherSection)
+    student: StudentSection = field(default_factory=StudentSection)
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    arms: dict[str, dict[str, Any]] = field(default_factory=_default_arms)
+    main_arm: str = "reversed_blockwise"  # UTA's own masking: the row the fine-grained tables show
+    seeds: tuple[int, ...] = (0, 1, 2)
+    # Decode every training image once (evaluation transform, no augmentation) and keep it in
+    # memory for all runs: on the CPU profile decoding + RandAugment costs more than a student step.
+    # Paper scale: false (ImageNet-21K does not fit in memory; data.transform's augmentation applies).
+    memoize_images: bool = True
+    finetune: FinetuneSection = field(default_factory=FinetuneSection)
+    evaluation: EvaluationSection = field(default_factory=EvaluationSection)
+
+    def __post_init__(self) -> None:
+        if not self.arms:
+            raise ValueError("arms must name at least one masking arm")
+        for name in self.arms:
+            if not re.fullmatch(r"[A-Za-z0-9_]+", name):
+                raise ValueError(f"arms: {name!r} must be letters, digits and '_' (it names folders)")
+            self.arm_masking(name)  # every arm must be a valid masking config
+        if self.main_arm not in self.arms:
+            raise ValueError(f"main_arm {self.main_arm!r} is not among arms {sorted(self.arms)}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be a non-empty list of distinct integers, got {list(self.seeds)}")
+
+    def arm_masking(self, arm: str) -> MaskingConfig:
+        """`masking` with the arm's overlay, validated (a ratio outside (0, 1) names the arm)."""
+        overlay = self.arms[arm]
+        if not isinstance(overlay, dict):
+            raise ConfigError(f"uta.arms.{arm}: expected a mapping of masking keys, got {overlay!r}")
+        return from_dict(MaskingConfig, merge(to_dict(self.masking), overlay), f"uta.arms.{arm}")
+
+
+def read_section(resolved: dict[str, Any]) -> UTASection:
+    if "uta" not in resolved:
+        raise ConfigError("params has no section 'uta'")
+    return from_dict(UTASection, resolved["uta"], "uta")
+
+
+def effective_student(spec: ModelSpec) -> dict[str, Any]:
+    """The UTAStudentConfig `create_model(spec.name, **spec.overrides)` builds, as a dict."""
+    from nas.models.uta import UTA_BASE, UTAStudentConfig
+
+    bases = {"uta_tiny": {}, "uta_base": UTA_BASE}
+    if spec.name not in bases:
+        raise ConfigError(f"uta.student.model.name: {spec.name!r} is not a UTA student ({sorted(bases)})")
+    merged = merge(bases[spec.name], spec.overrides)
+    return to_dict(from_dict(UTAStudentConfig, merged, "uta.student.model.overrides"))
+
+
+def effective_loader(resolved: dict[str, Any], overrides: dict[str, Any], where: str) -> Any:
+    """The `loader` section with a UTA part's overrides on top, typed."""
+    from nas.data.loader import LoaderConfig
+
+    return from_dict(LoaderConfig, merge(resolved.get("loader", {}), overrides), where)
+
+
+def uta_view(run_config: dict[str, Any]) -> dict[str, Any]:
+    """The run config as the card reads it: `uta` with defaults, effective loaders and student."""
+    from nas.config.data import DataConfig
+
+    section = read_section(run_config)
+    view = dict(run_config)
+    view["data"] = to_dict(from_dict(DataConfig, run_config.get("data", {}), "data"))
+    uta = to_dict(section)
+    for part in ("teacher", "student", "finetune"):
+        overrides = getattr(section, part).loader
+        uta[part]["loader"] = to_dict(effective_loader(run_config, overrides, f"uta.{part}.loader"))
+    uta["student"]["model"] = {
+        "name": section.student.model.name,
+        "overrides": effective_student(section.student.model),
+    }
+    view["uta"] = uta
+    return view
+
+
+# ---- the card -------------------------------------------------------------------------------------
+
+S = "uta.student"
+M = f"{S}.model.overrides"
+T = f"{S}.train"
+F = "uta.finetune"
+
+CARD: tuple[CardEntry, ...] = (
+    CardEntry(
+        "idea",
+        "objective",
+        "unmasked tokens of a ViT aligned to the frozen CLIP vision encoder's tokens; no [MASK] tokens",
+        "[P]; [D] loss 1 - cos over CLS + visible patches, fp32, one shared head (MUG_UTA.md §2)",
+        (),
+        note="structure, not a param: nas/models/uta.py (UTAPretrainer), nas/objectives/uta.py; tested "
+        "in tests/uta (hand-checked loss values, dropped pixels never reach a visible token)",
+    ),
+    CardEntry(
+        "pretraining_data",
+        "pretraining data",
+        "ImageNet-21K images",
+        "[P]",
+        (("data.source", Equals("files")), (f"{S}.train_file", NotNull("an ImageNet-21K image list"))),
+    ),
+    CardEntry(
+        "resolution",
+        "resolution and patch size",
+        "224 x 224, patch 14",
+        "[P]",
+        ((f"{M}.image_size", Equals(224)), (f"{M}.patch_size", Equals(14))),
+    ),
+    CardEntry(
+        "student",
+        "student architecture",
+        "EVA-02-style ViT-B (768 wide, 12 blocks, 12 heads; SwiGLU with sub-LN, 2-D RoPE + absolute "
+        "positions), CLS -> Linear to the 1024-d CLIP space",
+        "[C]",
+        (
+            (f"{S}.model.name", Equals("uta_base")),
+            (f"{M}.embed_dim", Equals(768)),
+            (f"{M}.depth", Equals(12)),
+            (f"{M}.num_heads", Equals(12)),
+            (f"{M}.teacher_dim", Equals(1024)),
+        ),
+    ),
+    CardEntry(
+        "epochs_batch",
+        "epochs, batch",
+        "150 epochs, batch 4096",
+        "[P]",
+        (
+            (f"{T}.epochs", Equals(150)),
+            (f"{T}.max_steps_per_epoch", Equals(None)),
+            (f"{S}.loader.batch_size_per_gpu", Equals(512)),
+            (f"{T}.launch.nproc_per_node", Equals(8)),
+        ),
+        note="4096 = 512 per process x 8 processes [D split]",
+    ),
+    CardEntry(
+        "optimizer",
+        "optimizer",
+        "AdamW, weight decay 0.05",
+        "[P]",
+        ((f"{T}.optim.weight_decay", Equals(0.05)),),
+        note="AdamW itself is fixed in nas/engine/optim.py; betas are not stated (torch defaults kept)",
+    ),
+    CardEntry(
+        "lr_schedule",
+        "lr schedule",
+        "linear warm-up to 1.5e-3 over 1 epoch, cosine to 1e-5",
+        "[P]",
+        (
+            (f"{T}.schedule.lr", Equals(1.5e-3)),
+            (f"{T}.schedule.min_lr", Equals(1e-5)),
+            (f"{T}.schedule.warmup_steps", Equals(3466)),
+            (f"{T}.schedule.warmup_start_lr", Equals(0.0)),
+        ),
+        note="1 epoch = 14,197,122 ImageNet-21K images / 4096 = 3,466 steps (the harness warms up in steps)",
+    ),
+    CardEntry(
+        "masking",
+        "masking",
+        "reversed block-wise; mask ratio 0.4 (base), 0.5 (large)",
+        "[P]",
+        (("uta.masking.scheme", Equals("reversed_blockwise")), ("uta.masking.ratio", Equals(0.4))),
+    ),
+    CardEntry(
+        "block_generator",
+        "block-wise generator",
+        "blocks of >= 16 tokens, aspect ratio in [0.3, 1/0.3], 10 attempts per block",
+        "[B] BEiT / EVA-02 MaskingGenerator",
+        (("uta.masking.min_patches", Equals(16)), ("uta.masking.min_aspect", Equals(0.3))),
+        kind="base",
+    ),
+    CardEntry(
+        "teacher",
+        "teacher",
+        "a frozen open_clip EVA-CLIP (1024-d; text tower 1024 wide, 24 layers, 16 heads, 77 tokens)",
+        "[C] text tower; [D] EVA02-E-14, the open_clip EVA-CLIP with that text tower",
+        (
+            ("uta.teacher.open_clip_model", Equals("EVA02-E-14")),
+            ("uta.teacher.checkpoint", NotNull("a local path to the EVA02-E-14 open_clip weights")),
+        ),
+        kind="decision",
+    ),
+    CardEntry(
+        "ft_data",
+        "contrastive fine-tuning data",
+        "DataComp-1B; init from the pretrained ViT and the CLIP text encoder",
+        "[P]",
+        ((f"{F}.enabled", Equals(True)), (f"{F}.train_file", NotNull("a DataComp-style pair list"))),
+        kind="switch",
+    ),
+    CardEntry(
+        "ft_recipe",
+        "contrastive fine-tuning recipe",
+        "temperature fixed at 0.01; LAMB, peak lr 2e-4 (base); layer decay 0.75 (base); weight decay "
+        "0.05; cosine to 0",
+        "[P]",
+        (
+            (f"{F}.temperature", Equals(0.01)),
+            (f"{F}.train.schedule.lr", Equals(2e-4)),
+            (f"{F}.train.schedule.min_lr", Equals(0.0)),
+            (f"{F}.layer_decay", Equals(0.75)),
+            (f"{F}.train.optim.weight_decay", Equals(0.05)),
+        ),
+        note="LAMB is fixed in experiments/uta.py (timm create_optimizer_v2, opt='lamb')",
+    ),
+    CardEntry(
+        "ft_batch",
+        "contrastive fine-tuning batch",
+        "49,152 in total",
+        "[P]",
+        ((f"{F}.loader.batch_size_per_gpu", Equals(6144)), (f"{F}.train.launch.nproc_per_node", Equals(8))),
+        note="49,152 = 6,144 per process x 8 processes [D split]",
+    ),
+    CardEntry(
+        "downstream",
+        "LLaVA, COCO / LVIS detection, ADE20K segmentation",
+        "see MUG_UTA.md §2 (LLaVA stages 1-2, COCO, LVIS, ADE20K UperNet)",
+        "[P]",
+        (),
+        note="not reproduced: the harness evaluates zero-shot attributes, linear probes and the "
+        "fine-grained probes on the synthetic set",
+    ),
+    CardEntry(
+        "headline",
+        "ImageNet-1k zero-shot top-1",
+        "UTA-B/16 77.0, UTA-L/14-336 81.4, UTA-g/14-336 83.9",
+        "[C]",
+        (),
+        note="a result, not a setting; the CPU profile reports zero-shot attribute accuracy instead",
+    ),
+)
+
+_check_card(CARD)

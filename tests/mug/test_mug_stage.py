@@ -1,0 +1,161 @@
+"""The MUG stages on a tiny synthetic set: caption checks (empty, too long), grayscale/RGBA/palette
+images through the MUG data path, and both stages end to end (resume included), then the report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from experiments.common import Recorder
+from nas.config.params import load_params, resolve
+from nas.data.bpe_tokenizer import BpeTokenizer, EmptyCaptionError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _write_pairs(path: Path, records) -> Path:
+    path.write_text(json.dumps(records))
+    return path
+
+
+def test_empty_captions_error_or_are_skipped_and_counted(tmp_path):
+    from experiments.mug import caption_census
+
+    tokenizer = BpeTokenizer(context_length=8)
+    records = [
+        {"image": "a.png", "caption": ["a red circle", "  "]},
+        {"image": "b.png", "caption": ""},
+        {"image": "c.png", "caption": "a large blue square left of a small red circle and more words"},
+    ]
+    pairs = _write_pairs(tmp_path / "train.json", records)
+    with pytest.raises(EmptyCaptionError, match=r"train.json, record 0, caption 1: empty"):
+        caption_census(pairs, tokenizer, "error", tmp_path / "out")
+    census = caption_census(pairs, tokenizer, "skip", tmp_path / "out")
+    assert census["empty_skipped"] == 2 and census["pairs"] == 2 and census["truncated"] == 1
+    kept = json.loads(Path(census["annotation"]).read_text())
+    assert [r["image"] for r in kept] == ["a.png", "c.png"] and kept[0]["caption"] == ["a red circle"]
+    assert tokenizer.sot_id in census["bpe_ids"] and tokenizer.eot_id in census["bpe_ids"]
+    assert len(census["targets"]) == (3 + 1) + (8 - 1)  # labels after SOT, EOT included
+
+
+def test_grayscale_rgba_palette_images_reach_the_model_as_rgb(tmp_path):
+    from experiments.mug import build_mug, build_train_loader, caption_census
+    from nas.config.mug_card import effective_sections
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    (tmp_path / "images").mkdir()
+    Image.fromarray(pixels[..., 0], mode="L").save(tmp_path / "images" / "gray.png")
+    Image.fromarray(np.dstack([pixels, pixels[..., :1]]), mode="RGBA").save(tmp_path / "images" / "rgba.png")
+    Image.fromarray(pixels).convert("P", palette=Image.Palette.ADAPTIVE).save(
+        tmp_path / "images" / "palette.png"
+    )
+    records = [{"image": f"images/{n}.png", "caption": f"a {n} image"} for n in ("gray", "rgba", "palette")]
+    pairs = _write_pairs(tmp_path / "train.json", records)
+    cfg = resolve(
+        load_params(ROOT / "params.yaml"), None, [f"data.root={tmp_path}", "mug.loader.batch_size_per_gpu=3"]
+    )
+    typed = effective_sections(cfg)
+    tokenizer = BpeTokenizer(context_length=32)
+    census = caption_census(pairs, tokenizer, "error", tmp_path)
+    batch = next(iter(build_train_loader(typed, census["annotation"], tokenizer)))
+    assert batch["image"].shape == (3, 3, 64, 64) and batch["num_skipped"] == 0
+    model = build_mug(typed["section"], "mug", 0, census["bpe_ids"])
+    terms = model(batch, alpha=0.0)
+    assert set(terms) == {"recon", "caption"} and all(torch.isfinite(t) for t in terms.values())
+
+
+@pytest.fixture(scope="module")
+def tiny_project(tmp_path_factory):
+    """A tiny synthetic data set and its probes, as the `data` stage writes them."""
+    from nas.data.probes import ProbeConfig, write_probes
+    from nas.data.synthetic import SyntheticConfig, generate
+
+    root = tmp_path_factory.mktemp("mugproject")
+    generate(SyntheticConfig(n_train=40, n_val=8, n_test=24), root / "data/synthetic")
+    probes = ProbeConfig(
+        vg_relation=3,
+        vg_attribution=3,
+        order_images=2,
+        winoground=3,
+        valse_per_instrument=2,
+        sugarcrepe_per_file=2,
+    )
+    write_probes(root / "data/synthetic", root / "data/probes", probes)
+    return root
+
+
+TINY = [
+    "mug.arms={mae_only: {cap_weight: 0.0}, mug: {}}",
+    "mug.seeds=[0, 1]",
+    "mug.loader.batch_size_per_gpu=8",
+    "mug.train.epochs=2",
+    "mug.train.max_steps_per_epoch=1",
+    "mug.train.log_every_steps=1",
+    "mug.train.schedule.warmup_steps=1",
+    "mug.evaluate.figure_images=2",
+    "mug.evaluate.generation={max_length: 6, beam_size: 2}",
+    "mug.evaluate.caption_images=4",
+    "mug.evaluate.benchmarks=[winoground, vg_relation]",
+]
+
+
+@pytest.fixture
+def keep_torch_threads():
+    """The stages set torch's thread count (params `mug.torch_threads`); other tests keep theirs."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_stages_end_to_end_resume_and_report(tiny_project, monkeypatch, keep_torch_threads):
+    from experiments.mug import evaluate, pretrain
+    from nas.reporting.mug_section import section
+
+    monkeypatch.chdir(tiny_project)
+    cfg = resolve(load_params(ROOT / "params.yaml"), None, TINY)
+    cfg["stage"] = "mug_pretrain"
+    pretrain(cfg, Recorder())
+    first = json.loads(Path("metrics/mug/pretrain.json").read_text())
+    assert set(first["runs"]) == {f"{a}/seed{s}" for a in ("mae_only", "mug") for s in (0, 1)}
+    assert all(run["final"]["steps"] == 1 and len(run["epochs"]) == 2 for run in first["runs"].values())
+    assert (
+        set(first["runs"]["mae_only/seed0"]["final"]) >= {"recon"}
+        and "caption" not in first["runs"]["mae_only/seed0"]["final"]
+    )
+    assert first["captions"]["pairs"] == 80 and first["captions"]["empty_skipped"] == 0
+
+    pretrain(cfg, Recorder())  # a second run resumes every finished run and trains nothing
+    again = json.loads(Path("metrics/mug/pretrain.json").read_text())
+    for name, run in again["runs"].items():
+        assert run["resumed_from"] and run["epochs"] == first["runs"][name]["epochs"]
+
+    evaluate(dict(cfg, stage="mug_evaluate"), Recorder())
+    result = json.loads(Path("metrics/mug/evaluate.json").read_text())
+    mug = result["arms"]["mug"]
+    assert mug["summary"]["probes"]["colour"]["accuracy"]["n"] == 2
+    assert len(mug["per_seed"][0]["captions"]["greedy"]["texts"]) == 4
+    assert result["baselines"]["caption_ce_unigram"] > 0
+    fine = json.loads(Path("metrics/fine_grained/mug.json").read_text())
+    assert fine["recipe"] == "mug" and set(fine["rows"]) == {"mug"}  # MAE only has no trained captioner
+    per_seed = fine["rows"]["mug"]["per_seed"][0]
+    assert set(per_seed) == {"winoground", "vg_relation"} and all(
+        "caption-ll" in b for b in per_seed.values()
+    )
+    config = json.loads(Path("runs/mug_pretrain/mae_only/seed1/config.json").read_text())
+    assert config["mug"]["model"]["overrides"] == {"cap_weight": 0.0} and config["run"] == {
+        "arm": "mae_only",
+        "seed": 1,
+    }
+
+    lines = section(Path("metrics"), Path("reports"))
+    text = "\n".join(lines)
+    assert "### Ablation" in text and "MAE only (cap_weight 0)" in text and "chance (1 / classes)" in text
+    assert Path("reports/figures/mug_samples.png").is_file()
+    assert section(Path("nowhere"), Path("reports")) == []
