@@ -13,7 +13,7 @@ Pretraining is not replicated here; a pretraining replicate is a run with anothe
 
 Outputs (paths fixed for dvc.yaml), per replicate `s`:
   runs/finetune/<variant>/seed<s>/train_nta.json   the NTA annotation file the run trained on
-  runs/finetune/<variant>/seed<s>/checkpoint.pt    the final checkpoint
+  runs/finetune/<variant>/seed<s>/checkpoint.pt    the final weights ({"model": state dict})
   runs/finetune/<variant>/seed<s>/config.json      the resolved config, with the EFFECTIVE model
                                                    overrides and image size (fine-tuning size in
                                                    `model.overrides.vision.img_size` and
@@ -28,7 +28,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +39,7 @@ from nas.config import from_dict, merge
 from nas.config.data import DataConfig
 from nas.config.stages import LoaderConfig, ModelSpec, config_digest
 from nas.data.nta import NTAConfig
+from nas.engine.checkpoint import atomic_save, read_checkpoint
 from nas.engine.trainer import TrainConfig
 
 STAGE = "finetune"
@@ -231,7 +231,9 @@ def finetune_replicate(
     )
     if idist.get_rank() != 0:
         return None
-    shutil.copyfile(result["last_checkpoint"], run_dir / "checkpoint.pt")
+    # Evaluation needs the weights only (momentum copies and queues included); the complete state
+    # stays in the stage's resumable checkpoints. Half the bytes for DVC to hash and cache.
+    atomic_save({"model": read_checkpoint(result["last_checkpoint"])["model"]}, run_dir / "checkpoint.pt")
     recorded = copy.deepcopy(cfg)
     recorded["seed"] = seed
     recorded[STAGE]["seeds"] = [offset]
