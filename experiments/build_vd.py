@@ -31,7 +31,7 @@ def load_split_images(
     `select` keeps a slice of them (one rank's share in sharded evaluation)."""
     import torch
 
-    from nas.data.captions import load_pairs, open_rgb
+    from nas.data.captions import load_pairs, stack_images
     from nas.data.transforms import build_eval_transform
 
     annotation = data.path(annotation_file or data.train_file)
@@ -44,7 +44,7 @@ def load_split_images(
     paths = list(seen)[select] if select is not None else list(seen)
     if not paths:
         return torch.empty(0, 3, data.transform.image_size, data.transform.image_size)
-    return torch.stack([transform(open_rgb(data.images / path, annotation)) for path in paths])
+    return stack_images(data.images, paths, transform, annotation)
 
 
 def stage(cfg: dict[str, Any], record: Recorder) -> None:

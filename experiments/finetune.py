@@ -160,9 +160,15 @@ def stage(cfg: dict[str, Any], record: Recorder) -> None:
     init_checkpoint = stage_paths(ft.init_from, variant)["run"] / "checkpoint.pt"
     if not init_checkpoint.is_file():
         raise FileNotFoundError(f"{STAGE}: {init_checkpoint} is missing; run {ft.init_from} first")
+    typed = Typed(
+        data=from_dict(DataConfig, cfg["data"], "data"),
+        loader=from_dict(LoaderConfig, cfg["loader"], "loader"),
+        model=from_dict(ModelSpec, cfg["model"], "model"),
+        finetune=ft,
+    )
     replicates = {}
     for offset in ft.seeds:
-        replicates[str(offset)] = finetune_replicate(cfg, offset, init_checkpoint, record)
+        replicates[str(offset)] = finetune_replicate(cfg, typed, offset, init_checkpoint, record)
     if not replicates or next(iter(replicates.values())) is None:
         return  # ranks other than 0
     first = next(iter(replicates.values()))
@@ -183,8 +189,18 @@ def stage(cfg: dict[str, Any], record: Recorder) -> None:
     record.add_artifact(paths["metrics"], name="stage_metrics.json")
 
 
+@dataclass
+class Typed:
+    """The stage's params sections as dataclasses, parsed once for every replicate."""
+
+    data: DataConfig
+    loader: LoaderConfig
+    model: ModelSpec
+    finetune: FinetuneConfig
+
+
 def finetune_replicate(
-    cfg: dict[str, Any], offset: int, init_checkpoint: Path, record: Recorder
+    cfg: dict[str, Any], typed: Typed, offset: int, init_checkpoint: Path, record: Recorder
 ) -> dict[str, Any] | None:
     """Fine-tune one replicate (seed `params.seed + offset`); its summary on rank 0, None elsewhere."""
     import ignite.distributed as idist
@@ -193,12 +209,8 @@ def finetune_replicate(
     from nas.engine.fit import fit
 
     variant, seed = cfg["variant"], cfg["seed"] + offset
-    data = from_dict(DataConfig, cfg["data"], "data")
-    loader_cfg = from_dict(LoaderConfig, cfg["loader"], "loader")
-    spec = from_dict(ModelSpec, cfg["model"], "model")
-    section = dict(cfg[STAGE])
-    section["train"] = {**section.get("train", {}), "seed": seed}
-    ft = from_dict(FinetuneConfig, section, STAGE)
+    data, loader_cfg, spec = typed.data, typed.loader, typed.model
+    ft = dataclasses.replace(typed.finetune, train=dataclasses.replace(typed.finetune.train, seed=seed))
     run_dir = replicate_dir(variant, offset)
     name = f"{STAGE}[{variant} seed+{offset}]"
 
@@ -215,9 +227,9 @@ def finetune_replicate(
     loader = build_nta_loader(data, loader_cfg, annotation_file, ft.image_size)
 
     # One digest per replicate, blind to the list of seeds: adding a seed never retrains the others.
-    replicate_cfg = copy.deepcopy({k: v for k, v in cfg.items() if k != "stage"})
+    replicate_cfg = copy.deepcopy(cfg)
     replicate_cfg[STAGE]["seeds"] = [offset]
-    digest = config_digest(replicate_cfg | {"stage": STAGE})
+    digest = config_digest({k: v for k, v in replicate_cfg.items() if k != "stage"} | {"stage": STAGE})
     on_epoch_end, on_log_step = training_callbacks(STAGE, f"{variant}/seed{offset}", record)
 
     # init_checkpoint=None: the weights are loaded (and resized) above; a resumed run loads its own.
@@ -234,9 +246,8 @@ def finetune_replicate(
     # Evaluation needs the weights only (momentum copies and queues included); the complete state
     # stays in the stage's resumable checkpoints. Half the bytes for DVC to hash and cache.
     atomic_save({"model": read_checkpoint(result["last_checkpoint"])["model"]}, run_dir / "checkpoint.pt")
-    recorded = copy.deepcopy(cfg)
+    recorded = replicate_cfg  # the replicate's config as it ran: its seed, sizes and model overrides
     recorded["seed"] = seed
-    recorded[STAGE]["seeds"] = [offset]
     recorded["model"]["overrides"] = effective_overrides(spec, ft, image_size=ft.image_size)
     recorded["data"].setdefault("transform", {})["image_size"] = ft.image_size
     (run_dir / "config.json").write_text(json.dumps(recorded, indent=2, sort_keys=True) + "\n")

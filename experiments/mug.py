@@ -258,19 +258,11 @@ def load_run(arm: str, seed: int, device: str = "cpu"):
     return model.to(device).eval()
 
 
-def load_images(root: Path, paths: list[str], transform) -> Any:
-    import torch
-
-    from nas.data.captions import open_rgb
-
-    return torch.stack([transform(open_rgb(root / p, root)) for p in paths])
-
-
 def heldout_set(typed: dict[str, Any], tokenizer: Any, transform) -> dict[str, Any]:
     """Held-out pairs (distinct images once, every caption) for the MSE and the caption CE."""
     import torch
 
-    from nas.data.captions import load_pairs
+    from nas.data.captions import load_pairs, stack_images
 
     data, split = typed["data"], typed["section"].evaluate.heldout
     annotation = data.path(data.val_file if split == "val" else data.test_file)
@@ -279,7 +271,7 @@ def heldout_set(typed: dict[str, Any], tokenizer: Any, transform) -> dict[str, A
     rows = [index.setdefault(image, len(index)) for image, _ in pairs]
     encoded = tokenizer.encode([caption for _, caption in pairs])
     return {
-        "images": load_images(data.images, list(index), transform),
+        "images": stack_images(data.images, list(index), transform, data.root),
         "rows": torch.tensor(rows),
         "input_ids": encoded.input_ids,
         "attention_mask": encoded.attention_mask,
@@ -379,21 +371,23 @@ def evaluate_run(model, shared: dict[str, Any], section: MUGSection, scores_dir:
 
 def shared_inputs(typed: dict[str, Any], tokenizer: Any) -> dict[str, Any]:
     """What every run is scored on, loaded once: images, labels, scenes, held-out pairs."""
+    from nas.data.captions import stack_images
     from nas.data.transforms import build_eval_transform
     from nas.evaluation.captioning import CaptionVocabulary
     from nas.evaluation.scene_attributes import load_split_attributes
+    from nas.jsonfile import read_json_file
 
     data, ev = typed["data"], typed["section"].evaluate
     transform = build_eval_transform(typed["transform"])
     train_paths, train_labels = load_split_attributes(data.root, "train")
     test_paths, test_labels = load_split_attributes(data.root, "test")
-    test_images = load_images(Path(data.root), test_paths, transform)
-    scenes = json.loads((Path(data.root) / "test_scenes.json").read_text())
+    test_images = stack_images(data.root, test_paths, transform, data.root)
+    scenes = read_json_file(Path(data.root) / "test_scenes.json", expect=list, missing="run the `data` stage")
     count = len(test_paths) if ev.caption_images is None else min(ev.caption_images, len(test_paths))
     return {
         "tokenizer": tokenizer,
         "eval_transform": transform,
-        "train_images": load_images(Path(data.root), train_paths, transform),
+        "train_images": stack_images(data.root, train_paths, transform, data.root),
         "train_labels": train_labels,
         "test_images": test_images,
         "test_labels": test_labels,

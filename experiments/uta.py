@@ -128,13 +128,10 @@ def pair_loader(
 
 def decode_images(data: Any, paths: list[str]):
     """Images (paths relative to data.root/image_root) with the evaluation transform, [N, 3, S, S]."""
-    import torch
-
-    from nas.data.captions import open_rgb
+    from nas.data.captions import stack_images
     from nas.data.transforms import build_eval_transform
 
-    transform = build_eval_transform(data.transform)
-    return torch.stack([transform(open_rgb(data.images / path, data.root)) for path in paths])
+    return stack_images(data.images, paths, build_eval_transform(data.transform), data.root)
 
 
 # ---- teacher --------------------------------------------------------------------------------------

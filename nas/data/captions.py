@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from PIL import Image, ImageFile
 from torch.utils.data import Dataset
 
@@ -93,6 +94,14 @@ def open_rgb(path: Path, annotation_file: str | Path) -> Image.Image:
         raise BadImageError(
             f"unreadable or truncated image: {path} (listed in {annotation_file}): {type(exc).__name__}: {exc}"
         ) from exc
+
+
+def stack_images(
+    image_root: str | Path, paths: Sequence[str], transform: Callable[[Image.Image], Any], source: str | Path
+) -> torch.Tensor:
+    """`transform(image)` of every path (relative to `image_root`), stacked `[N, ...]`; a bad image is a
+    BadImageError naming the file and `source` (the annotation that listed it)."""
+    return torch.stack([transform(open_rgb(Path(image_root) / path, source)) for path in paths])
 
 
 class CaptionDataset(Dataset):
