@@ -127,14 +127,73 @@ def _run_on_rank(local_rank: int, stage: str, main: StageMain, cfg: dict, observ
     SETTINGS.CAPTURE_MODE = "sys"  # "fd" tees through a pipe that breaks progress bars and children
     SETTINGS.DISCOVER_SOURCES = "dir"  # record the sources of this project, not every import
     ex = Experiment(stage, save_git_info=_git_head_exists())
+    mark_interrupted_runs(observer_dir)
     ex.observers.append(FileStorageObserver(str(observer_dir)))
     ex.add_config(cfg)
 
     @ex.main
     def _sacred_main(_run):
+        _run.info["pid"] = os.getpid()  # lets the next start tell a killed run from a live one
         main(to_plain(_run.config), Recorder(_run))
 
     ex.run(options={"--name": f"{stage}:{cfg.get('variant') or 'all'}"})
+
+
+# A run without a pid (older records) counts as dead once its heartbeat (Sacred: every 10 s) is this old.
+_STALE_HEARTBEAT_SECONDS = 300
+
+
+def mark_interrupted_runs(observer_dir: Path) -> list[Path]:
+    """Sacred records that still say RUNNING although their process is gone (killed, machine lost) are
+    marked INTERRUPTED, with a `fail_trace` saying so; returns their folders. A record's process is gone
+    when its pid (info.json) no longer runs on this host, or, without a pid, when its last heartbeat is
+    older than five minutes."""
+    import datetime
+    import json
+    import socket
+
+    marked = []
+    for run_json in sorted(Path(observer_dir).glob("*/run.json")):
+        try:
+            entry = json.loads(run_json.read_text())
+            info_file = run_json.parent / "info.json"
+            info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+        except (OSError, ValueError):
+            continue
+        if entry.get("status") != "RUNNING":
+            continue
+        pid, host = info.get("pid"), (entry.get("host") or {}).get("hostname")
+        if isinstance(pid, int) and host == socket.gethostname():
+            try:
+                os.kill(pid, 0)
+                continue  # alive
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+        else:
+            beat = entry.get("heartbeat") or entry.get("start_time")
+            try:
+                age = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None) - (
+                    datetime.datetime.fromisoformat(beat)
+                )
+            except (TypeError, ValueError):
+                continue
+            if age.total_seconds() < _STALE_HEARTBEAT_SECONDS:
+                continue
+        entry["status"] = "INTERRUPTED"
+        entry["stop_time"] = entry.get("heartbeat") or entry.get("start_time")
+        entry["fail_trace"] = [
+            "The process of this run was gone while its record still said RUNNING (killed or lost); "
+            "marked INTERRUPTED when the stage next started. A rerun resumes from its last checkpoint."
+        ]
+        from nas.engine.checkpoint import atomic_write_text
+
+        atomic_write_text(run_json, json.dumps(entry, indent=2, sort_keys=True))
+        marked.append(run_json.parent)
+    if marked:
+        print(f"sacred: marked {len(marked)} killed run record(s) INTERRUPTED: {[p.name for p in marked]}")
+    return marked
 
 
 def _git_head_exists() -> bool:

@@ -3,6 +3,8 @@
 Zero-shot image->text and text->image retrieval (R@1/5/10, ALBEF protocol: ITC for all pairs, ITM
 re-ranking of the top `k_test`) on the test split, with the chance level beside every figure.
 The fine-grained suite (ARO / Winoground / VALSE / SugarCrepe probes) plugs in here (issue 4).
+Per-pair scores land in runs/evaluate/<variant>/scores/<stage>/<run>/<benchmark>.<scorer>.jsonl,
+plus Winoground's official format beside it (`*.official.jsonl`); `nas score` rescores either.
 """
 
 from __future__ import annotations

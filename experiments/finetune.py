@@ -37,9 +37,10 @@ from experiments.common import Recorder, run_stage
 from experiments.pretrain import build_model, has_dictionary, stage_paths, training_callbacks
 from nas.config import from_dict, merge
 from nas.config.data import DataConfig
-from nas.config.stages import LoaderConfig, ModelSpec, config_digest
+from nas.config.stages import LoaderConfig, ModelSpec
 from nas.data.nta import NTAConfig
-from nas.engine.checkpoint import atomic_save, read_checkpoint
+from nas.engine.checkpoint import atomic_save, atomic_write_text, read_checkpoint
+from nas.engine.identity import identity_digest, run_identity
 from nas.engine.trainer import TrainConfig
 
 STAGE = "finetune"
@@ -184,8 +185,7 @@ def stage(cfg: dict[str, Any], record: Recorder) -> None:
         "replicates": replicates,
     }
     paths = stage_paths(STAGE, variant)
-    paths["metrics"].parent.mkdir(parents=True, exist_ok=True)
-    paths["metrics"].write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(paths["metrics"], json.dumps(summary, indent=2) + "\n")
     record.add_artifact(paths["metrics"], name="stage_metrics.json")
 
 
@@ -229,7 +229,12 @@ def finetune_replicate(
     # One digest per replicate, blind to the list of seeds: adding a seed never retrains the others.
     replicate_cfg = copy.deepcopy(cfg)
     replicate_cfg[STAGE]["seeds"] = [offset]
-    digest = config_digest({k: v for k, v in replicate_cfg.items() if k != "stage"} | {"stage": STAGE})
+    identity = run_identity(
+        {k: v for k, v in replicate_cfg.items() if k != "stage"} | {"stage": STAGE},
+        data_files=[annotation_file],
+        init_checkpoint=init_checkpoint,
+    )
+    digest = identity_digest(identity)
     on_epoch_end, on_log_step = training_callbacks(STAGE, f"{variant}/seed{offset}", record)
 
     # init_checkpoint=None: the weights are loaded (and resized) above; a resumed run loads its own.
@@ -240,6 +245,7 @@ def finetune_replicate(
         output_dir=stage_paths(STAGE, variant)["checkpoints"] / digest,
         on_epoch_end=on_epoch_end,
         on_log_step=on_log_step,
+        identity=identity,
     )
     if idist.get_rank() != 0:
         return None
@@ -250,12 +256,13 @@ def finetune_replicate(
     recorded["seed"] = seed
     recorded["model"]["overrides"] = effective_overrides(spec, ft, image_size=ft.image_size)
     recorded["data"].setdefault("transform", {})["image_size"] = ft.image_size
-    (run_dir / "config.json").write_text(json.dumps(recorded, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(run_dir / "config.json", json.dumps(recorded, indent=2, sort_keys=True) + "\n")
     record.add_artifact(run_dir / "config.json", name=f"resolved_config_seed{offset}.json")
     history = result["history"]
     return {
         "seed": seed,
         "config_digest": digest,
+        "identity": identity,
         "init_checkpoint": str(init_checkpoint),
         "image_size": ft.image_size,
         "nta": nta_counts,

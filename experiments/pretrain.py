@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,9 @@ from typing import Any
 from experiments.common import Recorder, run_stage
 from nas.config import from_dict
 from nas.config.data import DataConfig
-from nas.config.stages import LoaderConfig, ModelSpec, TrainStageConfig, config_digest
+from nas.config.stages import LoaderConfig, ModelSpec, TrainStageConfig
+from nas.engine.checkpoint import atomic_copy, atomic_write_text
+from nas.engine.identity import identity_digest, run_identity
 
 STAGES = ("pretrain_stage1", "pretrain_stage2")
 
@@ -113,9 +114,14 @@ def stage(cfg: dict[str, Any], record: Recorder) -> None:
                 f"{name}: init_from={stage_cfg.init_from!r} needs {init_checkpoint}; run that stage first"
             )
 
-    # Checkpoints are keyed by the config digest: a changed param never resumes a stale run,
-    # and the old checkpoints stay on disk (nothing is lost).
-    digest = config_digest({k: v for k, v in cfg.items() if k != "stage"} | {"stage": name})
+    # Checkpoints are keyed by the run identity (params, harness code, training list, init checkpoint):
+    # a changed param, loss or data never resumes a stale run, and old checkpoints stay on disk.
+    identity = run_identity(
+        {k: v for k, v in cfg.items() if k != "stage"} | {"stage": name},
+        data_files=[data.path(data.train_file)],
+        init_checkpoint=init_checkpoint,
+    )
+    digest = identity_digest(identity)
     output_dir = paths["checkpoints"] / digest
     on_epoch_end, on_log_step = training_callbacks(name, variant, record)
 
@@ -128,12 +134,13 @@ def stage(cfg: dict[str, Any], record: Recorder) -> None:
         init_objects=stage_cfg.init_objects,
         on_epoch_end=on_epoch_end,
         on_log_step=on_log_step,
+        identity=identity,
     )
     if idist.get_rank() != 0:
         return
-    paths["run"].mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(result["last_checkpoint"], paths["run"] / "checkpoint.pt")
-    (paths["run"] / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    # The next stage reads these: written atomically (never a truncated copy beside an older config).
+    atomic_copy(result["last_checkpoint"], paths["run"] / "checkpoint.pt")
+    atomic_write_text(paths["run"] / "config.json", json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     history = result["history"]
     if has_dictionary(model):
         health = model.dictionary_health()
@@ -144,6 +151,7 @@ def stage(cfg: dict[str, Any], record: Recorder) -> None:
         "stage": name,
         "variant": variant,
         "config_digest": digest,
+        "identity": identity,
         "resumed_from": result["resumed_from"],
         "final": history[-1] if history else {},
         "epochs": history,
@@ -151,8 +159,7 @@ def stage(cfg: dict[str, Any], record: Recorder) -> None:
     }
     if has_dictionary(model):
         summary["dictionary_health"] = health
-    paths["metrics"].parent.mkdir(parents=True, exist_ok=True)
-    paths["metrics"].write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(paths["metrics"], json.dumps(summary, indent=2) + "\n")
     record.add_artifact(paths["run"] / "config.json", name="resolved_config.json")
     record.add_artifact(paths["metrics"], name="stage_metrics.json")
 

@@ -12,6 +12,7 @@ import importlib
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 # subcommand -> (experiment module, one-line help)
 STAGES: dict[str, tuple[str, str]] = {
@@ -47,6 +48,82 @@ def _models_command(argv: Sequence[str]) -> int:
     return 0
 
 
+def _score_command(argv: Sequence[str]) -> int:
+    from nas.evaluation.benchmarks import rescore
+    from nas.evaluation.benchmarks.runner import BENCHMARKS, SCORE_FORMATS
+
+    parser = argparse.ArgumentParser(
+        prog="nas score",
+        description="Rescore a per-example score file: print a benchmark's official figures (the\n"
+        "report's headline figures, official tie rules), optionally as JSON. No model, no image.",
+        epilog=rescore.help_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "benchmark", choices=list(BENCHMARKS), metavar="BENCHMARK", help="one of: %(choices)s"
+    )
+    parser.add_argument("score_file", metavar="SCORE_FILE", help="the per-example score file")
+    parser.add_argument(
+        "--format",
+        dest="file_format",
+        choices=["auto", *SCORE_FORMATS],
+        default="auto",
+        help="score-file format (default: inferred from the first line)",
+    )
+    parser.add_argument(
+        "--annotations",
+        "--benchmark-dir",
+        metavar="PATH",
+        help="the benchmark's annotation file or its folder (see below; VALSE and SugarCrepe default "
+        "to the shipped copies)",
+    )
+    parser.add_argument(
+        "--probes",
+        metavar="DIR",
+        help="a probe folder (data/probes): root, config and text tools from its manifest, as the "
+        "evaluate stage reads them (for the pipeline's own score files)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a key of the benchmark's config, e.g. match_threshold=0.5 (VALSE p_c/p_f of an ITM "
+        "probability), exclude_relations=false (VG-Relation); repeatable",
+    )
+    parser.add_argument("--scorer", help="scorer name to report (default: the header's, else the file stem)")
+    parser.add_argument(
+        "--out", metavar="JSON", help="also write the figures as JSON there ('-': JSON on stdout, no summary)"
+    )
+    args = parser.parse_args(argv)
+    try:
+        payload = rescore.rescore(
+            args.benchmark,
+            args.score_file,
+            file_format=args.file_format,
+            annotations=args.annotations,
+            probes=args.probes,
+            overrides=args.overrides,
+            scorer_name=args.scorer,
+        )
+        text = json.dumps(payload, indent=2, ensure_ascii=False) + "\n"
+        if args.out == "-":
+            sys.stdout.write(text)
+            return 0
+        print("\n".join(rescore.summary_lines(payload)))
+        if args.out:
+            out = Path(args.out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(text, encoding="utf-8")
+            print(f"wrote {out}")
+    except rescore.EXPECTED_ERRORS as exc:
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"nas score: error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _audit_command(argv: Sequence[str]) -> int:
     from nas.reporting.audit import main as audit_main
 
@@ -61,6 +138,11 @@ TOOLS = {
     ),
     "config": (_config_command, "print the resolved params of a variant (params.yaml + overlay + --set)"),
     "models": (_models_command, "list the registered model entrypoints"),
+    "score": (
+        _score_command,
+        "rescore a per-example score file (harness, official Winoground, FGE VALSE) and print the "
+        "official figures; exit 2 on a bad file",
+    ),
 }
 
 

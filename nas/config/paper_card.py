@@ -8,12 +8,14 @@ another source) used instead is a `KnownDifference`: the audit labels it as such
 Paths are params paths of a resolved config (`nas.config.params.resolve`), read as the stage sees
 them: `model.overrides.<field>` is the field of the model as built (the registered variant's
 defaults, e.g. `albef_base`, merged with the overrides), and `<stage>.model_overrides.<field>` the
-same for that stage (`model.overrides` merged with the stage's own `model_overrides`). Other
-sections are read with their dataclass defaults filled in.
+same for that stage (`model.overrides` merged with the stage's own `model_overrides`; for
+`finetune`, also its `mlm_weight` and `image_size` as `vision.img_size`, as experiments/finetune.py
+builds the model). Other sections are read with their dataclass defaults filled in.
 
 `kind`: "paper" ([P] values), "base" ([B] values the paper inherits from ALBEF), "decision" ([A]/[D]
 choices of the method), "switch" (a component on/off: off is reported as an ablation, not an error).
-`requires`: "vd" = only for models with a visual dictionary; "nva" = only when stage 2 runs NVA.
+`requires`: "vd" = only for models with a visual dictionary; "nva" = only when stage 2 runs NVA (a
+variant without NVA, ALBEF or +VD, shows such rows as "n/a").
 """
 
 from __future__ import annotations
@@ -97,7 +99,23 @@ class Present:
         return self.what
 
 
-Expectation = Equals | NotNull | Present
+@dataclass(frozen=True)
+class SameAs:
+    """The value another params path of the same run holds (e.g. NVA in fine-tuning as in stage 2: on
+    for NAS, off for the ablations). The audit fills in `value` from the run config, then compares."""
+
+    path: str
+    what: str
+    value: Any = MISSING
+
+    def matches(self, value: Any) -> bool:
+        return value is not MISSING and self.value is not MISSING and same_value(value, self.value)
+
+    def __str__(self) -> str:
+        return self.what if self.value is MISSING else f"{_show(self.value)} ({self.what})"
+
+
+Expectation = Equals | NotNull | Present | SameAs
 
 
 def _show(value: Any) -> str:
@@ -156,13 +174,19 @@ class CardEntry:
         return None
 
 
-S1, S2 = "pretrain_stage1", "pretrain_stage2"
+S1, S2, FT = "pretrain_stage1", "pretrain_stage2", "finetune"
 M = "model.overrides"
 E1, E2 = f"{S1}.model_overrides", f"{S2}.model_overrides"  # the model as stage 1 / stage 2 build it
+F = f"{FT}.model_overrides"  # the model as fine-tuning builds it (NAS_METHOD §5, §6)
 
 
 def _both_stages(suffix: str, value: Any) -> tuple[tuple[str, Expectation], ...]:
     return ((f"{S1}.{suffix}", Equals(value)), (f"{S2}.{suffix}", Equals(value)))
+
+
+def _all_stages(suffix: str, value: Any) -> tuple[tuple[str, Expectation], ...]:
+    """Both pretraining stages and fine-tuning."""
+    return _both_stages(suffix, value) + ((f"{FT}.{suffix}", Equals(value)),)
 
 
 PAPER_CARD: tuple[CardEntry, ...] = (
@@ -304,8 +328,9 @@ PAPER_CARD: tuple[CardEntry, ...] = (
         "fine-tuning resolution",
         "384 x 384, patch position embeddings interpolated",
         "[P] Experiment setup",
-        (),
-        note="fine-tuning has no params yet (issue 4); ALBEF.set_image_size(384) does the interpolation",
+        ((f"{FT}.image_size", Equals(384)), (f"{F}.vision.img_size", Equals(384))),
+        note="the stage interpolates the position embeddings of the online and momentum ViT "
+        "(ALBEF.set_image_size) before it builds the optimizer",
     ),
     CardEntry(
         "momentum",
@@ -341,7 +366,9 @@ PAPER_CARD: tuple[CardEntry, ...] = (
         known_differences=(
             KnownDifference("[A]", "fine-tuning on plain COCO captions (no hard-negative text)"),
         ),
-        note="fine-tuning has no params yet (issue 4); NTA is nas/data/nta.py",
+        note="no param selects the fine-tuning pairs: the stage adds NTA hard-negative captions "
+        "(finetune.nta, nas/data/nta.py) to data.train_file, the pretraining pairs (the paper profile's "
+        "pretrain_4m.json: COCO + VG, not COCO alone)",
     ),
     CardEntry(
         "hardware",
@@ -414,9 +441,9 @@ PAPER_CARD: tuple[CardEntry, ...] = (
         "AdamW betas, eps; gradient clipping",
         "(0.9, 0.999), 1e-8; none",
         "[B] ALBEF optim (timm defaults)",
-        _both_stages("train.optim.betas", [0.9, 0.999])
-        + _both_stages("train.optim.eps", 1e-8)
-        + _both_stages("train.grad_clip_norm", None),
+        _all_stages("train.optim.betas", [0.9, 0.999])
+        + _all_stages("train.optim.eps", 1e-8)
+        + _all_stages("train.grad_clip_norm", None),
         kind="base",
     ),
     CardEntry(
@@ -431,11 +458,11 @@ PAPER_CARD: tuple[CardEntry, ...] = (
     CardEntry(
         "stage2_init",
         "stage 2 starts from",
-        "the stage-1 checkpoint: model, momentum model, optimizer, schedule, VD",
-        "[A] NAS_METHOD §6",
+        "the stage-1 checkpoint: model, momentum model, optimizer, schedule, VD (and its random streams)",
+        "[A] NAS_METHOD §6; [D] rng: stage 2 continues stage 1's data order and draws",
         (
             (f"{S2}.init_from", Equals(S1)),
-            (f"{S2}.init_objects", Equals(["model", "optimizer", "lr_scheduler"])),
+            (f"{S2}.init_objects", Equals(["model", "optimizer", "lr_scheduler", "rng"])),
         ),
         kind="decision",
     ),
@@ -562,13 +589,14 @@ PAPER_CARD: tuple[CardEntry, ...] = (
         "NVA patch score",
         "dot_l2norm: <v_i, T_cls>/||a_t|| + <v_i, V_cls>/||a_v||",
         "[A] NAS_METHOD §4.1",
-        ((f"{E2}.nva.score", Equals("dot_l2norm")),),
+        ((f"{E2}.nva.score", Equals("dot_l2norm")), (f"{F}.nva.score", Equals("dot_l2norm"))),
         kind="decision",
         requires="nva",
-        known_differences=(
+        known_differences=tuple(
             KnownDifference(
-                "[P]", "the paper's summary speaks of cosine similarities", f"{E2}.nva.score", "cosine"
-            ),
+                "[P]", "the paper's summary speaks of cosine similarities", f"{at}.nva.score", "cosine"
+            )
+            for at in (E2, F)
         ),
     ),
     CardEntry(
@@ -576,25 +604,27 @@ PAPER_CARD: tuple[CardEntry, ...] = (
         "NVA anchor and code",
         "anchor among the top-3 patches; code among the 2nd-4th nearest",
         "[A] NAS_METHOD §4.2, §4.4",
-        ((f"{E2}.nva.top_k", Equals(3)), (f"{E2}.nva.num_candidates", Equals(3))),
+        tuple((f"{at}.nva.{name}", Equals(3)) for at in (E2, F) for name in ("top_k", "num_candidates")),
         kind="decision",
         requires="nva",
     ),
     CardEntry(
         "nva_candidates",
         "NVA candidate rule",
-        "exclude the anchor's code explicitly",
-        "[D] NAS_METHOD §4.4 (equals [A] without distance ties)",
-        ((f"{E2}.nva.candidate_rule", Equals("exclude_anchor_code")),),
+        "exclude the anchor's code and every code with the same vector",
+        "[D] NAS_METHOD §4.4 (equals [A] without distance ties or duplicate code vectors)",
+        tuple((f"{at}.nva.candidate_rule", Equals("exclude_anchor_code")) for at in (E2, F)),
         kind="decision",
         requires="nva",
-        known_differences=(
+        known_differences=tuple(
             KnownDifference(
                 "[A]",
-                "drops position 0 of the top-4, which can keep h_a among the candidates under exact ties",
-                f"{E2}.nva.candidate_rule",
+                "drops position 0 of the top-4, which can keep h_a, or a code with h_a's vector, among the "
+                "candidates under exact ties (e.g. all-zero dead codes)",
+                f"{at}.nva.candidate_rule",
                 "drop_nearest",
-            ),
+            )
+            for at in (E2, F)
         ),
     ),
     CardEntry(
@@ -602,16 +632,17 @@ PAPER_CARD: tuple[CardEntry, ...] = (
         "NVA token form",
         "straight_through: pos_line(x_j + (d_c - x_j).detach())",
         "[A] NAS_METHOD §4.5 (final form)",
-        ((f"{E2}.nva.token_form", Equals("straight_through")),),
+        tuple((f"{at}.nva.token_form", Equals("straight_through")) for at in (E2, F)),
         kind="decision",
         requires="nva",
-        known_differences=(
+        known_differences=tuple(
             KnownDifference(
                 "[A]",
                 "the first stage-2 version used the raw code vector d_c",
-                f"{E2}.nva.token_form",
+                f"{at}.nva.token_form",
                 "raw_code",
-            ),
+            )
+            for at in (E2, F)
         ),
     ),
     CardEntry(
@@ -623,22 +654,129 @@ PAPER_CARD: tuple[CardEntry, ...] = (
         kind="decision",
         requires="nva",
     ),
+    # ---- fine-tuning: [A]'s retrieval recipe with NTA (NAS_METHOD §5, §6) -----------------------------
     CardEntry(
-        "finetune_recipe",
-        "fine-tuning recipe",
-        "384 px, AdamW lr 1e-5, wd 0.02, cosine to 1e-6, COCO 5 epochs, VD frozen, NVA on, queue updated",
-        "[A]/[D] NAS_METHOD §5",
-        (),
+        "finetune_init",
+        "fine-tuning starts from",
+        "the stage-2 checkpoint (after one stage-2 epoch)",
+        "[A] NAS_METHOD §6 (fine-tuning starts from checkpoint_30)",
+        ((f"{FT}.init_from", Equals(S2)),),
+        kind="decision",
+    ),
+    CardEntry(
+        "finetune_epochs",
+        "fine-tuning epochs",
+        "COCO, 5 epochs (full passes)",
+        "[A] NAS_METHOD §5 (ALBEF configs/Retrieval_coco.yaml)",
+        ((f"{FT}.train.epochs", Equals(5)), (f"{FT}.train.max_steps_per_epoch", Equals(None))),
+        kind="decision",
+    ),
+    CardEntry(
+        "finetune_lr",
+        "fine-tuning learning rate",
+        "AdamW lr 1e-5, cosine to 1e-6",
+        "[A] NAS_METHOD §5 (ALBEF configs/Retrieval_coco.yaml)",
+        (
+            (f"{FT}.train.schedule.lr", Equals(1e-5)),
+            (f"{FT}.train.schedule.min_lr", Equals(1e-6)),
+            (f"{FT}.train.schedule.warmup_steps", Equals(0)),
+        ),
         kind="decision",
         known_differences=(
             KnownDifference(
                 "[A]",
-                "32 images per GPU, text length 30, in-batch ITM negatives exclude captions of the same "
-                "image, α ramps over the first epoch, flat warm-up (lr 1e-5 throughout the warm-up), "
-                "retrieval evaluation with k_test 256",
+                "a flat warm-up (warm-up lr = lr = 1e-5) and ALBEF's per-epoch cosine steps; the harness "
+                "has no warm-up (the lr starts at 1e-5 either way) and decays per iteration",
             ),
         ),
-        note="fine-tuning has no params yet (issue 4)",
+    ),
+    CardEntry(
+        "finetune_weight_decay",
+        "fine-tuning weight decay",
+        "AdamW, weight decay 0.02",
+        "[A] NAS_METHOD §5 (ALBEF configs/Retrieval_coco.yaml)",
+        ((f"{FT}.train.optim.weight_decay", Equals(0.02)),),
+        kind="decision",
+        note="AdamW betas, eps and clipping: see AdamW betas, eps; gradient clipping",
+    ),
+    CardEntry(
+        "finetune_batch",
+        "fine-tuning batch size",
+        "512 (8 GPUs x 64, the pretraining loader)",
+        "[D] (the paper states none; the stage shares `loader` with pretraining)",
+        (("loader.batch_size_per_gpu", Equals(64)), (f"{FT}.train.launch.nproc_per_node", Equals(8))),
+        kind="decision",
+        known_differences=(
+            KnownDifference(
+                "[A]", "32 images per GPU (ALBEF's Retrieval_coco.yaml)", "loader.batch_size_per_gpu", 32
+            ),
+        ),
+    ),
+    CardEntry(
+        "finetune_text_length",
+        "fine-tuning text length",
+        "25 BERT tokens (the pretraining length)",
+        "[D] (the paper states none; the stage shares `data` with pretraining)",
+        (("data.text_max_length", Equals(25)),),
+        kind="decision",
+        known_differences=(
+            KnownDifference("[A]", "text length 30 (ALBEF's Retrieval.py)", "data.text_max_length", 30),
+        ),
+    ),
+    CardEntry(
+        "finetune_objectives",
+        "fine-tuning objectives",
+        "ITC (+NTA text) + ITM (4B, +NTA) with momentum distillation; no MLM",
+        "[A] NAS_METHOD §5, §6 (ALBEF's retrieval fine-tuning)",
+        ((f"{FT}.mlm_weight", Equals(0.0)), (f"{F}.distill", Equals(True))),
+        kind="decision",
+        known_differences=(
+            KnownDifference("[A]", "in-batch ITM negatives exclude captions of the same image"),
+        ),
+    ),
+    CardEntry(
+        "finetune_alpha",
+        "fine-tuning distillation weight α",
+        "0.4, ramped over the first epoch",
+        "[B] ALBEF configs/Retrieval_coco.yaml (alpha 0.4, warm_up true), as [A]",
+        ((f"{FT}.train.alpha", Equals(0.4)), (f"{FT}.train.alpha_ramp", Equals(True))),
+        kind="base",
+    ),
+    CardEntry(
+        "finetune_queue",
+        "ITC queue update in fine-tuning",
+        "every step",
+        "[A] NAS_METHOD §6 ([A] updates the queue in fine-tuning)",
+        ((f"{F}.queue_update", Equals(True)),),
+        kind="decision",
+        note="with model.overrides.queue_update: false ([A]'s pretraining), set "
+        "finetune.model_overrides.queue_update: true",
+    ),
+    CardEntry(
+        "finetune_vd_frozen",
+        "codebook frozen in fine-tuning",
+        "yes",
+        "[A] NAS_METHOD §5, §6",
+        ((f"{F}.vd.frozen", Equals(True)),),
+        kind="decision",
+        requires="vd",
+    ),
+    CardEntry(
+        "finetune_nva",
+        "NVA negatives in fine-tuning",
+        "as in stage 2: on for NAS, off for the ALBEF and +VD ablations",
+        "[P] NAS_METHOD §4.7, §6",
+        ((f"{F}.nva_enabled", SameAs(f"{E2}.nva_enabled", "as in stage 2")),),
+        requires="vd",
+    ),
+    CardEntry(
+        "finetune_nva_detach",
+        "NVA row detached in fine-tuning",
+        "no (the NVA row reaches the ViT, the neck and the text encoder)",
+        "[A] NAS_METHOD §4.6, §4.8",
+        ((f"{F}.nva.detach", Equals(False)),),
+        kind="decision",
+        requires="nva",
     ),
 )
 

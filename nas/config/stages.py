@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from nas.data.loader import LoaderConfig
@@ -44,7 +46,22 @@ class TrainStageConfig:
             raise ValueError(f"init_objects: unknown {sorted(unknown)}; choose from {sorted(allowed)}")
 
 
+@functools.cache
+def code_digest() -> str:
+    """sha256 of every Python source file of the `nas` package (paths and bytes, sorted by path).
+
+    Part of every run's identity: a checkpoint written by other model, loss or engine code is never
+    resumed as if it were this code's (a stale run would otherwise be "already done")."""
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 def config_digest(resolved: dict[str, Any]) -> str:
-    """Short stable hash of a resolved config: checkpoints of a different config never resume."""
-    text = json.dumps(resolved, sort_keys=True, default=str)
+    """Short stable hash of a resolved config and of the harness code (`code_digest`): checkpoints of
+    a different config, or written by different code, never resume."""
+    text = json.dumps({"config": resolved, "code": code_digest()}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]

@@ -16,11 +16,12 @@ from nas.engine.launch import LaunchConfig, launch, resolve_backend, unwrap_mode
 from nas.engine.optim import OptimConfig, build_optimizer
 from nas.engine.rng import RngState
 from nas.engine.schedules import ScheduleConfig, WarmupCosineLR, alpha_at, build_lr_scheduler, lr_at
-from nas.engine.trainer import NonFiniteLossError, TrainConfig, create_trainer
+from nas.engine.trainer import NonFiniteLossError, NonFiniteTrainingError, TrainConfig, create_trainer
 
 __all__ = [
     "LaunchConfig",
     "NonFiniteLossError",
+    "NonFiniteTrainingError",
     "OptimConfig",
     "RngState",
     "ScheduleConfig",

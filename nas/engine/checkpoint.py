@@ -6,8 +6,9 @@ Layout under a stage's output directory:
 
 Why `SafeDiskSaver`: Ignite's `Checkpoint` deletes the oldest kept file *before* writing the new one,
 so with `n_saved=1` a crash while saving would leave no checkpoint at all. The saver below writes
-atomically (temporary file + os.replace, Ignite's `DiskSaver(atomic=True)`) and postpones every
-deletion until the new file is in place.
+atomically (`atomic_save`: temporary file, fsync, os.replace, fsync of the folder) and postpones every
+deletion until the new file is in place. A save killed half-way leaves only a temporary file, which
+`remove_orphans` deletes at the next start; `RunLock` keeps a second writer out of a checkpoint folder.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -38,6 +42,9 @@ class SafeDiskSaver(DiskSaver):
     def __init__(self, dirname: str | Path, **torch_save_kwargs: Any) -> None:
         super().__init__(dirname, atomic=True, create_dir=True, require_empty=False, **torch_save_kwargs)
         self._pending_removal: list[str] = []
+
+    def _save_func(self, checkpoint: Mapping, path: Path, func: Any) -> None:
+        atomic_save(checkpoint, path)  # Ignite's atomic save does not fsync
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
         super().__call__(checkpoint, filename, metadata)
@@ -66,6 +73,17 @@ def list_checkpoints(dirname: str | Path) -> list[tuple[int, Path]]:
 def latest_checkpoint(dirname: str | Path) -> Path | None:
     found = list_checkpoints(dirname)
     return found[-1][1] if found else None
+
+
+def newest_readable_checkpoint(dirname: str | Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest `checkpoint_<epoch>.pt` that loads, with its contents; an unreadable newer one (a
+    damaged disk, a truncated copy) is skipped with a warning, so the run resumes from the one before."""
+    for _, path in reversed(list_checkpoints(dirname)):
+        try:
+            return path, read_checkpoint(path)
+        except (RuntimeError, ValueError) as exc:
+            logger.warning("skipping unreadable checkpoint %s: %s; trying the previous one", path, exc)
+    return None
 
 
 def epoch_checkpointer(to_save: Mapping[str, Any], dirname: str | Path, *, keep: int) -> Checkpoint:
@@ -106,20 +124,163 @@ def collect_state(to_save: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def atomic_save(obj: Any, path: str | Path) -> None:
-    """`torch.save` to a temporary file in the same folder, then `os.replace`: never a half-written file."""
+# Temporary files of an interrupted write: ours (`.<name>.<random>.tmp`) and Ignite's DiskSaver's
+# (`tmp<random>`, from releases before this saver replaced it).
+_ORPHAN_PATTERNS = (re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$"), re.compile(r"^tmp[A-Za-z0-9_]{6,10}$"))
+
+
+def _file_mode() -> int:
+    """The mode an ordinary new file gets here (0o666 less the umask); mkstemp's 0o600 is not it."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable (POSIX); a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | Path, write: Any) -> None:
+    """Call `write(binary_handle)` on a temporary file in `path`'s folder, fsync it, give it the usual
+    file mode, and `os.replace` it onto `path`: a reader sees the old file or the whole new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp_name, _file_mode())
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """`torch.save` through `atomic_write`: never a half-written file, durable once it returns."""
+    atomic_write(path, lambda handle: torch.save(obj, handle))
+
+
+def atomic_copy(source: str | Path, path: str | Path) -> None:
+    """Copy `source` onto `path` through `atomic_write` (e.g. a stage's hand-off checkpoint)."""
+    with open(source, "rb") as src:
+        atomic_write(path, lambda handle: shutil.copyfileobj(src, handle, 1 << 20))
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """A text file (configs, metrics) through `atomic_write`."""
+    atomic_write(path, lambda handle: handle.write(text.encode()))
+
+
+def remove_orphans(folder: str | Path) -> list[Path]:
+    """Delete the temporary files that interrupted atomic writes left in `folder`; returns them."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for path in folder.iterdir():
+        if path.is_file() and any(pattern.match(path.name) for pattern in _ORPHAN_PATTERNS):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    if removed:
+        logger.warning("removed %d temporary file(s) of interrupted writes in %s", len(removed), folder)
+    return removed
+
+
+class RunLockError(RuntimeError):
+    """Another live process holds the run lock of a checkpoint folder."""
+
+
+class RunLock:
+    """A PID file (`run.lock`) that keeps a second writer out of one checkpoint folder.
+
+    `acquire` creates it exclusively with this process's pid, host and start time; if it exists and its
+    pid is alive on this host, the second run is refused with the holder named; a lock whose process is
+    gone (a killed run) is stale and replaced. A lock from another host is never taken over: delete it
+    by hand once that run is known to be dead (the error says so)."""
+
+    NAME = "run.lock"
+
+    def __init__(self, folder: str | Path) -> None:
+        self.path = Path(folder) / self.NAME
+        self.held = False
+
+    def _holder(self) -> dict[str, Any] | None:
+        try:
+            fields = dict(line.split("=", 1) for line in self.path.read_text().splitlines() if "=" in line)
+            return {
+                "pid": int(fields["pid"]),
+                "host": fields.get("host", ""),
+                "since": fields.get("since", ""),
+            }
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def acquire(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        me = f"pid={os.getpid()}\nhost={socket.gethostname()}\nsince={time.strftime('%Y-%m-%dT%H:%M:%S')}\n"
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if holder is not None and not _alive_here(holder):
+                    logger.warning(
+                        "removing the stale run lock %s (pid %s is gone)", self.path, holder["pid"]
+                    )
+                    self.path.unlink(missing_ok=True)
+                    continue
+                who = (
+                    "an unreadable lock"
+                    if holder is None
+                    else (f"pid {holder['pid']} on {holder['host']} since {holder['since']}")
+                )
+                raise RunLockError(
+                    f"another run is writing {self.path.parent} ({who}); wait for it to finish, or, if that "
+                    f"run is dead, delete {self.path}"
+                ) from None
+            with os.fdopen(fd, "w") as handle:
+                handle.write(me)
+            self.held = True
+            return self
+        raise RunLockError(f"could not take the run lock {self.path}")
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def _alive_here(holder: dict[str, Any]) -> bool:
+    """Is the lock holder alive? Only decidable on its own host; elsewhere assume it is."""
+    if holder["host"] != socket.gethostname():
+        return True
+    try:
+        os.kill(holder["pid"], 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -1,19 +1,28 @@
 """`fit`: one call that trains a model for a stage, resumable after a kill, on 1 or N processes.
 
 Wiring, in order:
-1. seed every RNG with `seed + rank` (ALBEF Pretrain.py), wrap the model (DDP when N > 1), build AdamW,
-   the warm-up + cosine schedule and the trainer;
+1. seed every RNG with `seed + rank` (ALBEF Pretrain.py) and the model's own streams with `seed`
+   (`seed_random_streams`, e.g. NAS's NVA draws), wrap the model (DDP when N > 1), build AdamW, the
+   warm-up + cosine schedule and the trainer;
 2. if `output_dir/checkpoints` holds a checkpoint, resume from the newest one (every object, RNGs
-   included); otherwise, if given, load the named objects of another stage's checkpoint;
-3. run the remaining epochs: per-epoch means -> history -> checkpoint -> `on_epoch_end` (rank 0);
+   included); otherwise, if given, load the named objects of another stage's checkpoint. With "rng"
+   among them the stage *continues* that run: its random streams go on where the previous stage
+   stopped and a DistributedSampler's epoch counts on from the previous stage's epochs (as [A]'s stage
+   2 resumed at epoch 30 with a fresh shuffle), so the first epoch does not replay the previous stage's
+   first epoch. Carried-over optimizer state keeps this stage's own hyperparameters (weight decay,
+   betas, eps): the record always equals what ran;
+3. run the remaining epochs under deterministic kernels (`train.deterministic`): per-epoch means ->
+   history -> checkpoint -> `on_epoch_end` (rank 0);
 4. write `output_dir/last.pt` (atomic) for the next stage.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +34,14 @@ from ignite.utils import manual_seed
 from torch import nn
 
 from nas.engine.checkpoint import (
+    RunLock,
     atomic_save,
     collect_state,
     epoch_checkpointer,
-    latest_checkpoint,
     load_objects,
+    newest_readable_checkpoint,
     read_checkpoint,
+    remove_orphans,
 )
 from nas.engine.handlers import EpochHistory, EpochMeter, attach_progress_bar, attach_tensorboard
 from nas.engine.launch import unwrap_model, wrap_model
@@ -73,6 +84,52 @@ def epoch_length_of(loader: Iterable[Any], max_steps: int | None) -> int:
     return length if max_steps is None else min(length, max_steps)
 
 
+class DataOrder:
+    """Checkpointable offset added to the epoch a DistributedSampler is told (0 for a fresh run; the
+    previous stage's epochs for a stage that continues it), so a resumed stage keeps its offset."""
+
+    def __init__(self, epoch_offset: int = 0) -> None:
+        self.epoch_offset = epoch_offset
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch_offset": self.epoch_offset}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch_offset = int(state["epoch_offset"])
+
+
+# Hyperparameters a stage sets for itself even when it carries over another stage's optimizer state
+# (`Optimizer.load_state_dict` would restore the saved ones). The lr is the schedule's to set.
+_OWN_GROUP_KEYS = ("weight_decay", "betas", "eps", "lr_scale")
+
+
+@contextlib.contextmanager
+def deterministic_kernels(enabled: bool, device: torch.device) -> Iterator[None]:
+    """`torch.use_deterministic_algorithms(enabled)` for the block, the previous setting restored after.
+
+    Ops without a deterministic kernel warn rather than stop the run (`warn_only`). On CUDA, cuBLAS
+    needs `CUBLAS_WORKSPACE_CONFIG` set before its first call for deterministic GEMMs (PyTorch's
+    reproducibility notes); it is set here unless the user set it."""
+    previous = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    if enabled and device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(enabled, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+
+
+def seed_model_streams(model: nn.Module, seed: int) -> None:
+    """Give a model that draws from its own generators (NAS's NVA) the run's seed."""
+    seed_streams = getattr(model, "seed_random_streams", None)
+    if callable(seed_streams):
+        seed_streams(seed)
+
+
 def fit(
     model: nn.Module,
     train_loader: Iterable[dict[str, Any]],
@@ -84,6 +141,7 @@ def fit(
     init_strict: bool = True,
     on_epoch_end: EpochCallback | None = None,
     on_log_step: EpochCallback | None = None,
+    identity: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Train `model` (a plain nn.Module honouring the engine contract) for `cfg.epochs` epochs.
 
@@ -92,12 +150,60 @@ def fit(
     once this stage has a checkpoint of its own. `init_strict=False` lets the model load partially
     (the unmatched keys are logged and returned).
 
+    `identity` names what the run is (e.g. {"config": digest, "code": ..., "data": ..., "init": ...});
+    it is written into every checkpoint, and a checkpoint in `output_dir` whose identity differs (or
+    that has none) is refused by name instead of resumed. Rank 0 holds `output_dir/run.lock` for the
+    whole call: a second writer of the same folder is refused.
+
     Returns, on every rank: {"history": [per-epoch metrics...], "last_checkpoint": path,
     "resumed_from": path or None, "init_report": {"missing": [...], "unexpected": [...]} or None}.
     """
     output_dir = Path(output_dir)
+    if idist.get_rank() != 0:
+        return _fit(
+            model,
+            train_loader,
+            cfg,
+            output_dir,
+            init_checkpoint,
+            init_objects,
+            init_strict,
+            on_epoch_end,
+            on_log_step,
+            identity,
+        )
+    with RunLock(output_dir):
+        remove_orphans(output_dir)
+        remove_orphans(output_dir / "checkpoints")
+        return _fit(
+            model,
+            train_loader,
+            cfg,
+            output_dir,
+            init_checkpoint,
+            init_objects,
+            init_strict,
+            on_epoch_end,
+            on_log_step,
+            identity,
+        )
+
+
+def _fit(
+    model: nn.Module,
+    train_loader: Iterable[dict[str, Any]],
+    cfg: TrainConfig,
+    output_dir: Path,
+    init_checkpoint: str | Path | None,
+    init_objects: Sequence[str],
+    init_strict: bool,
+    on_epoch_end: EpochCallback | None,
+    on_log_step: EpochCallback | None,
+    identity: Mapping[str, str] | None,
+) -> dict[str, Any]:
     rank, world = idist.get_rank(), idist.get_world_size()
     manual_seed(cfg.seed + rank)
+    seed_model_streams(unwrap_model(model), cfg.seed)
 
     wrapped = wrap_model(model, find_unused_parameters=cfg.launch.find_unused_parameters)
     raw = unwrap_model(wrapped)
@@ -113,6 +219,7 @@ def fit(
     )
 
     history = EpochHistory()
+    data_order = DataOrder()
     to_save: dict[str, Any] = {
         "model": raw,  # parameters and buffers: momentum copies, queues, queue pointers
         "optimizer": optimizer,
@@ -120,18 +227,26 @@ def fit(
         "trainer": trainer,  # epoch, iteration, epoch_length, max_epochs
         "rng": RngState(),
         "history": history,
+        "data_order": data_order,
+        "identity": RunIdentity(identity),
     }
     checkpoint_dir = output_dir / "checkpoints"
-    resumed_from = latest_checkpoint(checkpoint_dir)
+    readable = newest_readable_checkpoint(checkpoint_dir)
+    resumed_from = None if readable is None else readable[0]
     init_report = None
-    if resumed_from is not None:
-        _resume(to_save, resumed_from, epoch_length)
+    if readable is not None:
+        _resume(to_save, *readable, epoch_length)
         if init_checkpoint is not None:
             logger.info(
                 "init_checkpoint %s ignored: the stage resumes from its own checkpoint", init_checkpoint
             )
     elif init_checkpoint is not None:
+        own_groups = [{k: g[k] for k in _OWN_GROUP_KEYS if k in g} for g in optimizer.param_groups]
         init_report = load_objects(to_save, init_checkpoint, init_objects, strict=init_strict)
+        if "optimizer" in init_objects:
+            _keep_own_hyperparameters(optimizer, own_groups, init_checkpoint)
+        if "rng" in init_objects:
+            data_order.epoch_offset = _epochs_done(init_checkpoint)
         logger.info("stage initialised from %s: %s", init_checkpoint, list(init_objects))
 
     def result() -> dict[str, Any]:
@@ -157,13 +272,16 @@ def fit(
         Events.ITERATION_COMPLETED(every=cfg.log_every_steps),
         lambda engine: history.log_step(engine.state.iteration, dict(engine.state.output)),
     )
-    _attach_epoch_handlers(trainer, cfg, train_loader, history, checkpointer, on_epoch_end)
+    _attach_epoch_handlers(trainer, cfg, train_loader, history, checkpointer, on_epoch_end, data_order)
     trainer.add_event_handler(Events.COMPLETED, lambda _: _write_last(to_save, output_dir / "last.pt"))
     tensorboard = None
     if rank == 0:
         if cfg.progress_bar:
             attach_progress_bar(trainer)
-        tensorboard = attach_tensorboard(trainer, output_dir / "tb", every=cfg.log_every_steps)
+        # A resumed run purges the events logged after its checkpoint: no duplicate steps.
+        tensorboard = attach_tensorboard(
+            trainer, output_dir / "tb", every=cfg.log_every_steps, purge_step=trainer.state.iteration + 1
+        )
         if on_log_step is not None:
             trainer.add_event_handler(
                 Events.ITERATION_COMPLETED(every=cfg.log_every_steps),
@@ -179,15 +297,49 @@ def fit(
         None if per_gpu is None else per_gpu * world,
     )
     try:
-        trainer.run(data, max_epochs=cfg.epochs, epoch_length=epoch_length)
+        with deterministic_kernels(cfg.deterministic, idist.device()):
+            trainer.run(data, max_epochs=cfg.epochs, epoch_length=epoch_length)
     finally:
         if tensorboard is not None:
             tensorboard.close()
     return result()
 
 
-def _resume(to_save: dict[str, Any], path: Path, epoch_length: int) -> None:
-    state = read_checkpoint(path)
+class RunIdentityError(RuntimeError):
+    """A checkpoint belongs to another run (other params, code, data or init checkpoint)."""
+
+
+class RunIdentity:
+    """What a run is (params digest, code, data, init checkpoint), carried in its checkpoints."""
+
+    def __init__(self, identity: Mapping[str, str] | None) -> None:
+        self.identity = None if identity is None else {str(k): str(v) for k, v in identity.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"identity": self.identity}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass  # checked in _resume before anything is loaded; the current identity stays
+
+    def check(self, saved: Mapping[str, Any] | None, path: Path) -> None:
+        if self.identity is None:
+            return
+        theirs = (saved or {}).get("identity")
+        if theirs is None:
+            raise RunIdentityError(
+                f"checkpoint {path} carries no run identity, so it cannot be shown to belong to this run "
+                f"({self.identity}); move it away to start afresh"
+            )
+        differ = sorted(k for k in set(theirs) | set(self.identity) if theirs.get(k) != self.identity.get(k))
+        if differ:
+            detail = ", ".join(
+                f"{k}: {theirs.get(k)} in the checkpoint, {self.identity.get(k)} now" for k in differ
+            )
+            raise RunIdentityError(f"checkpoint {path} belongs to another run ({detail}); it is not resumed")
+
+
+def _resume(to_save: dict[str, Any], path: Path, state: dict[str, Any], epoch_length: int) -> None:
+    to_save["identity"].check(state.get("identity"), path)
     missing = [name for name in to_save if name not in state]
     if missing:
         raise KeyError(f"checkpoint {path} lacks {missing}; it holds {sorted(state)}")
@@ -204,6 +356,34 @@ def _resume(to_save: dict[str, Any], path: Path, epoch_length: int) -> None:
     logger.info("resumed from %s (epoch %d)", path, to_save["trainer"].state.epoch)
 
 
+def _keep_own_hyperparameters(
+    optimizer: torch.optim.Optimizer, own_groups: list[dict[str, Any]], source: str | Path
+) -> None:
+    """Put this stage's weight decay, betas and eps back after loading another stage's optimizer state
+    (moments and step counts are carried over; the hyperparameters are this stage's params)."""
+    if len(own_groups) != len(optimizer.param_groups):
+        raise ValueError(
+            f"the optimizer state of {source} has {len(optimizer.param_groups)} parameter groups, this "
+            f"stage builds {len(own_groups)}: drop 'optimizer' from init_objects or match the optimizer"
+        )
+    for group, own in zip(optimizer.param_groups, own_groups):
+        changed = {k: (group.get(k), v) for k, v in own.items() if group.get(k) != v}
+        if changed:
+            logger.info(
+                "optimizer group hyperparameters from this stage's params (loaded -> own): %s", changed
+            )
+        group.update(own)
+
+
+def _epochs_done(path: str | Path) -> int:
+    """Epochs the run in checkpoint `path` completed (Ignite saves the iteration and the epoch length)."""
+    trainer_state = read_checkpoint(path).get("trainer", {})
+    if "epoch" in trainer_state:
+        return int(trainer_state["epoch"])
+    length = trainer_state.get("epoch_length")
+    return int(trainer_state.get("iteration", 0)) // int(length) if length else 0
+
+
 def _attach_epoch_handlers(
     trainer: Engine,
     cfg: TrainConfig,
@@ -211,15 +391,17 @@ def _attach_epoch_handlers(
     history: EpochHistory,
     checkpointer: Checkpoint,
     on_epoch_end: EpochCallback | None,
+    data_order: DataOrder,
 ) -> None:
     meter = EpochMeter()
     sampler = getattr(loader, "sampler", None)
 
     @trainer.on(Events.EPOCH_STARTED)
     def start_epoch(engine: Engine) -> None:
-        # DistributedSampler reshuffles only when told the epoch; Ignite's Engine does not do it.
+        # DistributedSampler reshuffles only when told the epoch; Ignite's Engine does not do it. A
+        # stage that continues another counts on from that stage's epochs (DataOrder).
         if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(engine.state.epoch - 1)
+            sampler.set_epoch(data_order.epoch_offset + engine.state.epoch - 1)
         meter.reset()
 
     @trainer.on(Events.ITERATION_COMPLETED)

@@ -89,9 +89,13 @@ def attach_progress_bar(trainer: Engine) -> ProgressBar:
     return bar
 
 
-def attach_tensorboard(trainer: Engine, log_dir: str | Path, *, every: int) -> TensorboardLogger:
-    """Scalars `train/<term>`, `train/total`, `train/lr`, `train/alpha` every `every` iterations."""
-    tb = TensorboardLogger(log_dir=str(log_dir))
+def attach_tensorboard(
+    trainer: Engine, log_dir: str | Path, *, every: int, purge_step: int | None = None
+) -> TensorboardLogger:
+    """Scalars `train/<term>`, `train/total`, `train/lr`, `train/alpha` every `every` iterations.
+    `purge_step` (a resumed run: its first new iteration) drops events at or after it that a killed run
+    had logged past its checkpoint, so the curves hold each step once."""
+    tb = TensorboardLogger(log_dir=str(log_dir), purge_step=purge_step)
     tb.attach_output_handler(
         trainer,
         event_name=Events.ITERATION_COMPLETED(every=every),

@@ -27,6 +27,7 @@ from nas.distributed import all_reduce_sum
 from nas.engine.launch import LaunchConfig
 from nas.engine.optim import OptimConfig
 from nas.engine.schedules import ScheduleConfig, alpha_at, build_lr_scheduler
+from nas.finite import NonFiniteTensorError
 
 # Keys of the step output besides the model's loss terms.
 TOTAL, LR, ALPHA, IMAGES, SKIPPED = "total", "lr", "alpha", "images", "skipped"
@@ -55,6 +56,10 @@ class TrainConfig:
     progress_bar: bool = True
     image_key: str = "image"  # batch entry whose leading dimension counts the images
     seed: int = 42  # ALBEF's default seed; each rank uses seed + rank (ALBEF Pretrain.py)
+    # torch.use_deterministic_algorithms for the run (kernels with a deterministic form use it, the
+    # few without one warn). Measured on 2 CPU threads: reruns bit-identical, step time within noise
+    # (benchmarks/reproducibility.py). False trades that for whatever the backend finds fastest.
+    deterministic: bool = True
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -73,16 +78,40 @@ class TrainConfig:
             raise ValueError(f"log_every_steps must be >= 1, got {self.log_every_steps}")
 
 
-class NonFiniteLossError(FloatingPointError):
+_ADVICE = (
+    "Lower the learning rate, use fp32, or set train.grad_clip_norm; the last checkpoint is still intact "
+    "(checkpoints are written at epoch ends, never from this step)."
+)
+
+
+class NonFiniteTrainingError(FloatingPointError):
+    """Training met a NaN or inf: a loss term, a gradient, a weight, or a tensor the step samples from.
+    Names what (`what`), the iteration and the epoch."""
+
+    def __init__(self, what: str, detail: str, *, iteration: int, epoch: int, when: str) -> None:
+        self.what, self.iteration, self.epoch = what, iteration, epoch
+        super().__init__(
+            f"{what} {detail} at iteration {iteration} (epoch {epoch}); training stopped {when}. {_ADVICE}"
+        )
+
+
+class NonFiniteLossError(NonFiniteTrainingError):
     """A loss term became NaN or infinite; names the term, the iteration and the epoch."""
 
     def __init__(self, term: str, value: float, *, iteration: int, epoch: int) -> None:
-        self.term, self.value, self.iteration, self.epoch = term, value, iteration, epoch
+        self.term, self.value = term, value
         super().__init__(
-            f"loss term {term!r} is {value} at iteration {iteration} (epoch {epoch}); training stopped "
-            "before the optimizer step. Lower the learning rate, use fp32, or set train.grad_clip_norm; "
-            "the last checkpoint is still intact."
+            f"loss term {term!r}",
+            f"is {value}",
+            iteration=iteration,
+            epoch=epoch,
+            when="before the optimizer step",
         )
+
+
+def first_non_finite(named: list[tuple[str, torch.Tensor]]) -> str:
+    """The name of the first tensor of `named` holding a NaN or inf (for the error message)."""
+    return next((name for name, t in named if not bool(torch.isfinite(t).all())), "?")
 
 
 def autocast_context(precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
@@ -128,6 +157,12 @@ def check_loss_terms(terms: Any) -> dict[str, torch.Tensor]:
     return dict(terms)
 
 
+def _named_parameters(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    inner = getattr(model, "_orig_mod", model)  # torch.compile
+    inner = getattr(inner, "module", inner)  # DDP
+    return list(inner.named_parameters())
+
+
 def create_trainer(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -147,7 +182,14 @@ def create_trainer(
     device = idist.device()
     autocast = autocast_context(cfg.precision, device)
     params = [p for group in optimizer.param_groups for p in group["params"]]
+    names = {id(p): n for n, p in _named_parameters(model)}
+    named_params = [(names.get(id(p), f"parameter {i}"), p) for i, p in enumerate(params)]
     world = idist.get_world_size()
+
+    def stop(engine: Engine, what: str, detail: str, when: str) -> NonFiniteTrainingError:
+        return NonFiniteTrainingError(
+            what, detail, iteration=engine.state.iteration, epoch=engine.state.epoch, when=when
+        )
 
     def train_step(engine: Engine, batch: Mapping[str, Any]) -> dict[str, float]:
         iteration = engine.state.iteration - 1  # Ignite counts from 1, ALBEF's ramp from 0
@@ -156,8 +198,11 @@ def create_trainer(
         batch = move_batch(batch, device)
         model.train()
         optimizer.zero_grad(set_to_none=True)
-        with autocast():
-            terms = check_loss_terms(model(batch, alpha=alpha))
+        try:
+            with autocast():
+                terms = check_loss_terms(model(batch, alpha=alpha))
+        except NonFiniteTensorError as exc:  # a sampling distribution or similar inside forward
+            raise stop(engine, exc.name, f"is not finite ({exc.detail})", "in the forward pass") from exc
         total = torch.stack([t.reshape(()).float() for t in terms.values()]).sum()
 
         summary = torch.stack([t.detach().reshape(()).float() for t in terms.values()])
@@ -171,9 +216,28 @@ def create_trainer(
                 )
 
         total.backward()
+        # Finite losses can still give non-finite gradients (an overflow in backward) and a finite
+        # update can still overflow a weight: both stop here, before they reach a checkpoint. Every rank
+        # sees the same (all-reduced) gradients and weights, so every rank stops at the same step.
+        grads = [(n, p.grad) for n, p in named_params if p.grad is not None]
+        # The max-abs norm: finite exactly when every value is (a 2-norm could overflow on finite values).
+        if not math.isfinite(float(torch.nn.utils.get_total_norm([g for _, g in grads], norm_type=math.inf))):
+            raise stop(
+                engine,
+                f"the gradient of {first_non_finite(grads)}",
+                "is not finite",
+                "before the optimizer step",
+            )
         if cfg.grad_clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip_norm)
         optimizer.step()
+        if not math.isfinite(float(torch.nn.utils.get_total_norm(params, norm_type=math.inf))):
+            raise stop(
+                engine,
+                f"the weight {first_non_finite(named_params)}",
+                "is not finite",
+                "after the optimizer step",
+            )
         return {
             **means,
             TOTAL: sum(means.values()),

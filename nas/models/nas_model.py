@@ -10,9 +10,12 @@ What changes against ALBEF (nas.models.albef), ITM only:
   In pretraining the NVA row is detached (`nva.detach`, §4.6): its gradient reaches only the fusion
   encoder and the ITM head.
 
-NVA draws from its own `torch.Generator`, re-seeded every step from (`nva_seed`, the model's training-step
-counter, rank). The counter is a buffer, so a checkpoint restores it and a resumed run draws exactly the
-negatives the uninterrupted run would have drawn; each rank draws its own negatives.
+NVA draws from its own `torch.Generator`, re-seeded every step from (the run's seed, the model's
+training-step counter, rank). The run's seed reaches the model through `seed_random_streams` (the engine
+calls it with `train.seed`, so pretraining seeds and fine-tuning replicates draw different negatives);
+`nva_seed` pins it instead. The counter is a buffer: a checkpoint restores it, a resumed run draws exactly
+the negatives the uninterrupted run would have drawn, and stage 2 and fine-tuning continue stage 1's count;
+each rank draws its own negatives.
 
 Stage switches are sub-config fields, one source of truth each: `vd.frozen` (stage 2 and fine-tuning:
 codebook frozen, neck still trains) and `nva.detach` (pretraining true, fine-tuning false).
@@ -47,7 +50,9 @@ class NASConfig(ALBEFConfig):
     nva: NVAConfig = field(default_factory=NVAConfig)
     nva_enabled: bool = False  # stage 2 and fine-tuning only (spec §4.7, §6)
     # [D] seed of NVA's generator (spec §4.9: [A] used the global RNG; we draw from an explicit generator).
-    nva_seed: int = 0
+    # None: the run's seed (`train.seed`, which includes a fine-tuning replicate's offset), given by the
+    # engine through `seed_random_streams`; an int pins the NVA stream whatever the run's seed.
+    nva_seed: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -56,8 +61,8 @@ class NASConfig(ALBEFConfig):
                 f"vd.dim ({self.vd.dim}) must equal vision.embed_dim ({self.vision.embed_dim}): the "
                 "dictionary discretises the ViT's patch tokens"
             )
-        if self.nva_seed < 0:
-            raise ValueError(f"nva_seed must be >= 0, got {self.nva_seed}")
+        if self.nva_seed is not None and self.nva_seed < 0:
+            raise ValueError(f"nva_seed must be >= 0 or null, got {self.nva_seed}")
         if not self.nva_enabled:
             return
         if self.itm_weight <= 0:
@@ -124,6 +129,14 @@ class NAS(ALBEF):
         self.vd = VisualDictionary(cfg.vd, reduce_sum=reduce_sum)
         # Training steps taken (every stage); seeds NVA's draw of each step and travels with checkpoints.
         self.register_buffer("training_steps", torch.zeros((), dtype=torch.long))
+        # The seed of NVA's streams: not a buffer, since it belongs to the run, not to the weights
+        # (a fine-tuning replicate loads the pretrained weights and must draw its own negatives).
+        self.stream_seed = 0 if cfg.nva_seed is None else cfg.nva_seed
+
+    def seed_random_streams(self, seed: int) -> None:
+        """The run's seed for NVA's draws (called by the engine with `train.seed`); `nva_seed`, when set,
+        takes precedence."""
+        self.stream_seed = seed if self.cfg.nva_seed is None else self.cfg.nva_seed
 
     # ---- stage controls ----------------------------------------------------------------------------
 
@@ -183,8 +196,8 @@ class NAS(ALBEF):
         )
 
     def nva_generator(self, device: torch.device) -> torch.Generator:
-        """This step's NVA generator on `device`: seeded with (nva_seed, training_steps, rank)."""
-        seed = nva_step_seed(self.cfg.nva_seed, int(self.training_steps), rank())
+        """This step's NVA generator on `device`: seeded with (stream_seed, training_steps, rank)."""
+        seed = nva_step_seed(self.stream_seed, int(self.training_steps), rank())
         return torch.Generator(device=device).manual_seed(seed)
 
     # ---- training --------------------------------------------------------------------------------------

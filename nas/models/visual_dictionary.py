@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nas.distributed import all_reduce_sum
+from nas.finite import check_finite
 
 # [A] sohonecks.position_encoding_sine: positions 1..h are divided by (h + 1e-6) and scaled to 2π.
 _POSITION_EPS = 1e-6
@@ -340,8 +341,7 @@ class VisualDictionary(nn.Module):
                 f"init_from_kmeans: {features.shape[0]} features cannot seed {num_codes} codes "
                 "(sample more images: visual_dictionary.kmeans_sample_images)"
             )
-        if not torch.isfinite(features).all():
-            raise ValueError("init_from_kmeans: features contain NaN or infinity")
+        check_finite(features, "init_from_kmeans: the VD neck features")
         data = features.to(self.codebook)
         centres = _kmeans_plus_plus_seeds(data, num_codes, generator)
         for _ in range(self.config.kmeans_iters):
@@ -408,6 +408,8 @@ def _kmeans_plus_plus_seeds(
     draw_device = generator.device if generator is not None else data.device
 
     def draw(weights: torch.Tensor) -> int:
+        # Finite features can still overflow their squared distances: stop by name, not in multinomial.
+        check_finite(weights, "k-means++ seeding weights (squared distances of the VD features)")
         if not weights.sum() > 0:  # every remaining point sits on a seed (duplicates): draw uniformly
             weights = torch.ones_like(weights)
         return int(torch.multinomial(weights.to(draw_device), 1, generator=generator))

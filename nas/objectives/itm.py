@@ -15,6 +15,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from nas.finite import check_finite
+
 MATCH, NO_MATCH = 1, 0  # ITM class indices: column 1 of the head is "matched" (ALBEF)
 
 
@@ -30,9 +32,16 @@ class ITMBlock(NamedTuple):
 def negative_weights(sim: torch.Tensor, image_ids: torch.Tensor) -> torch.Tensor:
     """Row-wise sampling weights: softmax of `sim [B, B]` over the columns showing another image.
 
-    Equal to ALBEF's softmax-then-zero-own-pair after renormalisation (which `multinomial` does),
-    but computed with the excluded columns at −inf so that a very confident row cannot underflow
-    to all zeros.
+    The excluded columns are every column with the row's `image_id`, not only the diagonal. [D] This
+    is ALBEF's *fine-tuning* rule (and [A]'s: "in-batch ITM negatives exclude captions of the same
+    image"); ALBEF's *pretraining* zeroes the diagonal only. The two are equal whenever the ids of a
+    batch are unique (web-scale pretraining, where a repeated image in one batch is rare). Where a
+    batch holds several captions of one image — the synthetic default has two per image, COCO five
+    — the diagonal rule would draw the same image as a "negative" for its own caption's twin and
+    teach ITM to reject a true match, so the harness excludes by id in every stage.
+
+    Renormalised as ALBEF's softmax-then-zero (which `multinomial` does), but computed with the
+    excluded columns at −inf so that a very confident row cannot underflow to all zeros.
     """
     if sim.dim() != 2 or sim.shape[0] != sim.shape[1] or image_ids.shape != sim.shape[:1]:
         raise ValueError(
@@ -67,9 +76,32 @@ def sample_hard_negatives(
 
     `sim_i2t`, `sim_t2i`: `[B, B]` in-batch similarities (ALBEF uses the ITC logits' first B columns).
     """
-    negative_image_per_text = _multinomial(negative_weights(sim_t2i, image_ids), generator)
-    negative_text_per_image = _multinomial(negative_weights(sim_i2t, image_ids), generator)
+    # Exploding weights show up here first (multinomial would fail naming nothing): stop by name.
+    weights_t2i = check_finite(
+        negative_weights(sim_t2i, image_ids), "ITM hard-negative image weights (text→image)"
+    )
+    weights_i2t = check_finite(
+        negative_weights(sim_i2t, image_ids), "ITM hard-negative text weights (image→text)"
+    )
+    negative_image_per_text = _multinomial(weights_t2i, generator)
+    negative_text_per_image = _multinomial(weights_i2t, generator)
     return negative_image_per_text, negative_text_per_image
+
+
+def select_rows(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """`tensor[index]` along dim 0 with a backward that sums repeated rows in a fixed order.
+
+    An image drawn as hard negative by several texts appears several times in `index`, so the
+    backward accumulates several gradients into one row. `tensor[index]`'s backward is
+    `index_put_(accumulate=True)`, which on CPU adds with atomic floats when more than one thread
+    runs (unless deterministic algorithms are on): the sum order, and so the last bits of the
+    gradient, change from run to run. `index_select`'s backward (`index_add_`) accumulates serially
+    on CPU. On CUDA it is the other way round: `index_add_` is atomic and `tensor[index]`'s
+    accumulate is sort-based and deterministic. Same values forward, either way.
+    """
+    if tensor.device.type == "cuda":
+        return tensor[index]
+    return tensor.index_select(0, index)
 
 
 def hard_negative_blocks(
@@ -81,10 +113,10 @@ def hard_negative_blocks(
 ) -> list[ITMBlock]:
     """ALBEF's two negative blocks: (text, its sampled image) and (sampled text, the image)."""
     return [
-        ITMBlock(image_tokens[negative_image_per_text], text_tokens, attention_mask, NO_MATCH),
+        ITMBlock(select_rows(image_tokens, negative_image_per_text), text_tokens, attention_mask, NO_MATCH),
         ITMBlock(
             image_tokens,
-            text_tokens[negative_text_per_image],
+            select_rows(text_tokens, negative_text_per_image),
             attention_mask[negative_text_per_image],
             NO_MATCH,
         ),

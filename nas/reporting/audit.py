@@ -3,14 +3,24 @@
 One row per checked value: hyperparameter, params path, paper value, source, run value, verdict.
 Verdicts: "match"; "deviation" (unexplained); "known difference (<source>)" (the value another
 source used, e.g. [A]'s 30 stage-1 passes); "ablation" (a component switched off, e.g. the ALBEF
-baseline has no visual dictionary); "n/a" (the entry concerns a component the model lacks);
+baseline has no visual dictionary); "n/a" (the entry concerns a component the model lacks, e.g. NVA
+rows of a variant without NVA, or a pretraining value a fine-tuning run's config no longer holds);
 "unchecked" (the card names it but no param holds it yet). Only deviations make the exit code
 non-zero: the default (tiny) profile fails the audit on purpose, the paper profile passes it.
 
 Input: a resolved config (`nas.config.params.resolve`), a run folder's `config.json` (Sacred's
-`runs/sacred/<stage>/<variant>/<id>/` or the stage's own `runs/<stage>/<variant>/`), or a params
-file + variant (`main`). Sections are read the way the stages read them, dataclass defaults
-included, and the model's fields as the registry builds it (see nas/config/paper_card.py).
+`runs/sacred/<stage>/<variant>/<id>/`, the stage's own `runs/<stage>/<variant>/` or a fine-tuning
+replicate's `runs/finetune/<variant>/seed<k>/`), or a params file + variant (`main`). Sections are
+read the way the stages read them, dataclass defaults included, and the model's fields as the
+registry builds it (see nas/config/paper_card.py).
+
+A fine-tuning replicate's config.json records the model it fine-tuned: `model.overrides` holds the
+EFFECTIVE overrides (`finetune.model_overrides`, `finetune.mlm_weight` and `finetune.image_size`
+merged in) and `data.transform.image_size` the fine-tuning size (experiments/finetune.py). Read as
+pretraining values they would be wrong (NVA "on" in stage 1, the codebook frozen, no MLM, 384 px),
+so the pretraining rows whose value the fine-tuning stage replaced are "n/a" there, with the
+replaced value shown; the fine-tuning rows are checked as usual (merging the stage's overrides again
+changes nothing).
 """
 
 from __future__ import annotations
@@ -19,12 +29,12 @@ import argparse
 import importlib
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from nas.config.base import ConfigError, from_dict, merge, to_dict
-from nas.config.paper_card import E2, MISSING, PAPER_CARD, CardEntry, show
+from nas.config.paper_card import E2, FT, MISSING, PAPER_CARD, CardEntry, SameAs, same_value, show
 from nas.jsonfile import read_json_file
 
 MATCH, DEVIATION, ABLATION, NOT_APPLICABLE, UNCHECKED = "match", "deviation", "ablation", "n/a", "unchecked"
@@ -38,6 +48,14 @@ MODEL_CONFIGS: dict[str, tuple[str, str, str | None]] = {
     "nas_base": ("nas.models.nas_model", "NASConfig", "NAS_BASE"),
 }
 STAGE_SECTIONS = ("pretrain_stage1", "pretrain_stage2")
+# In the view of a fine-tuning replicate's config.json: the params paths (and everything under them)
+# whose pretraining value that config no longer holds (see the module docstring).
+REPLACED_KEY = "_replaced_by_finetune"
+REPLACED_NOTE = (
+    "a fine-tuning run's config: this is the fine-tuned model's value (the stage merged finetune's "
+    "overrides into model.overrides and data.transform); audit the pretraining value in "
+    "runs/pretrain_stage2/<variant>/config.json"
+)
 
 # The companion recipes' cards (MUG_UTA.md): recipe -> module defining `CARD` and `<recipe>_view(run_config)`
 # (its params section typed, defaults filled in). A run's recipe is the prefix of its recorded stage
@@ -102,10 +120,56 @@ def effective_model_config(name: str, overrides: dict[str, Any]) -> dict[str, An
     return to_dict(cfg)
 
 
+def finetune_overlay(section: dict[str, Any]) -> dict[str, Any]:
+    """What the `finetune` stage merges into `model.overrides` (experiments/finetune.py
+    `effective_overrides`): its `model_overrides`, then `mlm_weight` and `image_size` as `vision.img_size`."""
+    overlay = dict(section.get("model_overrides") or {})
+    if "mlm_weight" in section:
+        overlay = merge(overlay, {"mlm_weight": section["mlm_weight"]})
+    if "image_size" in section:
+        overlay = merge(overlay, {"vision": {"img_size": section["image_size"]}})
+    return overlay
+
+
+def _leaves(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{dotted path: value} of the non-mapping values of a nested dict (empty mappings merge as nothing)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _replaced_by_finetune(run_config: dict[str, Any]) -> list[str]:
+    """The params paths whose pretraining value a fine-tuning replicate's config.json replaced; [] for
+    any other config (a params file, a pretraining run, or Sacred's record of the stage's input, whose
+    `model.overrides` do not hold the fine-tuning overlay yet)."""
+    section, model = run_config.get(FT), run_config.get("model")
+    if run_config.get("stage") != FT or not isinstance(section, dict) or not isinstance(model, dict):
+        return []
+    overrides = model.get("overrides") or {}
+    leaves = _leaves(finetune_overlay(section))
+    if not leaves or not all(same_value(lookup(overrides, k), v) for k, v in leaves.items()):
+        return []
+    replaced = ["data.transform.image_size", *(f"model.overrides.{k}" for k in leaves)]
+    for name in STAGE_SECTIONS:
+        own = (run_config.get(name) or {}).get("model_overrides") or {}
+        # A stage's own override of the same field still says what that stage ran.
+        replaced += [f"{name}.model_overrides.{k}" for k in leaves if lookup(own, k) is MISSING]
+    return replaced
+
+
+def replaced_by_finetune(view: dict[str, Any], path: str) -> bool:
+    return any(path == p or path.startswith(p + ".") for p in view.get(REPLACED_KEY, ()))
+
+
 def audit_view(run_config: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """The run config with defaults filled in (see the module docstring), and notes on what could not be."""
     from nas.config.data import DataConfig
     from nas.config.stages import LoaderConfig, ModelSpec, TrainStageConfig
+    from nas.engine.trainer import TrainConfig
 
     view = json.loads(json.dumps(run_config, default=str))  # a deep, plain copy
     notes: list[str] = []
@@ -120,6 +184,25 @@ def audit_view(run_config: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         except ConfigError as exc:
             raise AuditError(f"section {name!r} is not a valid {cls.__name__}: {exc}") from exc
         view[name] = to_dict(typed[name])
+    # `finetune` is typed by experiments/finetune.py (FinetuneConfig), which nas/ does not import: its
+    # own fields are read as they are, its `train` as the engine's TrainConfig.
+    finetune, overlay = view.get(FT), {}
+    if finetune is not None:
+        if not isinstance(finetune, dict) or not isinstance(finetune.get("model_overrides") or {}, dict):
+            raise AuditError(f"section {FT!r} is not a mapping with a mapping `model_overrides`")
+        overlay = finetune_overlay(finetune)
+        try:
+            finetune["train"] = to_dict(from_dict(TrainConfig, finetune.get("train") or {}, f"{FT}.train"))
+        except ConfigError as exc:
+            raise AuditError(f"section '{FT}.train' is not a valid TrainConfig: {exc}") from exc
+    replaced = _replaced_by_finetune(run_config)
+    if replaced:
+        view[REPLACED_KEY] = replaced
+        notes.append(
+            "a fine-tuning run's config: model.overrides and data.transform.image_size hold the fine-tuned "
+            "model's values, so the pretraining rows they replaced are n/a here (audit "
+            "runs/pretrain_stage2/<variant>/config.json for those)"
+        )
     spec = typed.get("model")
     if spec is None:
         return view, notes
@@ -138,6 +221,8 @@ def audit_view(run_config: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
                 view[name]["model_overrides"] = effective_model_config(
                     spec.name, merge(spec.overrides, stage_overrides)
                 )
+        if finetune is not None:
+            finetune["model_overrides"] = effective_model_config(spec.name, merge(spec.overrides, overlay))
     except ConfigError as exc:
         raise AuditError(f"the model {spec.name!r} cannot be built from this config: {exc}") from exc
     return view, notes
@@ -180,8 +265,13 @@ def _entry_rows(entry: CardEntry, view: dict[str, Any]) -> list[AuditRow]:
     for index, (path, expected) in enumerate(entry.checks):
         value = lookup(view, path)
         notes = list(info) if index == 0 else []
+        if isinstance(expected, SameAs):
+            expected = replace(expected, value=lookup(view, expected.path))
         known = entry.known_value(path, value)
-        if expected.matches(value):
+        if replaced_by_finetune(view, path):
+            verdict = NOT_APPLICABLE
+            notes.insert(0, REPLACED_NOTE)
+        elif expected.matches(value):
             verdict = MATCH
         elif known is not None:
             verdict = f"known difference ({known.source})"

@@ -67,3 +67,13 @@ def test_merge_and_resolve_variants(tmp_path):
         load_params(bad)
     with pytest.raises(FileNotFoundError, match="missing.yaml"):
         load_params(tmp_path / "missing.yaml")
+
+
+def test_the_run_digest_covers_the_harness_code(monkeypatch):
+    import nas.config.stages as stages
+
+    assert len(stages.code_digest()) == 64 and stages.code_digest() == stages.code_digest()
+    before = stages.config_digest({"seed": 1})
+    assert stages.config_digest({"seed": 1}) == before and stages.config_digest({"seed": 2}) != before
+    monkeypatch.setattr(stages, "code_digest", lambda: "other code")
+    assert stages.config_digest({"seed": 1}) != before  # a model-code change never resumes a stale run

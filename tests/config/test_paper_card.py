@@ -15,6 +15,7 @@ from nas.config.paper_card import (
     KnownDifference,
     NotNull,
     Present,
+    SameAs,
     _check_card,
     card_paths,
     same_value,
@@ -74,6 +75,42 @@ def test_card_covers_section_1_and_the_named_decisions():
         assert entry.checks or entry.note, f"{entry.key}: an unchecked entry must say why"
 
 
+def test_card_checks_fine_tuning():
+    """NAS_METHOD §1 (384 px), §5 (the recipe) and §6 (VD frozen, NVA on, not detached, queue updated)."""
+    checks = {path: expected for entry in PAPER_CARD for path, expected in entry.checks}
+    assert checks["finetune.image_size"] == Equals(384)
+    assert checks["finetune.model_overrides.vision.img_size"] == Equals(384)
+    assert checks["finetune.init_from"] == Equals("pretrain_stage2")
+    assert checks["finetune.train.epochs"] == Equals(5)
+    assert checks["finetune.train.schedule.lr"] == Equals(1e-5)
+    assert checks["finetune.train.schedule.min_lr"] == Equals(1e-6)
+    assert checks["finetune.train.optim.weight_decay"] == Equals(0.02)
+    assert checks["finetune.mlm_weight"] == Equals(0.0)
+    assert checks["finetune.model_overrides.queue_update"] == Equals(True)
+    assert checks["finetune.model_overrides.vd.frozen"] == Equals(True)
+    assert checks["finetune.model_overrides.nva.detach"] == Equals(False)
+    # NVA in fine-tuning as in stage 2: on for NAS, off for the ablations.
+    nva = checks["finetune.model_overrides.nva_enabled"]
+    assert isinstance(nva, SameAs) and nva.path == "pretrain_stage2.model_overrides.nva_enabled"
+    by_key = {entry.key: entry for entry in PAPER_CARD}
+    assert by_key["finetune_vd_frozen"].requires == "vd" and by_key["finetune_nva"].requires == "vd"
+    assert by_key["finetune_nva_detach"].requires == "nva"
+    assert by_key["finetune_nva"].kind == "paper"  # off is a deviation, not an ablation
+    # The NVA form of fine-tuning is checked as in stage 2.
+    for name in ("score", "top_k", "num_candidates", "candidate_rule", "token_form"):
+        assert f"finetune.model_overrides.nva.{name}" in checks
+    for entry in PAPER_CARD:
+        assert entry.checks or "fine-tuning has no params" not in entry.note, entry.key
+
+
+def test_same_as_compares_with_the_value_filled_in():
+    same = SameAs("a.b", "as in a")
+    assert not same.matches(True) and str(same) == "as in a"  # nothing filled in: never a match
+    filled = SameAs("a.b", "as in a", True)
+    assert filled.matches(True) and not filled.matches(False) and not filled.matches(MISSING)
+    assert str(filled) == "true (as in a)"
+
+
 def test_known_differences_of_a_are_recorded_with_their_values():
     by_key = {entry.key: entry for entry in PAPER_CARD}
     assert by_key["stage1_epochs"].known_value("pretrain_stage1.train.epochs", 30).source == "[A]"
@@ -84,6 +121,13 @@ def test_known_differences_of_a_are_recorded_with_their_values():
     assert by_key["stage1_epochs"].known_value("pretrain_stage1.train.epochs", 31) is None
     # §6's notes without a comparable value are kept as notes.
     assert any("35" in d.note for d in by_key["stage2_epochs"].known_differences)
+    # [A]'s fine-tuning (§6): 32 images per GPU and text length 30 are labelled; plain COCO captions,
+    # the flat warm-up and same-image ITM negatives are notes.
+    assert by_key["finetune_batch"].known_value("loader.batch_size_per_gpu", 32).source == "[A]"
+    assert by_key["finetune_text_length"].known_value("data.text_max_length", 30).source == "[A]"
+    notes = " ".join(d.note for e in PAPER_CARD if e.key.startswith("finetune") for d in e.known_differences)
+    assert "plain COCO" in notes and "flat warm-up" in notes and "same image" in notes
+    assert by_key["nva_token_form"].known_value("finetune.model_overrides.nva.token_form", "raw_code")
 
 
 def test_card_validation_rejects_duplicates_and_stray_known_differences():

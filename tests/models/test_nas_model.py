@@ -265,6 +265,39 @@ def test_the_nva_draw_follows_the_step_counter(stage1_state, monkeypatch):
     assert torch.equal(draws[0], draws[2]) and not torch.equal(draws[0], draws[1])
 
 
+def _nva_draws_of_a_run(state: dict, monkeypatch, out: Path, seed: int, **overrides) -> torch.Tensor:
+    """(anchor, code) of every NVA draw of a 2-step run through the engine with `train.seed = seed`."""
+    from nas.engine import fit
+
+    model = _stage2(state, **overrides)
+    seen = _Recorder(monkeypatch, model)
+    cfg = TrainConfig(
+        epochs=1, seed=seed, progress_bar=False, schedule=ScheduleConfig(lr=1e-3, warmup_steps=0)
+    )
+    fit(model, [_batch(0), _batch(1)], cfg, output_dir=out)
+    return torch.stack([torch.stack([nva.anchor, nva.code]) for nva in seen.nva])
+
+
+def test_the_run_seed_reaches_nva_replicates_differ_and_a_seed_reproduces(
+    stage1_state, monkeypatch, tmp_path
+):
+    # Fine-tuning replicate k trains with seed + k from the same pretrained weights (experiments/finetune).
+    first = _nva_draws_of_a_run(stage1_state, monkeypatch, tmp_path / "a", seed=42)
+    other = _nva_draws_of_a_run(stage1_state, monkeypatch, tmp_path / "b", seed=43)
+    again = _nva_draws_of_a_run(stage1_state, monkeypatch, tmp_path / "c", seed=42)
+    assert first.shape == (2, 2, B)
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+    # An explicit nva_seed pins the stream whatever the run's seed (first step: the weights are still
+    # equal; after it the other global draws of the two runs have moved them apart).
+    pinned = [
+        _nva_draws_of_a_run(stage1_state, monkeypatch, tmp_path / f"p{seed}", seed=seed, nva_seed=5)
+        for seed in (42, 43)
+    ]
+    assert torch.equal(pinned[0][0], pinned[1][0])
+    assert not torch.equal(first[0], other[0])
+
+
 def test_nva_seed_mixes_seed_step_and_rank():
     seeds = {nva_step_seed(s, t, r) for s in range(3) for t in range(50) for r in range(4)}
     assert len(seeds) == 3 * 50 * 4 and all(0 <= s < 2**64 for s in seeds)

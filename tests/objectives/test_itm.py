@@ -16,6 +16,7 @@ from nas.objectives.itm import (
     itm_loss,
     negative_weights,
     sample_hard_negatives,
+    select_rows,
 )
 
 
@@ -88,3 +89,23 @@ def test_loss_by_hand():
     logits = torch.tensor([[0.0, math.log(3.0)], [0.0, 0.0]])  # p(match) = 3/4, then 1/2
     expected = (-math.log(0.75) - math.log(0.5)) / 2
     assert itm_loss(logits, torch.tensor([1, 0])).item() == pytest.approx(expected)
+
+
+def test_select_rows_equals_indexing_forward_and_backward_with_repeated_rows():
+    generator = torch.Generator().manual_seed(0)
+    source = torch.randn(5, 3, 4, generator=generator, requires_grad=True)
+    index = torch.tensor([2, 2, 0, 2, 4, 0])  # an image drawn as negative by several texts
+    weights = torch.randn(6, 3, 4, generator=generator)
+    selected = select_rows(source, index)
+    # On CPU the backward is index_add_ (serial, a fixed sum order), not index_put_'s atomic adds.
+    assert type(selected.grad_fn).__name__ == "IndexSelectBackward0"
+    (selected * weights).sum().backward()
+    by_select = source.grad.clone()
+    source.grad = None
+    indexed = source[index]
+    (indexed * weights).sum().backward()
+    assert torch.equal(selected, indexed)
+    torch.testing.assert_close(by_select, source.grad, rtol=0, atol=1e-6)
+    expected_row_2 = weights[0] + weights[1] + weights[3]
+    torch.testing.assert_close(by_select[2], expected_row_2)
+    assert torch.count_nonzero(by_select[[1, 3]]) == 0

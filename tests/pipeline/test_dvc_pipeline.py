@@ -6,6 +6,7 @@ nothing, and that changing a training param re-runs only the stages that depend 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -155,3 +156,22 @@ def test_dvc_repro_small_profile(tmp_path):
     assert _stages_run(third) == {"report"} | {
         f"{stage}@{v}" for stage in ("pretrain_stage2", "finetune", "evaluate") for v in variants
     }
+
+    # A model-code change (ITC's loss scaled by 10): DVC re-runs stage 1, and the stage trains afresh
+    # instead of finding its old checkpoint "already done" (the run identity covers the code).
+    before = hashlib.md5((work / "runs/pretrain_stage1/albef/checkpoint.pt").read_bytes()).hexdigest()
+    itc = work / "nas" / "objectives" / "itc.py"
+    source = itc.read_text()
+    assert "return -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()" in source
+    itc.write_text(
+        source.replace("return -(targets * F.log_softmax", "return -10.0 * (targets * F.log_softmax")
+    )
+    fourth = _run([str(DVC), "repro", "--single-item", "pretrain_stage1@albef"], work, env)
+    assert _stages_run(fourth) == {"pretrain_stage1@albef"}
+    after = hashlib.md5((work / "runs/pretrain_stage1/albef/checkpoint.pt").read_bytes()).hexdigest()
+    assert after != before
+    assert (
+        len(list((work / "checkpoints/pretrain_stage1/albef").iterdir())) == 2
+    )  # old run kept, new one beside
+    metrics = json.loads((work / "metrics/pretrain_stage1/albef.json").read_text())
+    assert metrics["resumed_from"] is None and metrics["identity"]["code"]

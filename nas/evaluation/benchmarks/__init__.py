@@ -4,6 +4,8 @@ rules (spec: BENCHMARKS.md). A model enters only through a `PairScorer` (nas.eva
 
     result = evaluate_benchmark("valse", "/data/valse", scorer, {"match_threshold": 0.5})
     again = score_from_file("valse", None, "runs/valse_scores.jsonl")
+
+On the command line: `nas score BENCHMARK SCORE_FILE` (rescore.py).
 """
 
 from __future__ import annotations
@@ -17,9 +19,17 @@ from nas.evaluation.benchmarks.common import (
     ImageRef,
     MissingBenchmarkFileError,
     ScoreError,
+    ScoreFileError,
     resource_path,
 )
-from nas.evaluation.benchmarks.runner import BENCHMARKS, evaluate_benchmark, score_from_file, write_score_file
+from nas.evaluation.benchmarks.runner import (
+    BENCHMARKS,
+    detect_format,
+    evaluate_benchmark,
+    official_score_path,
+    score_from_file,
+    write_score_file,
+)
 from nas.evaluation.benchmarks.sugarcrepe import SugarCrepeConfig
 from nas.evaluation.benchmarks.text import MissingTextToolError, pre_caption
 from nas.evaluation.benchmarks.valse import ValseConfig
@@ -36,11 +46,14 @@ __all__ = [
     "MissingTextToolError",
     "OrderConfig",
     "ScoreError",
+    "ScoreFileError",
     "SugarCrepeConfig",
     "ValseConfig",
     "WinogroundConfig",
+    "detect_format",
     "evaluate_benchmark",
     "load_excluded_relations",
+    "official_score_path",
     "pre_caption",
     "resource_path",
     "score_from_file",

@@ -16,6 +16,7 @@ RNG modes (§1.4 [D]):
 from __future__ import annotations
 
 import random
+import re
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from nas.evaluation.benchmarks.common import (
 from nas.evaluation.benchmarks.text import Tagger, Tokenizer, nltk_tokenizer, order_options, spacy_tagger
 
 Dataset = Literal["coco", "flickr30k"]
+CASE_ID = re.compile(r"^seed(-?\d+)/(\d+)_(\d+)$")  # seed<s>/<entry>_<caption> (load_order)
 
 ANNOTATION_HINTS = {
     "coco": (

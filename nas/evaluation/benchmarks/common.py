@@ -1,6 +1,7 @@
 """What every benchmark loader shares.
 
-- errors that name the file and the record (never a silent wrong result);
+- errors that name the file and the record (never a silent wrong result); for score files, one
+  ScoreFileError naming the file and line (invalid UTF-8 or JSON, a non-finite score, ...);
 - the annotation files shipped under `nas/resources/benchmarks/` and their SHA256 check
   (BENCHMARKS.md §0.2: "the harness should do the same check at load time");
 - `ImageRef`: an image file plus the optional ARO crop box, loaded lazily as RGB;
@@ -17,12 +18,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from nas.evaluation.scorers import PairScorer
+if TYPE_CHECKING:  # annotation only: rescoring a file must not import torch
+    from nas.evaluation.scorers import PairScorer
 
 CHECKSUM_FILE = "SHA256SUMS"
 
@@ -41,6 +43,19 @@ class ChecksumError(ValueError):
 
 class ScoreError(ValueError):
     """A score is NaN, has the wrong shape, or a score file does not match the benchmark."""
+
+
+class ScoreFileError(ScoreError):
+    """A score file is unreadable or inconsistent: invalid UTF-8 or JSON, a non-finite score, a
+    field that contradicts another, a duplicate or missing entry. `file` and `line` (1-based; None
+    when the fault is the file as a whole) say where; the message starts with both."""
+
+    def __init__(self, file: str | Path, line: int | None, reason: str) -> None:
+        self.file = str(file)
+        self.line = line
+        self.reason = reason
+        where = self.file if line is None else f"{self.file}, line {line}"
+        super().__init__(f"{where}: {reason}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,6 +141,8 @@ def read_json(path: Path, where_to_get_it: str) -> Any:
         raise BenchmarkDataError(
             f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}"
         ) from exc
+    except UnicodeDecodeError as exc:
+        raise BenchmarkDataError(f"{path}: not valid UTF-8 (byte offset {exc.start})") from None
 
 
 def field_of(record: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
@@ -305,28 +322,90 @@ def mean(values: Iterable[float]) -> float:
     return float(sum(values) / len(values))
 
 
-def iter_jsonl(path: str | Path, *, first_line: int = 1) -> Iterable[tuple[str, Any]]:
-    """`(where, entry)` for every non-blank line of a JSONL score file from line `first_line` on;
-    `where` names the file and line for error messages. Invalid JSON is a ScoreError."""
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    for number, line in enumerate(lines[first_line - 1 :], start=first_line):
-        if not line.strip():
+@dataclass(frozen=True)
+class Line:
+    """Where a score-file entry sits; `str()` gives "<file>, line <n>" for messages."""
+
+    file: str
+    number: int
+
+    def __str__(self) -> str:
+        return f"{self.file}, line {self.number}"
+
+    def error(self, reason: str) -> ScoreFileError:
+        return ScoreFileError(self.file, self.number, reason)
+
+
+class _NonFinite(ValueError):
+    pass
+
+
+def _refuse_constant(token: str) -> float:
+    raise _NonFinite(token)  # NaN, Infinity, -Infinity: Python's json accepts them, JSON does not
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # e.g. 1e999 overflows to inf
+        raise _NonFinite(text)
+    return value
+
+
+def parse_json_line(text: str, where: Line) -> Any:
+    """One JSON value; invalid JSON and non-finite numbers (NaN, ±Infinity, overflowing literals)
+    are a ScoreFileError naming the file and line."""
+    try:
+        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except _NonFinite as exc:
+        raise where.error(
+            f"non-finite number {exc.args[0]} (NaN and ±Infinity are refused: a score must be finite)"
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise where.error(f"not valid JSON: {exc.msg} (column {exc.colno})") from exc
+
+
+def score_file_lines(path: str | Path, *, first_line: int = 1) -> Iterable[tuple[Line, str]]:
+    """`(where, text)` for every non-blank line of a score file from line `first_line` on, each
+    decoded as UTF-8 on its own, so that a bad byte is reported with its line and column."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"score file {path} not found")
+    for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        if number < first_line:
             continue
-        where = f"{path}, line {number}"
+        where = Line(str(path), number)
         try:
-            yield where, json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ScoreError(f"{where}: not valid JSON: {exc.msg}") from exc
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise where.error(
+                f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})"
+            ) from None
+        if text.strip():
+            yield where, text
 
 
-def labelled_score(entry: Any, pattern: Any, expected: str, where: str) -> tuple[Any, float]:
+def iter_jsonl(path: str | Path, *, first_line: int = 1) -> Iterable[tuple[Line, Any]]:
+    """`(where, entry)` for every non-blank line of a JSONL score file from line `first_line` on;
+    `where.error(reason)` builds the ScoreFileError naming the file and line."""
+    for where, text in score_file_lines(path, first_line=first_line):
+        yield where, parse_json_line(text, where)
+
+
+def finite_score(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def labelled_score(entry: Any, pattern: Any, expected: str, where: Line) -> tuple[Any, float]:
     """`(label match, score)` of a `{"label", "score"}` line (the official Winoground and FGE score
-    formats); a label not matching `pattern` or a non-numeric / NaN score is a ScoreError."""
-    label = entry.get("label") if isinstance(entry, dict) else None
+    formats); a label not matching `pattern` or a score that is not a finite number is a
+    ScoreFileError."""
+    if not isinstance(entry, dict):
+        raise where.error(f"expected a JSON object, got {type(entry).__name__}")
+    label = entry.get("label")
     match = pattern.match(label) if isinstance(label, str) else None
     if match is None:
-        raise ScoreError(f"{where}: expected a label {expected}, got {label!r}")
+        raise where.error(f"expected a label {expected}, got {label!r}")
     score = entry.get("score")
-    if isinstance(score, bool) or not isinstance(score, (int, float)) or math.isnan(score):
-        raise ScoreError(f"{where}: score for {label} is not a number: {score!r}")
+    if not finite_score(score):
+        raise where.error(f"score for {label} is not a finite number: {score!r}")
     return match, float(score)

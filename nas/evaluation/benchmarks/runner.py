@@ -8,6 +8,12 @@ Names: vg_relation, vg_attribution, coco_order, flickr30k_order, winoground, val
 `root` is the folder with the user's files: images, and the annotations that are not shipped
 (ARO, Winoground). VALSE and SugarCrepe read their shipped annotations unless the config names
 another `annotation_dir` (the same loaders read the synthetic probes).
+
+Rescoring needs no root for Winoground (the overall figures need only the four scores of each
+example; the tag breakdowns need `examples.jsonl`) nor for COCO-/Flickr30k-Order (a harness file
+holds each case's seed and options). Next to a harness score file, `evaluate_benchmark` also writes
+the benchmark's official format where it has one (Winoground: `<name>.official.jsonl`), which the
+official statistics script reads. The command-line front door is `nas score` (rescore.py).
 """
 
 from __future__ import annotations
@@ -16,16 +22,25 @@ import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from nas.config.base import from_dict, to_dict
 from nas.evaluation.benchmarks import aro, aro_order, score_files, sugarcrepe, valse, winoground
-from nas.evaluation.benchmarks.common import BenchmarkCase, ScoreError, check_scores_match, score_cases
-from nas.evaluation.scorers import PairScorer
+from nas.evaluation.benchmarks.common import (
+    BenchmarkCase,
+    ImageRef,
+    ScoreFileError,
+    check_scores_match,
+    score_cases,
+)
+
+if TYPE_CHECKING:  # annotation only: rescoring a file must not import torch
+    from nas.evaluation.scorers import PairScorer
 
 ScoreFormat = Literal["harness", "winoground", "fge"]
+SCORE_FORMATS: tuple[ScoreFormat, ...] = ("harness", "winoground", "fge")
 
 
 @dataclass(frozen=True)
@@ -36,6 +51,10 @@ class BenchmarkDefinition:
     metrics: Callable[[Sequence[BenchmarkCase], Mapping[str, np.ndarray], Any], dict[str, Any]]
     chance: Mapping[str, float]  # percent
     formats: tuple[ScoreFormat, ...] = ("harness",)
+    # The official format written beside every harness score file (`official_score_path`).
+    official_format: ScoreFormat | None = None
+    # Rescoring works without the annotations (root None): the score file says all the metric needs.
+    rescore_without_root: bool = False
 
 
 BENCHMARKS: dict[str, BenchmarkDefinition] = {
@@ -57,6 +76,7 @@ BENCHMARKS: dict[str, BenchmarkDefinition] = {
             aro_order.load_coco_order,
             aro_order.order_metrics,
             {"precision_at_1": 20.0},
+            rescore_without_root=True,
         ),
         BenchmarkDefinition(
             "flickr30k_order",
@@ -64,6 +84,7 @@ BENCHMARKS: dict[str, BenchmarkDefinition] = {
             aro_order.load_flickr30k_order,
             aro_order.order_metrics,
             {"precision_at_1": 20.0},
+            rescore_without_root=True,
         ),
         BenchmarkDefinition(
             "winoground",
@@ -72,6 +93,8 @@ BENCHMARKS: dict[str, BenchmarkDefinition] = {
             winoground.winoground_metrics,
             {"text": 25.0, "image": 25.0, "group": 100.0 / 6.0},  # 6, 6 and 4 of the 24 orderings
             ("harness", "winoground"),
+            official_format="winoground",
+            rescore_without_root=True,
         ),
         BenchmarkDefinition(
             "valse",
@@ -131,6 +154,12 @@ def _result(
     }
 
 
+def official_score_path(score_file: str | Path) -> Path:
+    """Where the official-format copy of a harness score file goes: `x.jsonl` -> `x.official.jsonl`."""
+    path = Path(score_file)
+    return path.with_name(f"{path.stem}.official{path.suffix or '.jsonl'}")
+
+
 def write_score_file(
     path: Path,
     name: str,
@@ -160,13 +189,16 @@ def evaluate_benchmark(
     batch_size: int = 64,
     score_file: str | Path | None = None,
     score_file_format: ScoreFormat = "harness",
+    official_score_file: bool = True,
     **load_options: Any,
 ) -> dict[str, Any]:
     """Load `name` from `root`, score every case with `scorer`, and compute the official metrics.
 
     `config`: the benchmark's config dataclass or a dict of its keys. `load_options` go to the
     loader (Order: `tagger=`, `tokenizer=`). With `score_file`, the raw per-option scores are
-    also written there.
+    also written there; for a harness-format file of a benchmark with an official score format
+    (Winoground), the same scores also go to `official_score_path(score_file)` unless
+    `official_score_file` is False.
     """
     definition = _definition(name)
     config = _config(definition, config)
@@ -175,7 +207,29 @@ def evaluate_benchmark(
     scores = score_cases(cases, scorer, benchmark=name, batch_size=batch_size)
     if score_file is not None:
         write_score_file(Path(score_file), name, cases, scores, scorer.name, score_file_format)
+        official = definition.official_format
+        if official_score_file and score_file_format == "harness" and official is not None:
+            write_score_file(official_score_path(score_file), name, cases, scores, scorer.name, official)
     return _result(definition, scorer.name, config, root_path, cases, scores)
+
+
+def detect_format(path: str | Path) -> ScoreFormat:
+    """The format of a score file, from its first line: the harness header, an official
+    Winoground label (`<id>_c<j>_i<k>`) or an FGE VALSE label (`<n>_c` / `<n>_f`)."""
+    path = Path(path)
+    where, entry = score_files.first_entry(path)
+    if score_files.is_header(entry):
+        return "harness"
+    label = entry.get("label") if isinstance(entry, dict) else None
+    if isinstance(label, str) and winoground.LABEL_PATTERN.match(label):
+        return "winoground"
+    if isinstance(label, str) and valse.FGE_LABEL_PATTERN.match(label):
+        return "fge"
+    raise where.error(
+        "cannot tell the score-file format from this line: expected a harness header "
+        f'{{"format": "{score_files.FORMAT}", ...}} or a {{"label", "score"}} line of the '
+        "official Winoground ('<id>_c<j>_i<k>') or FGE VALSE ('<n>_c' / '<n>_f') format"
+    )
 
 
 def score_from_file(
@@ -191,33 +245,100 @@ def score_from_file(
     """Metrics from a file of precomputed per-option scores; no images are opened.
 
     Formats: "harness" (score_files.py), "winoground" (official `{"label": "<id>_c<j>_i<k>",
-    "score"}`), "fge" (FGE's VALSE files); "auto" picks the harness format when line 1 is its
-    header, else the benchmark's native one. The file must cover exactly the loaded cases.
-    The scorer name is the header's, else `scorer_name`, else the file's stem.
+    "score"}`), "fge" (FGE's VALSE files); "auto" infers it from the first line
+    (`detect_format`). The file must cover exactly the loaded cases. With `root` None, Winoground
+    and the Order sets are rescored from the file alone (`definition.rescore_without_root`):
+    Winoground's overall figures without breakdowns, Order's Precision@1 over the seeds the file
+    holds. The scorer name is the header's, else `scorer_name`, else the file's stem. Besides the
+    keys of `evaluate_benchmark`'s result, the result has `score_file`: its path and format.
+    Every fault of the file itself is a ScoreFileError naming the file and, where there is one,
+    the line.
     """
     definition = _definition(name)
     config = _config(definition, config)
     path = Path(path)
-    root_path = None if root is None else Path(root)
-    cases = definition.load(root_path, config, check_images=False, **load_options)
-    if file_format == "auto":
-        try:
-            score_files.read_header(path)
-            file_format = "harness"
-        except ScoreError:
-            native = [f for f in definition.formats if f != "harness"]
-            file_format = native[0] if native else "harness"
+    if file_format not in ("auto", *SCORE_FORMATS):
+        raise ValueError(f"file_format must be 'auto' or one of {list(SCORE_FORMATS)}, got {file_format!r}")
+    inferred = file_format == "auto"
+    if inferred:
+        file_format = detect_format(path)
     if file_format not in definition.formats:
-        raise ValueError(f"{name}: score file format {file_format!r} not in {definition.formats}")
-    if file_format == "harness":
-        header = score_files.read_header(path)
-        if header.get("benchmark") != name:
-            raise ScoreError(f"{path}: scores are for {header.get('benchmark')!r}, not {name!r}")
-        scorer_name = header.get("scorer") or scorer_name
-        raw = score_files.read_scores(path, cases)
-    elif file_format == "winoground":
-        raw = winoground.read_official_scores(path)
+        how = "inferred from its first line" if inferred else "as requested"
+        raise ScoreFileError(
+            path,
+            None,
+            f"{name} does not read the {file_format!r} score format ({how}); "
+            f"its formats: {list(definition.formats)}",
+        )
+    root_path = None if root is None else Path(root)
+    if root_path is None and definition.rescore_without_root:
+        cases, raw, header_scorer, config = _rescore_from_file_alone(name, path, file_format, config)
+        scorer_name = header_scorer or scorer_name
     else:
-        raw = valse.read_fge_scores(path, cases)
+        cases = definition.load(root_path, config, check_images=False, **load_options)
+        if file_format == "harness":
+            header = score_files.read_header(path)
+            _check_header_benchmark(path, header, name)
+            scorer_name = header.get("scorer") or scorer_name
+            raw = score_files.read_scores(path, cases)
+        elif file_format == "winoground":
+            raw = winoground.read_official_scores(path)
+        else:
+            raw = valse.read_fge_scores(path, cases)
     scores = check_scores_match(cases, raw, benchmark=name, source=str(path))
-    return _result(definition, scorer_name or path.stem, config, root_path, cases, scores)
+    result = _result(definition, scorer_name or path.stem, config, root_path, cases, scores)
+    result["score_file"] = {"path": str(path), "format": file_format}
+    return result
+
+
+def _check_header_benchmark(path: Path, header: dict[str, Any], name: str) -> None:
+    if header.get("benchmark") != name:
+        raise ScoreFileError(path, 1, f"scores are for {header.get('benchmark')!r}, not {name!r}")
+
+
+def _rescore_from_file_alone(
+    name: str, path: Path, file_format: ScoreFormat, config: Any
+) -> tuple[list[BenchmarkCase], dict[str, np.ndarray], str | None, Any]:
+    """(cases, scores, the header's scorer name, config) built from the score file alone."""
+    if file_format == "winoground":
+        raw = winoground.read_official_scores(path)
+        return winoground.cases_from_scores(raw), raw, None, config
+    header, entries = score_files.read_entries(path)
+    _check_header_benchmark(path, header, name)
+    if name == "winoground":
+        for entry in entries:
+            if entry.scores.shape != (2, 2) or not entry.case_id.isdigit():
+                raise ScoreFileError(
+                    path,
+                    entry.line,
+                    f"a Winoground case has a numeric id and 2 x 2 scores; got id {entry.case_id!r}, "
+                    f"shape {entry.scores.shape}",
+                )
+        raw = {entry.case_id: entry.scores for entry in entries}
+        texts = {entry.case_id: entry.texts for entry in entries if entry.texts is not None}
+        return winoground.cases_from_scores(raw, texts), raw, header.get("scorer"), config
+    # COCO-/Flickr30k-Order: the id names the seed, the file holds the options.
+    cases, seeds = [], []
+    for entry in entries:
+        match = aro_order.CASE_ID.match(entry.case_id)
+        if match is None or entry.scores.shape[0] != 1 or entry.scores.shape[1] < 2:
+            raise ScoreFileError(
+                path,
+                entry.line,
+                f"an Order case has an id 'seed<s>/<entry>_<caption>' and 1 x (original + perturbations) "
+                f"scores; got id {entry.case_id!r}, shape {entry.scores.shape}",
+            )
+        seed, entry_index, caption_index = (int(group) for group in match.groups())
+        if seed not in seeds:
+            seeds.append(seed)
+        texts = entry.texts or tuple(f"option {j}" for j in range(entry.scores.shape[1]))
+        cases.append(
+            BenchmarkCase(
+                case_id=entry.case_id,
+                images=(ImageRef(Path(f"entry_{entry_index}")),),
+                texts=texts,
+                meta={"seed": seed, "entry": entry_index, "caption_index": caption_index},
+            )
+        )
+    config = dataclasses.replace(config, seeds=tuple(seeds))
+    return cases, {entry.case_id: entry.scores for entry in entries}, header.get("scorer"), config

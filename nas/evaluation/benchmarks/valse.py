@@ -35,6 +35,7 @@ from nas.evaluation.benchmarks.common import (
     BenchmarkDataError,
     ImageRef,
     ScoreError,
+    ScoreFileError,
     check_images_exist,
     check_unique_ids,
     field_of,
@@ -71,7 +72,7 @@ IMAGES_HINT = (
     "VisDial_v1.0 -> COCO train2014 + val2014 (coreference-standard) and VisDial v1.0 val images "
     "(coreference-hard); FOIL dataset -> COCO val2014 (BENCHMARKS.md §3.1)."
 )
-_FGE_LABEL = re.compile(r"^(\d+)_([cf])$")
+FGE_LABEL_PATTERN = re.compile(r"^(\d+)_([cf])$")
 
 
 @dataclass
@@ -225,6 +226,9 @@ def _require_official_files(cases: Sequence[BenchmarkCase]) -> None:
 def write_fge_scores(path: Path, cases: Sequence[BenchmarkCase], scores: Mapping[str, np.ndarray]) -> None:
     """FGE's format, plus the harness's `file` and `sample_id` so each line names its sample."""
     _require_official_files(cases)
+    for case in cases:
+        if not np.isfinite(np.asarray(scores[case.case_id], dtype=np.float64)).all():
+            raise ScoreError(f"valse: sample {case.case_id!r} has a non-finite score")
     with open(path, "w", encoding="utf-8") as handle:
         for case in sorted(cases, key=lambda c: c.meta["position"]):  # FGE's line order
             for column, (suffix, kind) in enumerate((("c", "caption"), ("f", "foil"))):
@@ -241,32 +245,57 @@ def write_fge_scores(path: Path, cases: Sequence[BenchmarkCase], scores: Mapping
                 handle.write(json.dumps(line) + "\n")
 
 
+_FGE_TYPES = {"c": "caption", "f": "foil"}
+
+
 def read_fge_scores(path: Path, cases: Sequence[BenchmarkCase]) -> dict[str, np.ndarray]:
-    """`{case_id: [[s_caption, s_foil]]}` from an FGE-format file, mapped through the running id."""
+    """`{case_id: [[s_caption, s_foil]]}` from an FGE-format file, mapped through the running id.
+
+    The label (`<n>_c` / `<n>_f`) decides; the optional fields `type`, `id` and `instrument` must
+    agree with it (and, for the harness's extra `file` / `sample_id`, with the loaded sample), or
+    the line is a ScoreFileError naming both values."""
     _require_official_files(cases)
     by_position = {case.meta["position"]: case for case in cases}
     found: dict[str, dict[str, float]] = {}
+    first_line: dict[str, int] = {}
     for where, entry in iter_jsonl(path):
-        match, score = labelled_score(entry, _FGE_LABEL, "'<n>_c' or '<n>_f'", where)
+        match, score = labelled_score(entry, FGE_LABEL_PATTERN, "'<n>_c' or '<n>_f'", where)
         label = entry["label"]
         position, suffix = int(match.group(1)), match.group(2)
+        if "type" in entry and entry["type"] != _FGE_TYPES[suffix]:
+            raise where.error(
+                f"label {label!r} is a {_FGE_TYPES[suffix]} score but 'type' is {entry['type']!r}"
+            )
+        if "id" in entry and (
+            isinstance(entry["id"], bool) or not isinstance(entry["id"], int) or entry["id"] != position
+        ):
+            raise where.error(f"label {label!r} is sample {position} but 'id' is {entry['id']!r}")
         case = by_position.get(position)
         if case is None:
-            raise ScoreError(
-                f"{where}: id {position} is not a loaded VALSE sample (filtered out, or unknown)"
-            )
-        if entry.get("instrument", case.meta["instrument"]) != case.meta["instrument"]:
-            raise ScoreError(
-                f"{where}: id {position} belongs to {case.meta['instrument']!r}, the line says {entry['instrument']!r}"
-            )
+            raise where.error(f"id {position} is not a loaded VALSE sample (filtered out, or unknown)")
+        for key, loaded in (
+            ("instrument", case.meta["instrument"]),
+            ("file", case.meta["instrument"]),
+            ("sample_id", case.meta["sample_id"]),
+        ):
+            if key in entry and entry[key] != loaded:
+                raise where.error(
+                    f"label {label!r} is sample {position}, whose {key} is {loaded!r}, "
+                    f"but the line says {entry[key]!r}"
+                )
+        first_line.setdefault(case.case_id, where.number)
         if suffix in found.setdefault(case.case_id, {}):
-            raise ScoreError(f"{where}: duplicate label {label}")
-        found[case.case_id][suffix] = float(score)
+            raise where.error(f"duplicate label {label}")
+        found[case.case_id][suffix] = score
+    if not found:
+        raise ScoreFileError(path, None, "no score lines")
     out = {}
     for case_id, pair in found.items():
         if set(pair) != {"c", "f"}:
-            raise ScoreError(
-                f"{path}: sample {case_id!r} lacks its {'caption' if 'c' not in pair else 'foil'} score"
+            raise ScoreFileError(
+                path,
+                first_line[case_id],
+                f"sample {case_id!r} lacks its {'caption' if 'c' not in pair else 'foil'} score",
             )
         out[case_id] = np.array([[pair["c"], pair["f"]]])
     return out

@@ -10,6 +10,9 @@ Scores of one example form `S[k][j]` = s(caption j, image k). With s(cj, ik) as 
 - image: s(c0,i0) > s(c0,i1) and s(c1,i1) > s(c1,i0)  (per caption, the right image wins)
 - group: text and image.
 Breakdowns select examples by exact equality of one field, as the official script does.
+
+The overall figures need only the four scores of each example: a score file is rescored without
+the gated `examples.jsonl` (`cases_from_scores`); only the breakdowns need it.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from nas.evaluation.benchmarks.common import (
     BenchmarkDataError,
     ImageRef,
     ScoreError,
+    ScoreFileError,
     check_images_exist,
     check_unique_ids,
     field_of,
@@ -46,7 +50,7 @@ HINT = (
 )
 STRING_FIELDS = ("caption_0", "caption_1", "image_0", "image_1", "tag", "secondary_tag", "collapsed_tag")
 BREAKDOWN_CHOICES = ("collapsed_tag", "num_main_preds", "secondary_tag", "tag")
-_LABEL = re.compile(r"^(\d+)_c([01])_i([01])$")
+LABEL_PATTERN = re.compile(r"^(\d+)_c([01])_i([01])$")
 
 
 @dataclass
@@ -71,8 +75,12 @@ def load_winoground(
     root = require_root(root, "winoground")
     path = require_file(root / config.examples_file, HINT)
     verify_checksum(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise BenchmarkDataError(f"{path}: not valid UTF-8 (byte offset {exc.start})") from None
     cases = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue  # the official file has no newline after its last line; tolerate either
         where = f"{path}, line {number}"
@@ -119,10 +127,14 @@ def _summary(outcomes: Sequence[tuple[bool, bool, bool]]) -> dict[str, Any]:
 def winoground_metrics(
     cases: Sequence[BenchmarkCase], scores: Mapping[str, np.ndarray], config: WinogroundConfig
 ) -> dict[str, Any]:
+    """text / image / group over the cases, and the breakdowns by the fields of
+    `config.breakdown_fields`; `breakdowns` is None for cases without annotations
+    (`cases_from_scores`: a score file rescored without `examples.jsonl`)."""
     outcomes = {case.case_id: conditions(scores[case.case_id]) for case in cases}
     result = _summary(list(outcomes.values()))
-    breakdowns: dict[str, dict[str, Any]] = {}
-    for field_name in config.breakdown_fields:
+    annotated = all(field_name in case.meta for case in cases for field_name in config.breakdown_fields)
+    breakdowns: dict[str, dict[str, Any]] | None = {} if annotated else None
+    for field_name in config.breakdown_fields if annotated else ():
         values = sorted({case.meta[field_name] for case in cases}, key=str)
         breakdowns[field_name] = {
             str(value): _summary([outcomes[c.case_id] for c in cases if c.meta[field_name] == value])
@@ -132,6 +144,27 @@ def winoground_metrics(
     return result
 
 
+def cases_from_scores(
+    scores: Mapping[str, np.ndarray], texts: Mapping[str, Sequence[str]] | None = None
+) -> list[BenchmarkCase]:
+    """Test cases for rescoring without `examples.jsonl`: one per example id of a score file
+    (numeric order), with the official image names and no tags, so no breakdown. `texts`: the
+    captions, where the score file holds them (the harness format does)."""
+    cases = []
+    for example in sorted(scores, key=lambda key: (len(key), key)):
+        if not example.isdigit():
+            raise ScoreError(f"winoground: example id {example!r} is not a non-negative integer")
+        captions = tuple(texts[example]) if texts and example in texts else ("caption_0", "caption_1")
+        cases.append(
+            BenchmarkCase(
+                case_id=example,
+                images=tuple(ImageRef(Path(f"ex_{example}_img_{k}.png")) for k in (0, 1)),
+                texts=captions,
+            )
+        )
+    return cases
+
+
 # ---------------------------------------------------------------------------------------------
 # Official score file: one line per pair, {"label": "<id>_c<j>_i<k>", "score": x} (§2.2)
 
@@ -139,6 +172,10 @@ def winoground_metrics(
 def write_official_scores(
     path: Path, cases: Sequence[BenchmarkCase], scores: Mapping[str, np.ndarray]
 ) -> None:
+    """Four lines per example, `<id>_c<j>_i<k>` with caption j and image k (`scores[k][j]`)."""
+    for case in cases:
+        if not np.isfinite(np.asarray(scores[case.case_id], dtype=np.float64)).all():
+            raise ScoreError(f"winoground: example {case.case_id!r} has a non-finite score")
     with open(path, "w", encoding="utf-8") as handle:
         for case in cases:
             for j in (0, 1):
@@ -150,20 +187,25 @@ def write_official_scores(
 
 
 def read_official_scores(path: Path) -> dict[str, np.ndarray]:
-    """`{str(id): S}` with S[k][j] = score of label `<id>_c<j>_i<k>`; every id needs its 4 labels."""
+    """`{str(id): S}` with S[k][j] = score of label `<id>_c<j>_i<k>`; every id needs its 4 labels.
+    Errors (ScoreFileError) name the file and line."""
     found: dict[str, dict[tuple[int, int], float]] = {}
+    first_line: dict[str, int] = {}
     for where, entry in iter_jsonl(path):
-        match, score = labelled_score(entry, _LABEL, "'<id>_c<j>_i<k>'", where)
+        match, score = labelled_score(entry, LABEL_PATTERN, "'<id>_c<j>_i<k>'", where)
         label = entry["label"]
         example = str(int(match.group(1)))
         key = (int(match.group(3)), int(match.group(2)))  # (image k, caption j)
+        first_line.setdefault(example, where.number)
         if key in found.setdefault(example, {}):
-            raise ScoreError(f"{where}: duplicate label {label}")
-        found[example][key] = float(score)
+            raise where.error(f"duplicate label {label}")
+        found[example][key] = score
+    if not found:
+        raise ScoreFileError(path, None, "no score lines")
     out = {}
     for example, entries in found.items():
         if len(entries) != 4:
             absent = [f"{example}_c{j}_i{k}" for k in (0, 1) for j in (0, 1) if (k, j) not in entries]
-            raise ScoreError(f"{path}: example {example} lacks labels {absent}")
+            raise ScoreFileError(path, first_line[example], f"example {example} lacks labels {absent}")
         out[example] = np.array([[entries[(k, j)] for j in (0, 1)] for k in (0, 1)])
     return out

@@ -12,6 +12,7 @@ from nas.config.base import ConfigError
 from nas.evaluation.benchmarks import (
     BENCHMARKS,
     ScoreError,
+    ScoreFileError,
     evaluate_benchmark,
     score_from_file,
     write_score_file,
@@ -60,7 +61,9 @@ def test_result_layout_from_a_harness_file(tmp_path: Path) -> None:
         "config",
         "root",
         "scores",
+        "score_file",
     }
+    assert result["score_file"] == {"path": str(tmp_path / "scores.jsonl"), "format": "harness"}
     assert (result["benchmark"], result["scorer"], result["unit"], result["n_cases"]) == (
         "sugarcrepe",
         "fixed",
@@ -104,6 +107,10 @@ def test_harness_file_must_cover_the_cases(tmp_path: Path) -> None:
     entry = json.loads(lines[1]) | {"scores": [[1.0, 0.0, 2.0]]}
     reshaped = tmp_path / "shape.jsonl"
     reshaped.write_text("\n".join([lines[0], json.dumps(entry), *lines[2:]]), encoding="utf-8")
+    with pytest.raises(ScoreFileError, match=r"shape\.jsonl, line 2: 'swap_obj/0' has 2 texts but 3 score"):
+        score_from_file("sugarcrepe", None, reshaped, SWAP_OBJ)
+    del entry["texts"]  # without texts, the shape is checked against the loaded case
+    reshaped.write_text("\n".join([lines[0], json.dumps(entry), *lines[2:]]), encoding="utf-8")
     with pytest.raises(
         ScoreError, match=r"case 'swap_obj/0': expected scores of shape \(1, 2\), got \(1, 3\)"
     ):
@@ -123,4 +130,13 @@ def test_images_are_required_to_run_a_scorer() -> None:
     with pytest.raises(ValueError, match="an image root is needed"):
         evaluate_benchmark("sugarcrepe", None, object(), SWAP_OBJ)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="winoground: a root folder"):
-        score_from_file("winoground", None, "x.jsonl")
+        evaluate_benchmark("winoground", None, object())  # type: ignore[arg-type]
+
+
+def test_vg_annotations_are_required_to_rescore(tmp_path: Path) -> None:
+    path = tmp_path / "vgr.jsonl"
+    path.write_text(
+        json.dumps({"format": "nas-benchmark-scores", "version": 1, "layout": "scores[image][text]"})
+    )
+    with pytest.raises(ValueError, match="vg_relation: a root folder"):
+        score_from_file("vg_relation", None, path)

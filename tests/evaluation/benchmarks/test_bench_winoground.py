@@ -149,7 +149,7 @@ def test_score_file_errors(wino_root: Path, tmp_path: Path) -> None:
     with pytest.raises(ScoreError, match=r"example 1 lacks labels \['1_c1_i1'\]"):
         read_official_scores(tmp_path / "short.jsonl")
     (tmp_path / "nan.jsonl").write_text(lines[0].rsplit(":", 1)[0] + ": NaN}\n")
-    with pytest.raises(ScoreError, match="not a number"):
+    with pytest.raises(ScoreError, match=r"nan\.jsonl, line 1: non-finite number NaN"):
         read_official_scores(tmp_path / "nan.jsonl")
     partial = {key: value for key, value in SCORES.items() if key != 2}
     with pytest.raises(ScoreError, match=r"1 missing \(e\.g\. \['2'\]\)"):
