@@ -44,7 +44,7 @@ def load_split_images(
     paths = list(seen)[select] if select is not None else list(seen)
     if not paths:
         return torch.empty(0, 3, data.transform.image_size, data.transform.image_size)
-    return stack_images(data.images, paths, transform, annotation)
+    return stack_images(data.images, paths, transform, annotation, allow_outside_root=data.allow_outside_root)
 
 
 def stage(cfg: dict[str, Any], record: Recorder) -> None:
@@ -53,6 +53,7 @@ def stage(cfg: dict[str, Any], record: Recorder) -> None:
     from ignite.utils import manual_seed
 
     from experiments.pretrain import build_model, has_dictionary
+    from nas.engine.checkpoint import atomic_write_text
 
     variant = cfg["variant"]
     out_dir = Path("runs/build_vd") / variant
@@ -64,8 +65,8 @@ def stage(cfg: dict[str, Any], record: Recorder) -> None:
     model = build_model(spec, stage1.model_overrides)
     if not has_dictionary(model):
         note = f"variant {variant!r} ({spec.name}) has no visual dictionary: nothing to build"
-        (out_dir / "vd_init.json").write_text(
-            json.dumps({"variant": variant, "vd": False, "note": note}) + "\n"
+        atomic_write_text(
+            out_dir / "vd_init.json", json.dumps({"variant": variant, "vd": False, "note": note}) + "\n"
         )
         print(f"build_vd[{variant}]: {note}")
         metrics: dict[str, Any] = {"vd": False}
@@ -85,9 +86,7 @@ def stage(cfg: dict[str, Any], record: Recorder) -> None:
         for key, value in health.items():
             record.log_scalar(f"vd_init.{key}", value)
         record.add_artifact(out_dir / "vd_init.pt")
-    out = Path("metrics/build_vd") / f"{variant}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(metrics, indent=2) + "\n")
+    atomic_write_text(Path("metrics/build_vd") / f"{variant}.json", json.dumps(metrics, indent=2) + "\n")
 
 
 def main(argv=None) -> None:

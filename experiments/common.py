@@ -3,7 +3,9 @@
 A stage is `main(cfg: dict, record: Recorder) -> None`. This module turns
 `python -m experiments.<stage> --variant X --set key=value` into that call:
 
-1. read params.yaml and resolve it for the variant (nas.config.params);
+1. read params.yaml, resolve it for the variant and check it whole (nas.config.schema): a user error
+   (unknown key or variant, wrong value, malformed --set) is one line `nas <stage>: error: ...` on
+   stderr and exit status 2, before any stage work and before Sacred records a run;
 2. launch through idist (single process, spawned gloo/nccl processes, or under torchrun);
 3. on rank 0 only, wrap the stage in a Sacred run with a FileStorageObserver, so the run folder
    holds the resolved config (the values the stage really used), metrics, artifacts, the git
@@ -22,9 +24,68 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub at run time: fail in 0.1 s, not 46 s
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
-from nas.config.params import load_params, resolve  # noqa: E402
+from nas.config.base import ConfigError  # noqa: E402
+from nas.config.params import load_params  # noqa: E402
+from nas.config.schema import Section, check_init_from, check_params, register_section  # noqa: E402
 
 StageMain = Callable[[dict[str, Any], "Recorder"], None]
+
+
+# ---- the params sections typed in experiment modules ------------------------------------------------
+
+
+def _finetune_model_overrides(spec: Any, finetune: Any) -> dict[str, Any]:
+    from experiments.finetune import effective_overrides
+
+    return effective_overrides(spec, finetune, image_size=finetune.image_size)
+
+
+# Stages whose trained models `evaluate` scores (experiments.evaluate.model_runs).
+SCORED_STAGES = ("pretrain_stage1", "pretrain_stage2", "finetune")
+
+
+def _check_evaluate(name: str, evaluate: Any, sections: Any) -> None:
+    from nas.config.base import did_you_mean
+
+    for index, stage in enumerate(evaluate.checkpoint_stages):
+        if stage not in SCORED_STAGES:
+            raise ConfigError(
+                f"{name}.checkpoint_stages[{index}]: {stage!r} is not a stage with a model to score"
+                f"{did_you_mean(stage, SCORED_STAGES)}; choose from {list(SCORED_STAGES)}",
+                path=f"{name}.checkpoint_stages",
+            )
+
+
+# String targets: the experiment modules import this one, so they are imported on first use.
+register_section(
+    "finetune",
+    Section(
+        "experiments.finetune:FinetuneConfig",
+        model_overrides=_finetune_model_overrides,
+        check=check_init_from,
+    ),
+)
+register_section("evaluate", Section("experiments.evaluate:EvaluateConfig", check=_check_evaluate))
+
+
+def load_config(
+    params_path: str | Path, variant: str | None = None, overrides: Sequence[str] = ()
+) -> dict[str, Any]:
+    """The params a run sees (file, `variants.<variant>`, `--set` overrides), checked whole before any
+    stage work (`nas.config.schema.check_params`). Every user error is a ConfigError: a missing or
+    malformed params file, an unknown variant, a malformed override, any unknown key or wrong value."""
+    try:
+        params = load_params(params_path)
+    except FileNotFoundError as exc:
+        raise ConfigError(str(exc)) from None
+    return check_params(params, variant, overrides, source=str(params_path))
+
+
+def report_user_error(prog: str, exc: BaseException) -> int:
+    """Print `<prog>: error: <message>` (one line, no traceback) on stderr; returns the exit status, 2."""
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return 2
 
 
 class Recorder:
@@ -93,8 +154,10 @@ def run_stage(
     """Entry point of every experiment module. `nproc_key` points into the resolved params at the
     process count of a distributed stage (e.g. ("pretrain_stage1", "train", "nproc_per_node"))."""
     args = parse_args(stage, argv, needs_variant)
-    params = load_params(args.params)
-    cfg = resolve(params, getattr(args, "variant", None), args.overrides)
+    try:  # before any stage work and before Sacred: a user error leaves no failed run record
+        cfg = load_config(args.params, getattr(args, "variant", None), args.overrides)
+    except ConfigError as exc:
+        raise SystemExit(report_user_error(f"nas {stage}", exc)) from None
     cfg["stage"] = stage
     observer_dir = Path(args.runs_dir) / "sacred" / stage / (cfg.get("variant") or "all")
 
@@ -194,6 +257,21 @@ def mark_interrupted_runs(observer_dir: Path) -> list[Path]:
     if marked:
         print(f"sacred: marked {len(marked)} killed run record(s) INTERRUPTED: {[p.name for p in marked]}")
     return marked
+
+
+_PREFLIGHTED: set[str] = set()
+
+
+def preflight_once(dataset: Any, data: Any) -> None:
+    """The pre-flight of a training list (images decoded before step 1; nas.data.training_set.preflight),
+    once per list and process, for stages that train several runs (arms x seeds) on one list. Their
+    captions are BPE, so only the images are checked."""
+    from nas.data.training_set import preflight
+
+    key = str(getattr(dataset, "annotation_file", id(dataset)))
+    if key not in _PREFLIGHTED:
+        print(f"pre-flight of {key}: {preflight(dataset, data, seed=0)}")
+        _PREFLIGHTED.add(key)
 
 
 def _git_head_exists() -> bool:

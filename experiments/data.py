@@ -20,6 +20,8 @@ METRICS = Path("metrics/data.json")
 
 
 def stage(cfg: dict, record: Recorder) -> None:
+    from nas.engine.checkpoint import atomic_write_text
+
     data = from_dict(DataConfig, cfg["data"], "data")
     if data.source == "files":
         from nas.data.real import prepare_files
@@ -27,8 +29,7 @@ def stage(cfg: dict, record: Recorder) -> None:
         summary = prepare_files(data)
         if summary.get("dry_run"):
             return  # a plan, not a data set: nothing to record
-        METRICS.parent.mkdir(parents=True, exist_ok=True)
-        METRICS.write_text(json.dumps(summary, indent=2) + "\n")
+        atomic_write_text(METRICS, json.dumps(summary, indent=2) + "\n")
         return
     from nas.data.synthetic import generate
 
@@ -38,11 +39,10 @@ def stage(cfg: dict, record: Recorder) -> None:
     probes = write_probes(data.root, data.probes_root, data.probes, overwrite=True)
     counts = manifest["counts"]
     print(f"data: synthetic scenes in {data.root} ({manifest['seconds']:.1f} s): {json.dumps(counts)}")
-    METRICS.parent.mkdir(parents=True, exist_ok=True)
     summary = {f"{split}_{key}": value for split, c in counts.items() for key, value in c.items()}
     summary["sha256"] = manifest["sha256"]
     summary.update({f"probe_{name}_cases": int(n) for name, n in probes["counts"].items()})
-    METRICS.write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(METRICS, json.dumps(summary, indent=2) + "\n")
     for key, value in summary.items():
         if isinstance(value, int):
             record.log_scalar(f"data.{key}", value)

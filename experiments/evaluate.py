@@ -19,6 +19,7 @@ from experiments.build_vd import load_split_images
 from experiments.common import Recorder, run_stage
 from nas.config import from_dict
 from nas.config.data import DataConfig
+from nas.engine.checkpoint import atomic_write_text
 from nas.engine.launch import LaunchConfig
 from nas.evaluation.model_scorers import ScorerConfig
 from nas.evaluation.retrieval import RetrievalConfig
@@ -255,8 +256,7 @@ def stage(cfg: dict[str, Any], record: Recorder) -> None:
     if not main_rank:
         return
     out = Path("metrics") / "evaluate" / f"{variant}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     record.add_artifact(out, name="evaluation.json")
 
 

@@ -34,7 +34,13 @@ from pathlib import Path
 from typing import Any
 
 from experiments.common import Recorder, run_stage
-from experiments.pretrain import build_model, has_dictionary, stage_paths, training_callbacks
+from experiments.pretrain import (
+    build_model,
+    check_training_set,
+    has_dictionary,
+    stage_paths,
+    training_callbacks,
+)
 from nas.config import from_dict, merge
 from nas.config.data import DataConfig
 from nas.config.stages import LoaderConfig, ModelSpec
@@ -139,10 +145,10 @@ def build_nta_loader(data: DataConfig, loader: LoaderConfig, annotation_file: Pa
         build_train_transform(transform),
         skip_bad_images=data.skip_bad_images,
         max_words=data.max_words,
+        allow_outside_root=data.allow_outside_root,
     )
-    return build_loader(
-        dataset, loader, make_nta_collate(load_tokenizer(), data.text_max_length), shuffle=True
-    )
+    collate = make_nta_collate(load_tokenizer(), data.text_max_length, unk_only=data.unk_only_captions)
+    return build_loader(dataset, loader, collate, shuffle=True)
 
 
 def replicate_dir(variant: str, seed: int) -> Path:
@@ -225,6 +231,7 @@ def finetune_replicate(
         idist.barrier()  # every rank reads the file rank 0 wrote
     model = build_finetune_model(spec, ft, init_checkpoint)
     loader = build_nta_loader(data, loader_cfg, annotation_file, ft.image_size)
+    checked = check_training_set(name, loader, data, seed)
 
     # One digest per replicate, blind to the list of seeds: adding a seed never retrains the others.
     replicate_cfg = copy.deepcopy(cfg)
@@ -266,6 +273,7 @@ def finetune_replicate(
         "init_checkpoint": str(init_checkpoint),
         "image_size": ft.image_size,
         "nta": nta_counts,
+        "preflight": checked,
         "resumed_from": result["resumed_from"],
         "final": history[-1] if history else {},
         "epochs": history,

@@ -62,6 +62,7 @@ def caption_census(annotation: Path, tokenizer: Any, policy: str, out_dir: Path)
     "targets" (every teacher-forced label id, EOT included: the unigram baseline's data)}.
     """
     from nas.data.bpe_tokenizer import EmptyCaptionError
+    from nas.engine.checkpoint import atomic_write_text
 
     records = json.loads(annotation.read_text(encoding="utf-8"))
     if not isinstance(records, list):
@@ -97,9 +98,8 @@ def caption_census(annotation: Path, tokenizer: Any, policy: str, out_dir: Path)
             kept_records.append({**record, "caption": good[0] if single else good})
     train_file = annotation
     if skipped:
-        out_dir.mkdir(parents=True, exist_ok=True)
         train_file = out_dir / f"{annotation.stem}.nonempty.json"
-        train_file.write_text(json.dumps(kept_records) + "\n")
+        atomic_write_text(train_file, json.dumps(kept_records) + "\n")
     pairs = sum(1 if isinstance(r["caption"], str) else len(r["caption"]) for r in kept_records)
     return {
         "annotation": str(train_file),
@@ -127,8 +127,12 @@ def build_train_loader(typed: dict[str, Any], annotation: str, tokenizer: Any):
         data.images,
         build_train_transform(typed["transform"]),
         skip_bad_images=data.skip_bad_images,
+        allow_outside_root=data.allow_outside_root,
         max_words=None,  # the CLIP tokenizer cleans the text itself; too-long captions are cut and counted
     )
+    from experiments.common import preflight_once
+
+    preflight_once(dataset, data)
     return build_loader(dataset, typed["loader"], make_bpe_collate(tokenizer), shuffle=True)
 
 
@@ -158,7 +162,7 @@ def pretrain(cfg: dict[str, Any], record: Recorder) -> None:
     from experiments.pretrain import training_callbacks
     from nas.config.stages import config_digest
     from nas.data.bpe_tokenizer import BpeTokenizer
-    from nas.engine.checkpoint import atomic_save, read_checkpoint
+    from nas.engine.checkpoint import atomic_save, atomic_write_text, read_checkpoint
     from nas.engine.fit import fit
 
     stage_start = time.perf_counter()
@@ -207,9 +211,10 @@ def pretrain(cfg: dict[str, Any], record: Recorder) -> None:
             if idist.get_rank() != 0:
                 continue
             out = run_dir(arm, seed)
-            out.mkdir(parents=True, exist_ok=True)
             atomic_save({"model": read_checkpoint(result["last_checkpoint"])["model"]}, out / "model.pt")
-            (out / "config.json").write_text(json.dumps(run_config(cfg, section, arm, seed), indent=2) + "\n")
+            atomic_write_text(
+                out / "config.json", json.dumps(run_config(cfg, section, arm, seed), indent=2) + "\n"
+            )
             history = result["history"]
             runs[name] = {
                 "arm": arm,
@@ -230,10 +235,10 @@ def pretrain(cfg: dict[str, Any], record: Recorder) -> None:
         "stage_seconds": round(time.perf_counter() - stage_start, 1),  # the process's start-up aside
         "runs": runs,
     }
-    METRICS.mkdir(parents=True, exist_ok=True)
-    (METRICS / "pretrain.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (RUNS / "vocabulary.json").write_text(
-        json.dumps({"bpe_ids": census["bpe_ids"], "targets": census["targets"]}) + "\n"
+    atomic_write_text(METRICS / "pretrain.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(
+        RUNS / "vocabulary.json",
+        json.dumps({"bpe_ids": census["bpe_ids"], "targets": census["targets"]}) + "\n",
     )
     record.add_artifact(METRICS / "pretrain.json", name="mug_pretrain.json")
 
@@ -271,7 +276,9 @@ def heldout_set(typed: dict[str, Any], tokenizer: Any, transform) -> dict[str, A
     rows = [index.setdefault(image, len(index)) for image, _ in pairs]
     encoded = tokenizer.encode([caption for _, caption in pairs])
     return {
-        "images": stack_images(data.images, list(index), transform, data.root),
+        "images": stack_images(
+            data.images, list(index), transform, data.root, allow_outside_root=data.allow_outside_root
+        ),
         "rows": torch.tensor(rows),
         "input_ids": encoded.input_ids,
         "attention_mask": encoded.attention_mask,
@@ -381,13 +388,17 @@ def shared_inputs(typed: dict[str, Any], tokenizer: Any) -> dict[str, Any]:
     transform = build_eval_transform(typed["transform"])
     train_paths, train_labels = load_split_attributes(data.root, "train")
     test_paths, test_labels = load_split_attributes(data.root, "test")
-    test_images = stack_images(data.root, test_paths, transform, data.root)
+    test_images = stack_images(
+        data.root, test_paths, transform, data.root, allow_outside_root=data.allow_outside_root
+    )
     scenes = read_json_file(Path(data.root) / "test_scenes.json", expect=list, missing="run the `data` stage")
     count = len(test_paths) if ev.caption_images is None else min(ev.caption_images, len(test_paths))
     return {
         "tokenizer": tokenizer,
         "eval_transform": transform,
-        "train_images": stack_images(data.root, train_paths, transform, data.root),
+        "train_images": stack_images(
+            data.root, train_paths, transform, data.root, allow_outside_root=data.allow_outside_root
+        ),
         "train_labels": train_labels,
         "test_images": test_images,
         "test_labels": test_labels,
@@ -416,6 +427,7 @@ def evaluate(cfg: dict[str, Any], record: Recorder) -> None:
     import torch
 
     from nas.data.bpe_tokenizer import BpeTokenizer
+    from nas.engine.checkpoint import atomic_write_text
     from nas.evaluation.seeds import aggregate
     from nas.reporting.mug_section import sample_figure
 
@@ -498,10 +510,8 @@ def evaluate(cfg: dict[str, Any], record: Recorder) -> None:
         for i in range(count)
     ]
     result["stage_seconds"] = round(time.perf_counter() - stage_start, 1)
-    METRICS.mkdir(parents=True, exist_ok=True)
-    (METRICS / "evaluate.json").write_text(json.dumps(result, indent=2) + "\n")
-    FINE_GRAINED.parent.mkdir(parents=True, exist_ok=True)
-    FINE_GRAINED.write_text(json.dumps({"recipe": "mug", "rows": rows}, indent=2) + "\n")
+    atomic_write_text(METRICS / "evaluate.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_text(FINE_GRAINED, json.dumps({"recipe": "mug", "rows": rows}, indent=2) + "\n")
     record.add_artifact(METRICS / "evaluate.json", name="mug_evaluate.json")
 
 

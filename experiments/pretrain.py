@@ -55,8 +55,19 @@ def build_train_loader(data: DataConfig, loader: LoaderConfig):
     from nas.data.transforms import build_train_transform
 
     dataset = build_training_set(data, build_train_transform(data.transform))
-    collate = make_collate(load_tokenizer(), data.text_max_length)
+    collate = make_collate(load_tokenizer(), data.text_max_length, unk_only=data.unk_only_captions)
     return build_loader(dataset, loader, collate, shuffle=True)
+
+
+def check_training_set(name: str, loader, data: DataConfig, seed: int) -> dict[str, Any]:
+    """The pre-flight of a stage's training list (images decoded, captions counted) before step 1; every
+    rank runs it (same sample), so a bad image stops every rank alike."""
+    from nas.data.tokenizer import load_tokenizer
+    from nas.data.training_set import preflight
+
+    checked = preflight(loader.dataset, data, tokenizer=load_tokenizer(), seed=seed)
+    print(f"{name} pre-flight: {checked}")
+    return checked
 
 
 def training_callbacks(name: str, variant: str, record: Recorder):
@@ -96,6 +107,7 @@ def stage(cfg: dict[str, Any], record: Recorder) -> None:
     manual_seed(cfg["seed"] + idist.get_rank())
     model = build_model(spec, stage_cfg.model_overrides)
     loader = build_train_loader(data, loader_cfg)
+    checked = check_training_set(f"{name}[{variant}]", loader, data, cfg["seed"])
     if has_dictionary(model) and stage_cfg.init_from is None:
         # Stage 1 of a VD variant: start from the build_vd artifact; γ ramps over this stage's steps.
         from nas.models.vd_build import load_initial_dictionary
@@ -152,6 +164,7 @@ def stage(cfg: dict[str, Any], record: Recorder) -> None:
         "variant": variant,
         "config_digest": digest,
         "identity": identity,
+        "preflight": checked,
         "resumed_from": result["resumed_from"],
         "final": history[-1] if history else {},
         "epochs": history,

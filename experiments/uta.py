@@ -73,8 +73,10 @@ def read_context(cfg: dict[str, Any]) -> Context:
 
 
 def write_json(path: Path, value: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(value, indent=2) + "\n")
+    """`value` as indented JSON, written atomically (a later stage never reads half a file)."""
+    from nas.engine.checkpoint import atomic_write_text
+
+    atomic_write_text(path, json.dumps(value, indent=2) + "\n")
 
 
 # ---- data -----------------------------------------------------------------------------------------
@@ -120,7 +122,11 @@ def pair_loader(
         transform,
         skip_bad_images=data.skip_bad_images,
         max_words=data.max_words,
+        allow_outside_root=data.allow_outside_root,
     )
+    from experiments.common import preflight_once
+
+    preflight_once(pairs, data)
     dataset = MemoizedImages(pairs) if memoize else pairs
     loader_cfg = effective_loader(ctx.raw, loader_overrides, where)
     return build_loader(dataset, loader_cfg, make_bpe_collate(BpeTokenizer(context)), shuffle=True)
@@ -131,7 +137,13 @@ def decode_images(data: Any, paths: list[str]):
     from nas.data.captions import stack_images
     from nas.data.transforms import build_eval_transform
 
-    return stack_images(data.images, paths, build_eval_transform(data.transform), data.root)
+    return stack_images(
+        data.images,
+        paths,
+        build_eval_transform(data.transform),
+        data.root,
+        allow_outside_root=data.allow_outside_root,
+    )
 
 
 # ---- teacher --------------------------------------------------------------------------------------
@@ -151,11 +163,11 @@ def load_stage_teacher(ctx: Context):
 
 def stage_teacher(cfg: dict[str, Any], record: Recorder) -> None:
     import ignite.distributed as idist
-    import torch
     from ignite.utils import manual_seed
 
     from experiments.pretrain import training_callbacks
     from nas.config.stages import config_digest
+    from nas.engine.checkpoint import atomic_save
     from nas.engine.fit import fit
     from nas.models.clip_teacher import ClipTrainer, load_teacher
     from nas.models.registry import create_model
@@ -201,8 +213,7 @@ def stage_teacher(cfg: dict[str, Any], record: Recorder) -> None:
         )
         if idist.get_rank() != 0:
             return
-        TEACHER_RUN.mkdir(parents=True, exist_ok=True)
-        torch.save(teacher.clip.state_dict(), TEACHER_RUN / "teacher.pt")
+        atomic_save(teacher.clip.state_dict(), TEACHER_RUN / "teacher.pt")
         teacher_record = {"source": "trained", "model": model_cfg, "weights": str(TEACHER_RUN / "teacher.pt")}
         summary |= {"config_digest": digest, "resumed_from": result["resumed_from"]}
         summary |= {"final": result["history"][-1], "epochs": result["history"], "steps": result["steps"]}
@@ -246,11 +257,11 @@ def load_student(ctx: Context, path: Path):
 
 def stage_pretrain(cfg: dict[str, Any], record: Recorder) -> None:
     import ignite.distributed as idist
-    import torch
     from ignite.utils import manual_seed
 
     from experiments.pretrain import training_callbacks
     from nas.config.stages import config_digest
+    from nas.engine.checkpoint import atomic_save
     from nas.engine.fit import fit
     from nas.evaluation.seeds import mean_std
     from nas.models.uta import UTAPretrainer
@@ -292,8 +303,7 @@ def stage_pretrain(cfg: dict[str, Any], record: Recorder) -> None:
                 on_log_step=on_log_step,
             )
             if idist.get_rank() == 0:
-                student_file(arm, seed).parent.mkdir(parents=True, exist_ok=True)
-                torch.save(model.student.state_dict(), student_file(arm, seed))
+                atomic_save(model.student.state_dict(), student_file(arm, seed))
             history = result["history"]
             runs.setdefault(arm, {})[str(seed)] = {
                 "config_digest": digest,
@@ -324,10 +334,10 @@ def finetune_train_config(ft, seed: int):
 
 def stage_finetune(cfg: dict[str, Any], record: Recorder) -> None:
     import ignite.distributed as idist
-    import torch
 
     from experiments.pretrain import training_callbacks
     from nas.config.stages import config_digest
+    from nas.engine.checkpoint import atomic_save
     from nas.engine.fit import fit
     from nas.models.uta import UTAContrastive
 
@@ -362,9 +372,8 @@ def stage_finetune(cfg: dict[str, Any], record: Recorder) -> None:
             if idist.get_rank() != 0:
                 continue
             out_dir = FINETUNE_RUN / f"seed{seed}"
-            out_dir.mkdir(parents=True, exist_ok=True)
-            torch.save(model.student.state_dict(), out_dir / "student.pt")
-            torch.save(model.text.clip.state_dict(), out_dir / "text.pt")
+            atomic_save(model.student.state_dict(), out_dir / "student.pt")
+            atomic_save(model.text.clip.state_dict(), out_dir / "text.pt")
             steps = [row["clip"] for row in result["steps"] if "clip" in row]
             summary["runs"][str(seed)] = {
                 "first_logged_loss": steps[0] if steps else None,

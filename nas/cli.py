@@ -26,14 +26,29 @@ STAGES: dict[str, tuple[str, str]] = {
 
 
 def _config_command(argv: Sequence[str]) -> int:
-    from nas.config.params import load_params, resolve
-
-    parser = argparse.ArgumentParser(prog="nas config", description="Print the resolved params of a variant.")
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--variant", default=None)
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser = argparse.ArgumentParser(
+        prog="nas config",
+        description="Print the resolved params of a variant, checked as a stage checks them (every key of "
+        "every section); exit 2 with one error line on an unknown key or a wrong value.",
+    )
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument("--variant", default=None, help="a key of `variants` in the params file")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one param (dotted key, YAML value); unknown keys are errors",
+    )
     args = parser.parse_args(argv)
-    cfg = resolve(load_params(args.params), args.variant, args.overrides)
+    # The stages' own reading of the params (experiments.common registers the sections that the
+    # experiment modules type), so `nas config` accepts and refuses exactly what a stage does.
+    common = importlib.import_module("experiments.common")
+    try:
+        cfg = common.load_config(args.params, args.variant, args.overrides)
+    except common.ConfigError as exc:
+        return common.report_user_error("nas config", exc)
     print(json.dumps(cfg, indent=2, sort_keys=True))
     return 0
 

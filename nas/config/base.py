@@ -12,13 +12,39 @@ import dataclasses
 import difflib
 import types
 import typing
+from collections.abc import Mapping
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 T = TypeVar("T")
 
 
 class ConfigError(ValueError):
-    """A params value or key is wrong; the message names the dotted key path."""
+    """A params value or key is wrong; the message names the dotted key path.
+
+    `path` is that dotted path when the error knows it (`from_dict` and the params checks set it), so a
+    caller can tell where the offending value came from (the params file, a variant, a `--set`)."""
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+def describe(value: Any) -> str:
+    """A value as an error message shows it: its repr and its type (`5 (int)`, `'abc' (str)`, `null`)."""
+    if value is None:
+        return "null"
+    text = repr(value)
+    if len(text) > 80:  # one line: a whole section pasted where a number belongs is cut
+        text = text[:77] + "..."
+    return f"{text} ({type(value).__name__})"
+
+
+def did_you_mean(name: Any, choices: Any, shown: Any = None) -> str:
+    """` (did you mean 'x'?)` for the closest of `choices`, else ''; `shown` maps a choice to its text."""
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1)
+    if not close:
+        return ""
+    return f" (did you mean {(shown or str)(close[0])!r}?)"
 
 
 def _fmt(path: str, key: str | None = None) -> str:
@@ -35,55 +61,71 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         args = get_args(tp)
         if value is None and type(None) in args:
             return None
+        options = [arg for arg in args if arg is not type(None)]
+        if len(options) == 1:  # `X | None`: X's own error, saying that null is allowed too
+            try:
+                return _coerce(value, options[0], path)
+            except ConfigError as exc:
+                if exc.path != path:  # an error inside the value (e.g. an unknown nested key)
+                    raise
+                raise ConfigError(f"{exc} (or null)", path=path) from None
         errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
+        for arg in options:
             try:
                 return _coerce(value, arg, path)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(f"{_fmt(path)}: {value!r} matches none of {tp}: {'; '.join(errors)}")
+        raise ConfigError(
+            f"{_fmt(path)}: {describe(value)} matches none of {tp}: {'; '.join(errors)}", path=path
+        )
     if origin is Literal:
         choices = get_args(tp)
         if value not in choices:
-            raise ConfigError(f"{_fmt(path)}: {value!r} is not one of {list(choices)}")
+            raise ConfigError(
+                f"{_fmt(path)}: {value!r} is not one of {list(choices)}{did_you_mean(value, choices, str)}",
+                path=path,
+            )
         return value
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
-            raise ConfigError(f"{_fmt(path)}: expected a mapping for {tp.__name__}, got {value!r}")
+            raise ConfigError(
+                f"{_fmt(path)}: expected a mapping of {tp.__name__} settings, got {describe(value)}",
+                path=path,
+            )
         return from_dict(tp, value, path)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{_fmt(path)}: expected a list, got {value!r}")
+            raise ConfigError(f"{_fmt(path)}: expected a list, got {describe(value)}", path=path)
         args = get_args(tp)
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(args) != len(value):
-                raise ConfigError(f"{_fmt(path)}: expected {len(args)} items, got {len(value)}")
+                raise ConfigError(
+                    f"{_fmt(path)}: expected {len(args)} items, got {len(value)}: {value!r}", path=path
+                )
             return tuple(_coerce(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
         item = args[0] if args else Any
         items = [_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{_fmt(path)}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{_fmt(path)}: expected a mapping, got {describe(value)}", path=path)
         kt, vt = get_args(tp) or (Any, Any)
         return {_coerce(k, kt, path): _coerce(v, vt, _fmt(path, str(k))) for k, v in value.items()}
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{_fmt(path)}: expected true/false, got {value!r}")
+            raise ConfigError(f"{_fmt(path)}: expected true/false, got {describe(value)}", path=path)
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
                 return int(value)
-            raise ConfigError(f"{_fmt(path)}: expected an integer, got {value!r}")
+            raise ConfigError(f"{_fmt(path)}: expected an integer, got {describe(value)}", path=path)
         return value
     if tp is float:
         if isinstance(value, bool):
-            raise ConfigError(f"{_fmt(path)}: expected a number, got {value!r}")
+            raise ConfigError(f"{_fmt(path)}: expected a number, got {describe(value)}", path=path)
         if isinstance(value, (int, float)):
             return float(value)
         if isinstance(value, str):  # YAML reads "1e-4" (no dot) as a string
@@ -91,41 +133,45 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
                 return float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{_fmt(path)}: expected a number, got {value!r}")
+        raise ConfigError(f"{_fmt(path)}: expected a number, got {describe(value)}", path=path)
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{_fmt(path)}: expected a string, got {value!r}")
+            raise ConfigError(f"{_fmt(path)}: expected a string, got {describe(value)}", path=path)
         return value
     if isinstance(tp, type) and isinstance(value, tp):
         return value
-    raise ConfigError(f"{_fmt(path)}: cannot read {value!r} as {tp}")
+    raise ConfigError(f"{_fmt(path)}: cannot read {describe(value)} as {tp}", path=path)
 
 
 def from_dict(cls: type[T], data: dict[str, Any] | None, path: str = "") -> T:
     """Build dataclass `cls` from `data`; unknown keys and wrong types raise ConfigError."""
+    if data is not None and not isinstance(data, Mapping):
+        raise ConfigError(
+            f"{_fmt(path)}: expected a mapping of {cls.__name__} settings, got {describe(data)}", path=path
+        )
     data = dict(data or {})
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = [k for k in data if k not in fields]
     if unknown:
         key = unknown[0]
-        close = difflib.get_close_matches(str(key), list(fields), n=1)
-        hint = f" (did you mean {_fmt(path, close[0])!r}?)" if close else ""
+        hint = did_you_mean(key, fields, lambda name: _fmt(path, name))
         raise ConfigError(
-            f"unknown config key {_fmt(path, str(key))!r}{hint}; {cls.__name__} accepts: {sorted(fields)}"
+            f"unknown config key {_fmt(path, str(key))!r}{hint}; {cls.__name__} accepts: {sorted(fields)}",
+            path=_fmt(path, str(key)),
         )
     kwargs = {}
     for name, field in fields.items():
         if name in data:
             kwargs[name] = _coerce(data[name], hints[name], _fmt(path, name))
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"missing required config key {_fmt(path, name)!r}")
+            raise ConfigError(f"missing required config key {_fmt(path, name)!r}", path=_fmt(path, name))
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as exc:  # __post_init__ validation
         if isinstance(exc, ConfigError):
             raise
-        raise ConfigError(f"{_fmt(path)}: {exc}") from exc
+        raise ConfigError(f"{_fmt(path)}: {exc}", path=path) from exc
 
 
 def to_dict(cfg: Any) -> Any:
@@ -153,9 +199,14 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     """`set_dotted(d, "train.lr", 1e-4)`; intermediate mappings are created."""
     keys = dotted.split(".")
+    if not all(keys):
+        raise ConfigError(f"{dotted!r} is not a dotted key path (a name between every two dots)", path=dotted)
     node = data
-    for key in keys[:-1]:
+    for depth, key in enumerate(keys[:-1]):
         node = node.setdefault(key, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"{dotted!r}: {key!r} is not a mapping")
+            where = ".".join(keys[: depth + 1])
+            raise ConfigError(
+                f"{where} is {describe(node)}, not a mapping, so {dotted!r} cannot be set", path=where
+            )
     node[keys[-1]] = value

@@ -64,10 +64,29 @@ class DataConfig:
     max_words: int = 30  # ALBEF pre_caption(max_words=30) for pretraining captions
     text_max_length: int = 32  # BERT tokens incl. [CLS]/[SEP]; the longest synthetic caption is 27
     skip_bad_images: bool = False  # True: a missing/corrupt image is skipped and counted, never silent
+    # Image paths of the annotation files must stay inside root/image_root once `..` and symlinks are
+    # resolved; an absolute path or one leaving it is an error naming file, record and path. True reads
+    # them anyway (e.g. an image folder symlinked from another disk).
+    allow_outside_root: bool = False
+    # Captions whose tokens are all [UNK] besides [CLS]/[SEP] (emoji-only, an unsupported script):
+    # `count` trains on them and counts them (batch key num_unk_only); `error` stops, naming the
+    # annotation file, the record and the caption.
+    unk_only_captions: Literal["count", "error"] = "count"
+    # Pre-flight of the training list before the first step (nas.data.training_set.preflight): the
+    # images exist and decode as training decodes them. `full`: every distinct image; `sample`:
+    # `preflight_sample` of them (a seeded draw); `off`: nothing checked. A bad image is an error naming
+    # file and record or, with skip_bad_images, counted and listed in the stage's record. Unless `off`,
+    # every caption is also counted (cut, [UNK]-only; ~20 us a caption) and `unk_only_captions: error`
+    # refuses the list before the first step. Measured on the 1,800-image synthetic set (2 CPU cores):
+    # full 0.23 s, sample 1,000 0.13 s, the 3,600 captions 0.07 s.
+    preflight: Literal["full", "sample", "off"] = "sample"
+    preflight_sample: int = 1000
 
     def __post_init__(self):
         if self.text_max_length < 2:
             raise ValueError("text_max_length must be >= 2 (transformers 5 ignores truncation below 2)")
+        if self.preflight_sample < 1:
+            raise ValueError(f"preflight_sample must be >= 1, got {self.preflight_sample}")
 
     def path(self, name: str) -> Path:
         return Path(self.root) / name

@@ -10,9 +10,10 @@ Sources of the facts (so each entry can be re-checked):
   published by the hosts, so they only size the plan and are never enforced. None = unknown.
 - Checksums: only where published or shipped. VALSE and SugarCrepe JSONs: the project's own
   `nas/resources/benchmarks/*/SHA256SUMS` (byte-identical to upstream at the pinned commits);
-  Winoground `examples.jsonl`: BENCHMARKS.md §2.1; DeiT: the sha256 prefix in its torch.hub file
-  name. Everything else has none: `download` records the sha256 of the first download in the
-  manifest and checks later copies against it.
+  Winoground `examples.jsonl`: BENCHMARKS.md §2.1. Only full digests count: DeiT's file name carries
+  an 8-digit sha256 prefix (torch.hub's convention), which is not a checksum. Everything else has
+  none: `download` records the sha256 of the first download in the manifest and checks later copies
+  against it.
 
 Image shards of CC3M and SBU come from URL lists through img2dataset (`ShardJob`).
 """
@@ -46,7 +47,7 @@ class Resource:
     filename: str  # where the file lands, relative to the data root
     url: str | None = None  # None for manual steps; for those, `instructions` says what to do
     size: int | None = None  # bytes, where known (planning only, never enforced)
-    sha256: str | None = None  # published/shipped checksum; a hex prefix (>= 8 chars) is allowed
+    sha256: str | None = None  # published/shipped checksum: the full 64 hex digits (prefixes are refused)
     extract_to: str | None = None  # archives: folder (relative to the root) to extract into
     licence: str = ""
     source: str = ""  # where the URL / size / checksum are documented
@@ -403,8 +404,9 @@ def _weights() -> list[Resource]:
             "weights/deit_base_patch16_224-b5f2ef4d.pth",
             "https://dl.fbaipublicfiles.com/deit/deit_base_patch16_224-b5f2ef4d.pth",
             # torch.hub convention: the file name carries the sha256's first 8 hex digits (ALBEF loads
-            # it with check_hash=True).
-            sha256="b5f2ef4d",
+            # it with check_hash=True). A prefix is not a checksum and no full digest is published, so
+            # the first download's sha256 is recorded in the manifest (trust on first use).
+            sha256=None,
             licence="Apache-2.0",
             source="ALBEF models/vit.py; DeiT README",
         ),

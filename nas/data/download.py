@@ -2,19 +2,31 @@
 and the img2dataset step for the CC3M / SBU image shards.
 
 `download` never leaves a half-written or unverified file under its final name: bytes go to
-`<name>.part` (resumed with an HTTP Range request after a dropped connection), the sha256 is checked,
-and only then is the file moved into place (os.replace, atomic on one file system). Files without a
-published checksum get theirs recorded in a manifest on first download ("trust on first use"), so a
-later copy that differs is caught. `extract` refuses members that would land outside the target.
-Only the standard library is used (urllib, tarfile, zipfile); img2dataset is optional.
+`<name>.part`, the checksum is checked, and only then is the file moved into place (os.replace, atomic
+on one file system). A dropped connection is resumed only when the server gave a validator when the
+download started (a strong ETag, else Last-Modified, kept in `<name>.part.json`): the resume request
+carries `If-Range` with it, so a file that changed on the server is fetched again whole, never spliced
+from two versions. Checksums are full digests ("<64 hex>" for sha256, or "<algorithm>:<full hex>");
+a prefix is refused. Files without a published checksum get their sha256 recorded in a manifest on
+first download ("trust on first use"), so a later copy that differs is caught.
+
+`extract` checks every member before anything is written (paths, links followed through the links
+defined before them, devices), bounds the total size and the expansion ratio, extracts into a
+temporary folder and moves the result into place; its marker records the archive's sha256, so a
+changed archive is extracted again. Only the standard library is used (urllib, tarfile, zipfile);
+img2dataset is optional.
 """
 
 from __future__ import annotations
 
+import copy
 import datetime
+import errno
+import glob
 import hashlib
 import http.client
 import importlib.util
+import inspect
 import json
 import logging
 import os
@@ -24,10 +36,12 @@ import shutil
 import stat
 import sys
 import tarfile
+import tempfile
 import time
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -43,7 +57,19 @@ CHUNK_SIZE = 1 << 20
 # Transient HTTP statuses worth another try; any other error status is final.
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 _NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError)
-_HEX = re.compile(r"^[0-9a-f]{8,64}$")
+# Hex length of each algorithm's full digest ("shake_*" have no fixed length and are not offered).
+DIGEST_HEX_LENGTHS = {
+    name: hashlib.new(name).digest_size * 2
+    for name in sorted(hashlib.algorithms_guaranteed)
+    if not name.startswith("shake_")
+}
+# Extraction limits: the declared uncompressed total may be at most MAX_EXPANSION_RATIO times the
+# archive's size (archives expanding to at most RATIO_EXEMPT_BYTES are not ratio-checked) and at most
+# DISK_FRACTION of the free disk under the target (or `max_bytes`, if smaller).
+MAX_EXPANSION_RATIO = 200.0
+RATIO_EXEMPT_BYTES = 1 << 20
+DISK_FRACTION = 0.95
+_MARKER_FORMAT = 2
 
 
 class DownloadError(RuntimeError):
@@ -51,11 +77,15 @@ class DownloadError(RuntimeError):
 
 
 class ChecksumError(DownloadError):
-    """The bytes do not have the expected sha256; the file was not moved into place."""
+    """The bytes do not have the expected digest; the file was not moved into place."""
 
-    def __init__(self, path: Path, expected: str, actual: str, note: str = ""):
+    def __init__(self, path: Path, expected: str, actual: str, note: str = "", algorithm: str = "sha256"):
         self.path, self.expected, self.actual = path, expected, actual
-        super().__init__(f"sha256 mismatch for {path}: expected {expected}, got {actual}{note}")
+        super().__init__(f"{algorithm} mismatch for {path}: expected {expected}, got {actual}{note}")
+
+
+class ChecksumFormatError(ValueError):
+    """A checksum is not the full hex digest of its algorithm (a prefix is not a checksum)."""
 
 
 class ManualStepRequired(DownloadError):
@@ -63,11 +93,20 @@ class ManualStepRequired(DownloadError):
 
 
 class UnsafeArchiveError(ValueError):
-    """An archive member would land outside the target folder; names the archive and the member."""
+    """An archive member would land outside the target folder, or the archive is damaged; names the
+    archive and the member."""
+
+
+class ArchiveLimitError(UnsafeArchiveError):
+    """An archive expands beyond a size or ratio limit; names the archive, the member and the limit."""
 
 
 class MissingDependency(RuntimeError):
     """An optional tool is not installed; the message says how to install it and what to run."""
+
+
+class _Restart(Exception):
+    """The partial file cannot be continued (the server's copy changed, or it resumed elsewhere)."""
 
 
 # ---- the manifest --------------------------------------------------------------------------------
@@ -100,27 +139,68 @@ class Manifest:
 
     def record(self, file: Path, **entry: Any) -> None:
         self.entries[self.key(file)] = entry
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps({"files": self.entries}, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, self.path)
+        _write_json_atomically(self.path, {"files": self.entries})
+
+
+def _write_json_atomically(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
 
 
 def sha256_file(path: Path, chunk_size: int = CHUNK_SIZE) -> str:
-    digest = hashlib.sha256()
+    return _digests(path, ("sha256",), chunk_size)["sha256"]
+
+
+def _digests(path: Path, algorithms: Iterable[str], chunk_size: int = CHUNK_SIZE) -> dict[str, str]:
+    """The hex digests of `path` for each algorithm, in one pass over the file."""
+    hashers = {name: hashlib.new(name) for name in dict.fromkeys(algorithms)}
     with open(path, "rb") as stream:
         while chunk := stream.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
+            for hasher in hashers.values():
+                hasher.update(chunk)
+    return {name: hasher.hexdigest() for name, hasher in hashers.items()}
 
 
-def _check_digest_format(sha256: str | None) -> str | None:
-    if sha256 is None:
+def parse_checksum(value: str | None, entry: str = "checksum") -> tuple[str, str] | None:
+    """`"<hex>"` (sha256) or `"<algorithm>:<hex>"` -> (algorithm, lower-case hex); None stays None.
+
+    The hex must be the algorithm's full digest (64 digits for sha256, 40 for sha1, 32 for md5, ...):
+    anything shorter, such as the 8-digit sha256 prefix in a torch.hub file name, is not a checksum
+    and raises ChecksumFormatError naming `entry` and the length.
+    """
+    if value is None:
         return None
-    digest = sha256.strip().lower()
-    if not _HEX.match(digest):
-        raise ValueError(f"sha256 must be 8 to 64 hex digits (a prefix is allowed), got {sha256!r}")
-    return digest
+    text = str(value).strip().lower()
+    algorithm, sep, digest = text.partition(":")
+    if not sep:
+        algorithm, digest = "sha256", text
+    if algorithm not in DIGEST_HEX_LENGTHS:
+        raise ChecksumFormatError(
+            f"{entry}: checksum {value!r} names the unknown algorithm {algorithm!r}; use one of "
+            f"{', '.join(DIGEST_HEX_LENGTHS)} as '<algorithm>:<hex>' (a bare hex digest is a sha256)"
+        )
+    if not re.fullmatch(r"[0-9a-f]+", digest):
+        raise ChecksumFormatError(f"{entry}: checksum {value!r} is not hex digits")
+    need = DIGEST_HEX_LENGTHS[algorithm]
+    if len(digest) != need:
+        hint = ""
+        if not sep:
+            others = [name for name, n in DIGEST_HEX_LENGTHS.items() if n == len(digest)]
+            if others:
+                hint = f"; if it is a full {others[0]}, write it as '{others[0]}:<hex>'"
+        kind = "a prefix is not a checksum" if len(digest) < need else "too long"
+        raise ChecksumFormatError(
+            f"{entry}: checksum {value!r} has {len(digest)} hex digits, but a full {algorithm} digest "
+            f"has {need} ({kind}){hint}"
+        )
+    return algorithm, digest
+
+
+def _spec(checksum: tuple[str, str]) -> str:
+    algorithm, digest = checksum
+    return digest if algorithm == "sha256" else f"{algorithm}:{digest}"
 
 
 def _stat_signature(path: Path) -> dict[str, int]:
@@ -146,54 +226,66 @@ def download(
 ) -> Path:
     """Fetch `url` to `dest`, verified; returns `dest`.
 
-    - `sha256`: the published checksum (full, or a hex prefix of >= 8 digits). Without one, the
-      manifest's record of an earlier download of the same URL is used, and a first download is
-      recorded there.
+    - `sha256`: the published checksum, the full digest: 64 hex digits, or `"<algorithm>:<full hex>"`
+      for another algorithm (`"md5:<32 hex>"`); a prefix raises ChecksumFormatError. Without one, the
+      manifest's sha256 of an earlier download of the same URL is used, and a first download is
+      recorded there (only once it is complete: as long as the server announced, when it did).
     - An existing `dest` is checked, not re-fetched. A mismatch raises ChecksumError and leaves it.
-    - Bytes go to `<dest>.part`; a dropped connection resumes with `Range: bytes=<n>-` (or restarts
-      when the server ignores ranges), at most `retries` more attempts, `backoff * 2**k` s apart.
+    - Bytes go to `<dest>.part`, the server's validator (strong ETag, else Last-Modified) to
+      `<dest>.part.json`. A dropped connection resumes with `Range` + `If-Range: <validator>`; a server
+      whose copy changed answers with the whole new file, which replaces the partial one. Without a
+      validator the download starts again from byte 0. At most `retries` more attempts after errors,
+      `backoff * 2**k` s apart.
     - `reject_html`: an HTML answer is an error (Google Drive serves a page instead of a file when a
       quota is hit), so a page never gets recorded as the file.
     """
     dest = Path(dest)
-    expected = _check_digest_format(sha256)
+    published = parse_checksum(sha256, f"{dest} (from {url})")
     manifest = manifest if manifest is not None else Manifest(dest.parent / MANIFEST_NAME)
     previous = manifest.get(dest)
-    recorded = None
-    if expected is None and previous and previous.get("url") == url:
-        recorded = previous.get("sha256")  # trust on first use: later copies must match
-    target_digest = expected or recorded
+    expected = published
+    if published is None and previous and previous.get("url") == url and previous.get("sha256"):
+        # trust on first use: later copies must match
+        expected = parse_checksum(previous["sha256"], f"{manifest.path}: entry {manifest.key(dest)!r}")
 
     if dest.exists():
         if not dest.is_file():
             raise DownloadError(f"{dest} exists and is not a file; move it away")
-        _verify_existing(dest, url, target_digest, expected is not None, previous, manifest)
+        _verify_existing(dest, url, expected, published is not None, previous, manifest)
         return dest
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    _fetch_to_part(url, part, retries, timeout, backoff, dict(headers or {}), reject_html, chunk_size)
-    actual = sha256_file(part, chunk_size)
-    if target_digest and not actual.startswith(target_digest):
-        part.unlink()
+    length_checked = _fetch_to_part(
+        url, part, retries, timeout, backoff, dict(headers or {}), reject_html, chunk_size
+    )
+    digests = _digests(part, ["sha256"] + ([expected[0]] if expected else []), chunk_size)
+    if expected and digests[expected[0]] != expected[1]:
+        _discard_part(part)
         origin = (
             "published"
-            if expected
+            if published
             else f"recorded in {manifest.path} on first download; remove that entry if the new file is intended"
         )
         raise ChecksumError(
             dest,
-            target_digest,
-            actual,
+            expected[1],
+            digests[expected[0]],
             f" ({origin}; the download from {url} was deleted, not moved into place)",
+            algorithm=expected[0],
         )
+    if not length_checked:
+        logger.warning("%s: the server did not announce the length; %s is recorded unchecked", url, dest)
     os.replace(part, dest)
+    _part_state_path(part).unlink(missing_ok=True)
     manifest.record(
         dest,
         url=url,
-        sha256=actual,
-        published_sha256=expected,
-        verified=bool(target_digest),
+        sha256=digests["sha256"],
+        published_sha256=published[1] if published and published[0] == "sha256" else None,
+        **({"published_checksum": _spec(published)} if published and published[0] != "sha256" else {}),
+        verified=expected is not None,
+        length_checked=length_checked,
         fetched_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         **_stat_signature(dest),
     )
@@ -203,29 +295,38 @@ def download(
 def _verify_existing(
     dest: Path,
     url: str,
-    digest: str | None,
+    expected: tuple[str, str] | None,
     published: bool,
     previous: dict[str, Any] | None,
     manifest: Manifest,
 ) -> None:
     """Check a file already in place (skipping the hash when the manifest saw this exact file)."""
     unchanged = previous is not None and all(previous.get(k) == v for k, v in _stat_signature(dest).items())
-    if (
-        unchanged
-        and previous is not None
-        and (digest is None or str(previous.get("sha256", "")).startswith(digest))
-    ):
-        return
-    actual = sha256_file(dest)
-    if digest and not actual.startswith(digest):
+    if unchanged and previous is not None:
+        if expected is None:
+            return
+        algorithm, digest = expected
+        known = previous.get("sha256") if algorithm == "sha256" else previous.get("published_checksum")
+        if known == (digest if algorithm == "sha256" else _spec(expected)):
+            return
+    digests = _digests(dest, ["sha256"] + ([expected[0]] if expected else []))
+    if expected and digests[expected[0]] != expected[1]:
         origin = "published" if published else f"recorded in {manifest.path}"
-        raise ChecksumError(dest, digest, actual, f" ({origin}; the existing file was left as it is)")
+        raise ChecksumError(
+            dest,
+            expected[1],
+            digests[expected[0]],
+            f" ({origin}; the existing file was left as it is)",
+            algorithm=expected[0],
+        )
+    pub = expected if published else None
     manifest.record(
         dest,
         url=url,
-        sha256=actual,
-        published_sha256=digest if published else None,
-        verified=bool(digest),
+        sha256=digests["sha256"],
+        published_sha256=pub[1] if pub and pub[0] == "sha256" else None,
+        **({"published_checksum": _spec(pub)} if pub and pub[0] != "sha256" else {}),
+        verified=expected is not None,
         fetched_at=(previous or {}).get("fetched_at", "placed by hand"),
         **_stat_signature(dest),
     )
@@ -241,6 +342,59 @@ def _content_range(value: str | None) -> tuple[int | None, int | None]:
     return start, total
 
 
+def _part_state_path(part: Path) -> Path:
+    return part.with_name(part.name + ".json")
+
+
+def _discard_part(part: Path) -> None:
+    part.unlink(missing_ok=True)
+    _part_state_path(part).unlink(missing_ok=True)
+
+
+def _validators(headers: Any) -> dict[str, str | None]:
+    """The response's validators usable in If-Range: a strong ETag (a weak one may not be used) and
+    Last-Modified."""
+    etag = (headers.get("ETag") or "").strip()
+    modified = (headers.get("Last-Modified") or "").strip()
+    return {
+        "etag": etag if etag and not etag.startswith("W/") else None,
+        "last_modified": modified or None,
+    }
+
+
+def _saved_state(part: Path, url: str) -> tuple[int, dict[str, Any] | None, str]:
+    """(size of `part`, its saved state if the download can continue from it, else why not); reads
+    only."""
+    if not part.is_file():
+        return 0, None, "no partial file"
+    state_path = _part_state_path(part)
+    try:
+        loaded = json.loads(state_path.read_text()) if state_path.is_file() else None
+    except (OSError, json.JSONDecodeError):
+        loaded = None
+    state = loaded if isinstance(loaded, dict) else None
+    size = part.stat().st_size
+    if state is None or not (state.get("etag") or state.get("last_modified")):
+        return size, None, "no validator usable in If-Range (a strong ETag or Last-Modified) was saved for it"
+    if state.get("url") != url:
+        return size, None, f"it was started from another URL ({state.get('url')})"
+    if state.get("total") is not None and size > int(state["total"]):
+        return size, None, f"it is longer than the {state['total']} bytes the server announced"
+    return size, state, ""
+
+
+def _resume_point(part: Path, url: str) -> tuple[int, dict[str, Any] | None]:
+    """(bytes to keep, saved state) for `part`. A partial file without a saved validator for this URL
+    cannot be continued safely: it is deleted and the download starts from byte 0."""
+    size, state, why = _saved_state(part, url)
+    if state is None:
+        if part.exists():
+            logger.warning("%s: %s; restarting the download from byte 0", part, why)
+        _discard_part(part)
+        return 0, None
+    return size, state
+
+
 def _fetch_to_part(
     url: str,
     part: Path,
@@ -250,35 +404,54 @@ def _fetch_to_part(
     headers: dict[str, str],
     reject_html: bool,
     chunk_size: int,
-) -> None:
-    failures = 0
+) -> bool:
+    """Download `url` completely into `part`; returns whether the length was checked against the
+    server's announcement."""
+    failures = restarts = 0
     while True:
-        offset = part.stat().st_size if part.exists() else 0
+        offset, state = _resume_point(part, url)
         request = urllib.request.Request(url, headers=dict(headers))
-        if offset:
+        if offset and state is not None:
             request.add_header("Range", f"bytes={offset}-")
+            request.add_header("If-Range", state.get("etag") or state["last_modified"])
         try:
-            total = _receive(request, part, offset, timeout, reject_html, chunk_size, url)
+            try:
+                total = _receive(request, part, offset, state, timeout, reject_html, chunk_size, url)
+            except urllib.error.HTTPError as exc:
+                exc.close()  # it holds the response's socket
+                if exc.code == 416 and offset and state is not None:
+                    _, total = _content_range(exc.headers.get("Content-Range"))
+                    etag = _validators(exc.headers)["etag"]
+                    if (
+                        total == offset
+                        and state.get("total") in (None, offset)
+                        and etag in (None, state.get("etag"))
+                    ):
+                        return True  # the .part already holds the whole file
+                    raise _Restart(
+                        f"the server has {total} bytes and the partial file {offset}: not the same file"
+                    ) from exc
+                raise
             size = part.stat().st_size if part.exists() else 0
             if total is not None and size < total:
                 raise ConnectionError(f"connection closed after {size} of {total} bytes")
             if total is not None and size > total:
-                part.unlink()
-                raise ConnectionError(f"received {size} bytes, more than the announced {total}; restarting")
-            return
+                raise _Restart(f"received {size} bytes, more than the announced {total}")
+            return total is not None
+        except _Restart as exc:
+            _discard_part(part)
+            restarts += 1
+            if restarts > retries + 1:
+                raise DownloadError(
+                    f"{url}: restarted {restarts} times ({exc}); the partial file was deleted"
+                ) from exc
+            logger.warning("%s: %s; restarting from byte 0", url, exc)
+            continue
         except urllib.error.HTTPError as exc:
-            exc.close()  # it holds the response's socket
-            if exc.code == 416 and offset:
-                _, total = _content_range(exc.headers.get("Content-Range"))
-                if total == offset:
-                    return  # the .part already holds the whole file
-                part.unlink()  # the .part is longer than the file: it is not this file, start over
-                error: Exception = exc
-            elif exc.code not in RETRYABLE_STATUS:
+            if exc.code not in RETRYABLE_STATUS:
                 kept = f"; {offset} bytes kept in {part}" if offset else ""
                 raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}{kept}") from exc
-            else:
-                error = exc
+            error: Exception = exc
         except _NETWORK_ERRORS as exc:
             error = exc
         failures += 1
@@ -297,12 +470,18 @@ def _receive(
     request: urllib.request.Request,
     part: Path,
     offset: int,
+    state: dict[str, Any] | None,
     timeout: float,
     reject_html: bool,
     chunk_size: int,
     url: str,
 ) -> int | None:
-    """One HTTP exchange appended to `part`; returns the full file size when the server says it."""
+    """One HTTP exchange written to `part`; returns the full file size when the server says it.
+
+    A 206 continues `part` only when it starts at `offset`, is for a file of the saved length and
+    carries the saved strong ETag (or, when only Last-Modified was saved, does not carry another
+    date); otherwise _Restart, so even a server that ignores If-Range cannot splice two versions. A 200 is the whole file: `part` is
+    truncated and the new validators are saved before the first byte is written."""
     with urllib.request.urlopen(request, timeout=timeout) as response:
         content_type = response.headers.get("Content-Type", "")
         if reject_html and content_type.startswith("text/html"):
@@ -312,17 +491,48 @@ def _receive(
                 "gdown and place it by hand"
             )
         length = response.headers.get("Content-Length")
+        validators = _validators(response.headers)
         if response.status == 206:
             start, total = _content_range(response.headers.get("Content-Range"))
             if start != offset:
-                part.unlink(missing_ok=True)
-                raise ConnectionError(f"server resumed at byte {start}, not {offset}; restarting")
-            mode = "ab"
-        else:  # 200: the whole file (a server that ignores Range starts over)
+                raise _Restart(f"the server resumed at byte {start}, not {offset}")
+            if offset and state is not None:  # a Range is only sent with a saved validator
+                if state.get("etag") and validators["etag"] != state["etag"]:
+                    raise _Restart(
+                        f"the server's ETag is {validators['etag']}, not {state['etag']} as when the download "
+                        "started: the file changed (and the server ignored If-Range)"
+                    )
+                if (
+                    not state.get("etag")
+                    and validators["last_modified"]
+                    and validators["last_modified"] != state["last_modified"]
+                ):
+                    raise _Restart(
+                        f"the file's Last-Modified is {validators['last_modified']}, not "
+                        f"{state['last_modified']} as when the download started: the file changed"
+                    )
+                if state.get("total") is not None and total is not None and total != state["total"]:
+                    raise _Restart(f"the file is now {total} bytes, not {state['total']}: it changed")
+                mode = "ab"
+            else:
+                mode = "wb"
+        else:  # 200: the whole file (If-Range did not match, or the server ignores Range)
+            if offset:
+                logger.warning("%s: the server sent the whole file; restarting from byte 0", url)
             offset, mode = 0, "wb"
             total = int(length) if length is not None else None
         if total is None and length is not None:
             total = offset + int(length)
+        if mode == "wb":
+            _write_json_atomically(
+                _part_state_path(part),
+                {
+                    "url": url,
+                    **validators,
+                    "total": total,
+                    "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                },
+            )
         with open(part, mode) as stream:
             while chunk := response.read(chunk_size):
                 stream.write(chunk)
@@ -355,6 +565,89 @@ def _escapes(base: PurePosixPath, link_target: str) -> bool:
     return False
 
 
+def _parts(name: str) -> list[str]:
+    return [part for part in name.split("/") if part not in ("", ".")]
+
+
+class _LinkEscape(Exception):
+    pass
+
+
+def _resolve(
+    parts: Iterable[str], links: Mapping[tuple[str, ...], str], follow_last: bool = True
+) -> tuple[str, ...]:
+    """Where `parts` (relative to the target) lands when the symlinks in `links` (location -> link
+    text, as the archive defined them so far) are followed the way the OS does; _LinkEscape when the
+    walk leaves the target (a '..' above it, an absolute link, a loop)."""
+    out: list[str] = []
+    queue = list(parts)
+    hops = 0
+    while queue:
+        part = queue.pop(0)
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not out:
+                raise _LinkEscape("..")
+            out.pop()
+            continue
+        out.append(part)
+        link = links.get(tuple(out))
+        if link is not None and (queue or follow_last):
+            hops += 1
+            if hops > 40:
+                raise _LinkEscape("too many levels of links")
+            if link.startswith("/") or re.match(r"^[A-Za-z]:", link):
+                raise _LinkEscape(link)
+            out.pop()  # a link's text is relative to the folder holding it
+            queue = link.split("/") + queue
+    return tuple(out)
+
+
+def _check_tar_links(archive: Path, members: list[tarfile.TarInfo]) -> None:
+    """Follow every member's path, and every link's target, through the links defined before it in
+    the archive (as extraction would meet them on disk), then every link again once all are defined.
+    Refuses chains such as `a -> .` then `b -> a/..` that a member-by-member lexical check passes."""
+    links: dict[tuple[str, ...], str] = {}
+    names: dict[tuple[str, ...], str] = {}
+    for member in members:
+        parts = _parts(member.name)
+        if not parts:
+            continue
+        where = f"{archive}: member {member.name!r}"
+        try:
+            if member.issym():
+                location = _resolve(parts[:-1], links) + (parts[-1],)  # a symlink replaces what is there
+                links[location], names[location] = member.linkname, member.name
+            else:
+                _resolve(parts, links)  # writing a file or folder follows a link already at its place
+        except _LinkEscape:
+            raise UnsafeArchiveError(
+                f"{where} lies outside the target once the links before it in the archive are followed; "
+                "nothing was extracted"
+            ) from None
+        try:
+            if member.issym():
+                _resolve(list(location[:-1]) + member.linkname.split("/"), links)
+            elif member.islnk():
+                _resolve(member.linkname.split("/"), links)  # hard links name archive paths
+        except _LinkEscape as exc:
+            leads = "loops" if "levels" in str(exc) else "leads outside the target"
+            raise UnsafeArchiveError(
+                f"{where} is a link to {member.linkname!r}, which {leads} once the links before it in the "
+                "archive are followed; nothing was extracted"
+            ) from None
+    for location, text in links.items():  # a later link can change where an earlier one leads
+        try:
+            _resolve(list(location[:-1]) + text.split("/"), links)
+        except _LinkEscape as exc:
+            leads = "loops" if "levels" in str(exc) else "leads outside the target"
+            raise UnsafeArchiveError(
+                f"{archive}: member {names[location]!r} is a link to {text!r}, which {leads} once the "
+                "later links in the archive are followed; nothing was extracted"
+            ) from None
+
+
 def _tar_members(archive: Path, tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
     members = tar.getmembers()
     for member in members:
@@ -373,6 +666,7 @@ def _tar_members(archive: Path, tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
             )
         if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
             raise UnsafeArchiveError(f"{where} is a device or FIFO; nothing was extracted")
+    _check_tar_links(archive, members)
     return members
 
 
@@ -385,6 +679,10 @@ def _zip_members(archive: Path, zf: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
                 f"{where} has an absolute path or a '..' component; nothing was extracted"
             )
         if stat.S_ISLNK(member.external_attr >> 16):
+            if member.file_size > 4096:
+                raise UnsafeArchiveError(
+                    f"{where} is a link of {member.file_size:,} bytes; nothing was extracted"
+                )
             link = zf.read(member).decode("utf-8", "replace")
             if _escapes(PurePosixPath(member.filename).parent, link):
                 raise UnsafeArchiveError(
@@ -393,38 +691,327 @@ def _zip_members(archive: Path, zf: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
     return members
 
 
-def extract(archive: str | Path, target: str | Path) -> Path:
+def _extraction_limit(
+    archive: Path,
+    target: Path,
+    sizes: list[tuple[str, int]],
+    max_ratio: float | None,
+    max_bytes: int | None,
+) -> tuple[int, str]:
+    """The most bytes the extraction may write, and what sets it; ArchiveLimitError when the members'
+    declared sizes already exceed it."""
+    size = archive.stat().st_size
+    free = shutil.disk_usage(target).free
+    caps = [
+        (
+            int(free * DISK_FRACTION),
+            f"{DISK_FRACTION:.0%} of the {_human(free)} free under {target}",
+            "free some disk space or extract elsewhere",
+        )
+    ]
+    if max_bytes is not None:
+        caps.append(
+            (int(max_bytes), f"the size limit max_bytes={max_bytes:,}", "raise max_bytes to allow it")
+        )
+    if max_ratio is not None:
+        caps.append(
+            (
+                max(int(max_ratio * size), RATIO_EXEMPT_BYTES),
+                f"the expansion-ratio limit of {max_ratio:g}x the archive's {size:,} bytes",
+                "a zip bomb? pass a larger max_ratio only if the archive is trusted",
+            )
+        )
+    limit, why, hint = min(caps, key=lambda cap: cap[0])
+    declared = sum(n for _, n in sizes)
+    if declared > limit:
+        name, largest = max(sizes, key=lambda item: item[1])
+        raise ArchiveLimitError(
+            f"{archive}: its members declare {declared:,} bytes ({declared / max(size, 1):,.0f}x the archive), "
+            f"over {why}; the largest member is {name!r} ({largest:,} bytes); nothing was extracted ({hint})"
+        )
+    return limit, why
+
+
+def _extract_zip(
+    archive: Path, zf: zipfile.ZipFile, members: list[zipfile.ZipInfo], tmp: Path, limit: int, why: str
+) -> None:
+    """Write the members into `tmp`, counting bytes: a member is read one byte past the size its header
+    declares (so one that holds more is stopped there), its CRC-32 is checked, and the running total
+    is held to `limit`. Link entries are written as small files holding the link text, as zipfile does."""
+    written = 0
+    for member in members:
+        dest = tmp.joinpath(*_parts(member.filename))
+        if member.is_dir():
+            dest.mkdir(parents=True, exist_ok=True)
+            continue
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        declared = member.file_size
+        probe = copy.copy(member)
+        probe.file_size, probe.CRC = declared + 1, None  # read past the header's size; CRC checked below
+        count, crc = 0, 0
+        with zf.open(probe) as source, open(dest, "wb") as out:
+            while chunk := source.read(min(CHUNK_SIZE, declared + 1 - count)):
+                count += len(chunk)
+                written += len(chunk)
+                if count > declared:
+                    raise ArchiveLimitError(
+                        f"{archive}: member {member.filename!r} holds more than the {declared:,} bytes its "
+                        "header declares; extraction stopped"
+                    )
+                if written > limit:
+                    raise ArchiveLimitError(
+                        f"{archive}: extraction reached {written:,} bytes at member {member.filename!r}, over "
+                        f"{why}; extraction stopped"
+                    )
+                crc = zlib.crc32(chunk, crc)
+                out.write(chunk)
+        if count != declared or crc != member.CRC:
+            raise UnsafeArchiveError(
+                f"{archive}: member {member.filename!r} is damaged ({count:,} of the {declared:,} bytes its "
+                f"header declares{', CRC-32 mismatch' if count == declared else ''}); extraction stopped"
+            )
+
+
+def _extract_tar(
+    archive: Path, tar: tarfile.TarFile, members: list[tarfile.TarInfo], tmp: Path, limit: int, why: str
+) -> None:
+    """Extract into `tmp` through tarfile's `data` filter where it exists (Python 3.12, 3.11.4+; it
+    re-checks every path and link against the real file system as it goes), else with modes
+    sanitised the same way (the member checks before this are then the only line of defence). tarfile
+    copies exactly the size each header declares, and the running total is held to `limit`."""
+    written = 0
+
+    def count(member: tarfile.TarInfo) -> tarfile.TarInfo:
+        nonlocal written
+        if member.isreg():
+            written += member.size
+            if written > limit:
+                raise ArchiveLimitError(
+                    f"{archive}: extraction reached {written:,} bytes at member {member.name!r}, over {why}; "
+                    "extraction stopped"
+                )
+        return member
+
+    data_filter = getattr(tarfile, "data_filter", None)
+    if data_filter is not None:
+        tar.extractall(tmp, members, filter=lambda member, path: count(data_filter(member, path)))
+        return
+    sanitised = []
+    for member in members:
+        member = copy.copy(member)
+        if member.isreg():
+            member.mode = (member.mode & 0o755) | 0o600
+        elif member.isdir():
+            member.mode &= 0o755
+        sanitised.append(member)
+    kwargs: dict[str, Any] = {}
+    if "filter" in inspect.signature(tar.extractall).parameters:
+        kwargs["filter"] = lambda member, path: count(member)
+    tar.extractall(tmp, sanitised, **kwargs)
+
+
+def _extraction_settings(kind: str) -> dict[str, str]:
+    if kind == "tar":
+        return {"kind": kind, "tar_filter": "data" if hasattr(tarfile, "data_filter") else "own check"}
+    return {"kind": kind}
+
+
+def _archive_signature(archive: Path) -> dict[str, int]:
+    info = archive.stat()
+    return {"size": info.st_size, "mtime_ns": info.st_mtime_ns, "inode": info.st_ino}
+
+
+def _read_marker(marker: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(marker.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) and data.get("format") == _MARKER_FORMAT else None
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def _move(src: Path, dst: Path) -> None:
+    try:
+        os.replace(src, dst)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:  # dst is under a link to another file system
+            raise
+        shutil.move(str(src), str(dst))
+
+
+def _merge(src: Path, dst: Path) -> None:
+    """Move `src` onto `dst`: folders are merged (a link to a folder is merged into), anything else
+    replaced."""
+    if src.is_dir() and not src.is_symlink() and dst.is_dir():
+        for child in src.iterdir():
+            there = dst / child.name
+            if os.path.lexists(there):
+                _merge(child, there)
+            else:
+                _move(child, there)
+    else:
+        _remove(dst)
+        _move(src, dst)
+
+
+def _place(tmp: Path, target: Path, archive_name: str, previous: dict[str, Any] | None) -> list[str]:
+    """Move the extracted tree from `tmp` into `target`. Top-level entries that only the previous
+    extraction of this archive made are replaced whole (and those the new version lacks removed);
+    entries shared with other archives' markers, or made by hand, are merged into."""
+    new_top = sorted(entry.name for entry in tmp.iterdir())
+    old_top = set((previous or {}).get("top_level", []))
+    claimed: set[str] = set()
+    for other in target.glob(".extracted.*"):
+        if other.name != f".extracted.{archive_name}":
+            claimed.update((_read_marker(other) or {}).get("top_level", []))
+    for name in new_top:
+        src, dst = tmp / name, target / name
+        if not os.path.lexists(dst):
+            _move(src, dst)
+        elif name in old_top and name not in claimed and not dst.is_symlink():
+            _remove(dst)
+            _move(src, dst)
+        else:
+            _merge(src, dst)
+    for name in sorted(old_top - set(new_top) - claimed):
+        if os.path.lexists(target / name):
+            _remove(target / name)
+    return new_top
+
+
+def _remove_stale_temporaries(target: Path, archive_name: str) -> None:
+    """Delete `.extracting.<archive>.<pid>.*` folders of runs that were killed (their process is gone)."""
+    for stale in target.glob(f".extracting.{glob.escape(archive_name)}.*"):
+        pid = stale.name[len(f".extracting.{archive_name}.") :].split(".")[0]
+        if pid.isdigit() and int(pid) != os.getpid():
+            try:
+                os.kill(int(pid), 0)
+                continue  # still running: another extraction of the same archive
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+        elif pid.isdigit():
+            continue  # ours: removed by the `finally` of the extraction that made it
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _extract_and_place(
+    archive: Path, target: Path, previous: dict[str, Any] | None, write: Callable[[Path], None]
+) -> list[str]:
+    """Run `write` into a fresh temporary folder inside `target`, then move the result into place
+    (the marker is removed first, so an interrupted move is never taken as complete)."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".extracting.{archive.name}.{os.getpid()}.", dir=target))
+    try:
+        try:
+            write(tmp)
+        except UnsafeArchiveError as exc:
+            raise type(exc)(f"{exc}; nothing was moved into {target}") from exc
+        except (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError) as exc:
+            raise UnsafeArchiveError(
+                f"{archive}: {type(exc).__name__}: {exc} (extraction stopped; nothing was moved into {target})"
+            ) from exc
+        (target / f".extracted.{archive.name}").unlink(missing_ok=True)
+        return _place(tmp, target, archive.name, previous)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def extract(
+    archive: str | Path,
+    target: str | Path,
+    *,
+    max_ratio: float | None = MAX_EXPANSION_RATIO,
+    max_bytes: int | None = None,
+    archive_sha256: str | None = None,
+) -> Path:
     """Unpack a zip or tar (.tar, .tar.gz, .tgz, .tar.bz2, .tar.xz) into `target`; returns `target`.
 
-    Every member is checked before anything is written: an absolute path, a '..' component or a link
-    pointing outside `target` raises UnsafeArchiveError naming the member. A marker file
-    `.extracted.<archive name>` makes a second call a no-op.
+    - Every member is checked before anything is written: an absolute path, a '..' component, a
+      device or FIFO, or a link that leads outside `target` (following the links defined before it in
+      the archive) raises UnsafeArchiveError naming the member.
+    - The members' declared sizes may add up to at most `max_ratio` times the archive's size (None:
+      no ratio limit), `max_bytes`, and DISK_FRACTION of the free disk under `target`; the same limits
+      are enforced while writing, and a zip member holding more than its header declares is stopped.
+      ArchiveLimitError names the archive, the member and the limit.
+    - Members are extracted into a temporary folder inside `target`, then moved into place; only then
+      is the marker `.extracted.<archive name>` written, holding the archive's sha256 and the
+      extraction settings. A later call with the same archive is a no-op (the sha256 is recomputed
+      only when the archive's size, mtime or inode changed, or taken from `archive_sha256`); a changed
+      archive is extracted again and replaces what its previous version put there.
     """
     archive, target = Path(archive), Path(target)
     if not archive.is_file():
         raise FileNotFoundError(f"archive not found: {archive}")
-    marker = target / f".extracted.{archive.name}"
-    if marker.is_file():
-        return target
-    target.mkdir(parents=True, exist_ok=True)
     if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as zf:
-            members = _zip_members(archive, zf)
-            zf.extractall(target, members)
+        kind = "zip"
     elif tarfile.is_tarfile(archive):
-        with tarfile.open(archive) as tar:
-            members = _tar_members(archive, tar)
-            # Python's own "data" filter (3.11.4+) re-checks with the real file system.
-            kwargs = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-            try:
-                tar.extractall(target, members, **kwargs)
-            except tarfile.TarError as exc:
-                raise UnsafeArchiveError(
-                    f"{archive}: {exc} (extraction stopped; remove {target} and retry)"
-                ) from exc
+        kind = "tar"
     else:
         raise ValueError(f"{archive}: neither a zip nor a tar archive")
-    marker.write_text(json.dumps({"archive": str(archive), "members": len(members)}) + "\n")
+    given = parse_checksum(archive_sha256, f"archive_sha256 of {archive}") if archive_sha256 else None
+    if given is not None and given[0] != "sha256":
+        raise ChecksumFormatError(f"archive_sha256 of {archive}: expected a sha256, got {archive_sha256!r}")
+    digest = given[1] if given else None
+    settings = _extraction_settings(kind)
+    marker = target / f".extracted.{archive.name}"
+    previous = _read_marker(marker)
+    signature = _archive_signature(archive)
+    if previous is not None and previous.get("settings") == settings:
+        same_file = all(previous.get(k) == v for k, v in signature.items())
+        if digest is None and same_file:
+            return target
+        digest = digest or sha256_file(archive)
+        if previous.get("sha256") == digest:
+            if not same_file:
+                _write_json_atomically(marker, {**previous, **signature})
+            return target
+        logger.info("%s changed since it was extracted into %s; extracting it again", archive, target)
+    elif marker.exists():
+        logger.info("%s: marker of an older format or other settings; extracting %s again", marker, archive)
+    digest = digest or sha256_file(archive)
+
+    target.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(target, archive.name)
+    members: list[Any]
+    if kind == "zip":
+        with zipfile.ZipFile(archive) as zf:
+            members = _zip_members(archive, zf)
+            sizes = [(m.filename, m.file_size) for m in members if not m.is_dir()]
+            limit, why = _extraction_limit(archive, target, sizes, max_ratio, max_bytes)
+            top_level = _extract_and_place(
+                archive, target, previous, lambda tmp: _extract_zip(archive, zf, members, tmp, limit, why)
+            )
+    else:
+        with tarfile.open(archive) as tar:
+            members = _tar_members(archive, tar)
+            sizes = [(m.name, m.size) for m in members if m.isreg()]
+            limit, why = _extraction_limit(archive, target, sizes, max_ratio, max_bytes)
+            top_level = _extract_and_place(
+                archive, target, previous, lambda tmp: _extract_tar(archive, tar, members, tmp, limit, why)
+            )
+    _write_json_atomically(
+        marker,
+        {
+            "format": _MARKER_FORMAT,
+            "archive": archive.name,
+            "path": str(archive),
+            "sha256": digest,
+            **signature,
+            "settings": settings,
+            "limits": {"max_ratio": max_ratio, "max_bytes": max_bytes, "applied": limit},
+            "members": len(members),
+            "bytes": sum(n for _, n in sizes),
+            "top_level": top_level,
+            "extracted_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        },
+    )
     return target
 
 
@@ -463,14 +1050,20 @@ def plan(selection: Iterable[str], root: str | Path) -> list[PlanItem]:
         else:
             action, source = ("present" if present else "download"), str(res.url)
         part = dest.with_name(dest.name + ".part")
+        have, state, why_not = _saved_state(part, str(res.url))
+        kept = have if state is not None else 0
         needed = (
             0
             if present or res.method in ("manual", "shipped")
-            else (None if res.size is None else max(res.size - _path_size(part), 0))
+            else (None if res.size is None else max(res.size - kept, 0))
         )
         note = "gated: " + res.instructions if res.method == "gated" else ""
         if action == "download" and part.is_file():
-            note = f"resumes from {_path_size(part):,} bytes"
+            note = (
+                f"resumes from {have:,} bytes (If-Range)"
+                if state is not None
+                else f"restarts from byte 0: a partial file of {have:,} bytes, but {why_not}"
+            )
         items.append(PlanItem(res.key, action, source, dest, res.size, needed, extract_to, note))
     for job in jobs:
         items.append(
@@ -561,13 +1154,18 @@ def fetch(
     timeout: float = 60.0,
     extract_archives: bool = True,
     environ: Mapping[str, str] | None = None,
+    max_ratio: float | None = MAX_EXPANSION_RATIO,
+    max_bytes: int | None = None,
 ) -> FetchReport:
     """Download, verify and extract everything `selection` names into `root`; manual and gated steps
-    that are not done yet are collected in the report (call `raise_for_manual()` to stop on them)."""
+    that are not done yet are collected in the report (call `raise_for_manual()` to stop on them).
+    `max_ratio` and `max_bytes` bound each extraction (see `extract`)."""
     root = Path(root)
     environ = os.environ if environ is None else environ
     manifest = Manifest(root / MANIFEST_NAME)
     resources_, jobs = select(selection)
+    for res in resources_:  # a bad catalogue checksum stops the run before anything is fetched
+        parse_checksum(res.sha256, f"catalogue entry {res.key!r} ({res.filename})")
     report = FetchReport()
     for res in resources_:
         dest = root / res.filename
@@ -597,7 +1195,15 @@ def fetch(
             )
         (report.present if existed else report.fetched).append(res.key)
         if extract_archives and res.extract_to:
-            extract(dest, root / res.extract_to)
+            entry = manifest.get(dest) or {}
+            known = all(entry.get(k) == v for k, v in _stat_signature(dest).items()) and entry.get("sha256")
+            extract(
+                dest,
+                root / res.extract_to,
+                max_ratio=max_ratio,
+                max_bytes=max_bytes,
+                archive_sha256=known or None,
+            )
     for job in jobs:
         report.shard_jobs.append(shlex.join(img2dataset_command(job, root)))
     return report
@@ -612,7 +1218,8 @@ def _copy_shipped(res: Resource, dest: Path, manifest: Manifest) -> None:
         part.write_bytes(source.read_bytes())
         os.replace(part, dest)
     previous = manifest.get(dest)
-    _verify_existing(dest, f"package:nas/resources/{res.shipped}", res.sha256, True, previous, manifest)
+    checksum = parse_checksum(res.sha256, f"catalogue entry {res.key!r} ({res.filename})")
+    _verify_existing(dest, f"package:nas/resources/{res.shipped}", checksum, True, previous, manifest)
 
 
 # ---- img2dataset (CC3M / SBU image shards) -------------------------------------------------------

@@ -38,7 +38,7 @@ from nas.data.nta import (
     parse_caption,
     spacy_hard_negative,
 )
-from nas.data.tokenizer import TextCollator, pre_caption
+from nas.data.tokenizer import TextCollator, UnkOnlyPolicy, check_unk_policy, pre_caption
 
 if TYPE_CHECKING:
     from transformers import BertTokenizerFast
@@ -179,8 +179,16 @@ class NTACaptionDataset(CaptionDataset):
         skip_bad_images: bool = False,
         *,
         max_words: int | None = ALBEF_MAX_WORDS,
+        allow_outside_root: bool = False,
     ):
-        super().__init__(annotation_file, image_root, transform, skip_bad_images, max_words=max_words)
+        super().__init__(
+            annotation_file,
+            image_root,
+            transform,
+            skip_bad_images,
+            max_words=max_words,
+            allow_outside_root=allow_outside_root,
+        )
         records = _read_json_list(self.annotation_file, "NTA annotation file")
         self.negatives: list[str] = []
         for index, record in enumerate(records):
@@ -205,11 +213,15 @@ class NTACaptionDataset(CaptionDataset):
 
 
 def collate_nta_pairs(
-    items: list[dict[str, Any] | None], tokenizer: BertTokenizerFast, max_length: int
+    items: list[dict[str, Any] | None],
+    tokenizer: BertTokenizerFast,
+    max_length: int,
+    unk_only: UnkOnlyPolicy = "count",
 ) -> dict[str, Any]:
     """`collate_pairs` plus `neg_input_ids` / `neg_attention_mask` long [B, T] and `neg_caption` list[str],
-    row-aligned with the pairs (skipped bad images drop their negative too)."""
-    batch = collate_pairs(items, tokenizer, max_length)
+    row-aligned with the pairs (skipped bad images drop their negative too). The counts of the
+    batch (num_truncated_tokens, num_unk_only, ...) are those of the positive captions."""
+    batch = collate_pairs(items, tokenizer, max_length, unk_only)
     kept = [item for item in items if item is not None]
     missing = [item["index"] for item in kept if NEG_CAPTION not in item]
     if missing:
@@ -222,8 +234,13 @@ def collate_nta_pairs(
     return batch
 
 
-def make_nta_collate(tokenizer: BertTokenizerFast, max_length: int) -> Callable[[list[Any]], dict[str, Any]]:
-    """`collate_nta_pairs` with the tokenizer bound (picklable for worker processes)."""
+def make_nta_collate(
+    tokenizer: BertTokenizerFast, max_length: int, *, unk_only: UnkOnlyPolicy = "count"
+) -> Callable[[list[Any]], dict[str, Any]]:
+    """`collate_nta_pairs` with the tokenizer bound (picklable for worker processes); `unk_only` is
+    `data.unk_only_captions`."""
     if max_length < 2:
         raise ValueError(f"max_length must be >= 2 ([CLS] and [SEP]), got {max_length}")
-    return functools.partial(collate_nta_pairs, tokenizer=tokenizer, max_length=max_length)
+    return functools.partial(
+        collate_nta_pairs, tokenizer=tokenizer, max_length=max_length, unk_only=check_unk_policy(unk_only)
+    )

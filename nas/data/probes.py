@@ -14,7 +14,8 @@ otherwise. Layout under `out_root`:
                  attributes.json, images/
   sugarcrepe/    the 7 SugarCrepe files, val2017/
   provenance.json  per benchmark and test case: source scene, edit kind, held-out combination
-  manifest.json    counts, config, how to load each benchmark, sha256 of every file
+  manifest.json    counts, config, how to load each benchmark, sha256 of every file; written last
+                   (atomically, once every file is fsync'd): no manifest, no complete probe folder
 
     manifest = write_probes("data/synthetic", "data/probes", ProbeConfig())
     for name, spec in probe_benchmarks("data/probes").items():
@@ -47,7 +48,7 @@ from nas.data.nta import (
     parse_caption,
     split_clauses,
 )
-from nas.data.synthetic import SPLITS, SyntheticConfig, render_scene
+from nas.data.synthetic import SPLITS, SyntheticConfig, fsync_dir, render_scene, synced_sha256
 
 FORMAT_VERSION = 1
 
@@ -573,8 +574,14 @@ TOP_FILES = ("manifest.json", "provenance.json")
 
 
 def _write_json(path: Path, payload: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+    _write_text(path, json.dumps(payload, indent=1) + "\n")
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Atomically (temporary file, fsync, os.replace): a reader never sees half a file."""
+    from nas.atomic import atomic_write_text
+
+    atomic_write_text(path, text)
 
 
 def _copy_scene_image(source: _Source, origin: dict[str, Any], folder: Path, name: str | None = None) -> None:
@@ -645,8 +652,7 @@ def _write_winoground(source: _Source, cfg: ProbeConfig, out: Path, specs: dict,
         )
     # The official file has no newline after its last line (BENCHMARKS.md §2.1).
     lines = [json.dumps(record) for record, _, _ in examples]
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "examples.jsonl").write_text("\n".join(lines), encoding="utf-8")
+    _write_text(root / "examples.jsonl", "\n".join(lines))
     specs["winoground"] = {
         "root": "winoground",
         "config": {},
@@ -704,10 +710,10 @@ def _prepare(out: Path, overwrite: bool) -> None:
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise FileExistsError(f"{out} is not empty; pass overwrite=True to rewrite the probes there")
+        for name in TOP_FILES:  # the manifest first: without it the folder is never taken as complete
+            (out / name).unlink(missing_ok=True)
         for folder in BENCHMARK_FOLDERS:
             shutil.rmtree(out / folder, ignore_errors=True)
-        for name in TOP_FILES:
-            (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
 
 
@@ -746,12 +752,12 @@ def write_probes(
             "(n_test) or set those sizes to 0"
         )
     _write_json(out / "provenance.json", provenance)
-    files = sorted(
-        str(p.relative_to(out))
-        for folder in BENCHMARK_FOLDERS
-        for p in (out / folder).rglob("*")
-        if p.is_file()
-    )
+    written = [p for folder in BENCHMARK_FOLDERS for p in (out / folder).rglob("*")]
+    files = sorted(str(p.relative_to(out)) for p in written if p.is_file())
+    # Every file durable (the images were written without fsync) before the manifest lists it.
+    digests = {name: synced_sha256(out / name) for name in files}
+    for folder in [*(p for p in written if p.is_dir()), *(out / f for f in BENCHMARK_FOLDERS), out]:
+        fsync_dir(folder)
     manifest = {
         "format_version": FORMAT_VERSION,
         "source": {
@@ -763,9 +769,9 @@ def write_probes(
         "config": to_dict(cfg),
         "counts": {name: spec["cases"] for name, spec in specs.items()},
         "benchmarks": specs,
-        "files": {name: _sha256(out / name) for name in [*files, "provenance.json"]},
+        "files": {**digests, "provenance.json": _sha256(out / "provenance.json")},
     }
-    _write_json(out / "manifest.json", manifest)
+    _write_json(out / "manifest.json", manifest)  # last: the mark of a complete probe folder
     return manifest
 
 

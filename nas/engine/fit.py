@@ -80,7 +80,13 @@ def epoch_length_of(loader: Iterable[Any], max_steps: int | None) -> int:
             raise ValueError("the train loader has no len(): set train.max_steps_per_epoch") from None
         return max_steps
     if length < 1:
-        raise ValueError("the train loader is empty (0 batches per epoch)")
+        sampler = getattr(loader, "sampler", None)
+        items = len(sampler) if sampler is not None and hasattr(sampler, "__len__") else "?"
+        raise ValueError(
+            f"the train loader is empty (0 batches per epoch): {items} training items per process, batch size "
+            f"{getattr(loader, 'batch_size', '?')} per process, drop_last={getattr(loader, 'drop_last', '?')}; "
+            "lower the stage's loader batch_size_per_gpu or train on more pairs"
+        )
     return length if max_steps is None else min(length, max_steps)
 
 
@@ -159,7 +165,8 @@ def fit(
     "resumed_from": path or None, "init_report": {"missing": [...], "unexpected": [...]} or None}.
     """
     output_dir = Path(output_dir)
-    if idist.get_rank() != 0:
+
+    def run() -> dict[str, Any]:
         return _fit(
             model,
             train_loader,
@@ -172,21 +179,13 @@ def fit(
             on_log_step,
             identity,
         )
+
+    if idist.get_rank() != 0:
+        return run()
     with RunLock(output_dir):
         remove_orphans(output_dir)
         remove_orphans(output_dir / "checkpoints")
-        return _fit(
-            model,
-            train_loader,
-            cfg,
-            output_dir,
-            init_checkpoint,
-            init_objects,
-            init_strict,
-            on_epoch_end,
-            on_log_step,
-            identity,
-        )
+        return run()
 
 
 def _fit(

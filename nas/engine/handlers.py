@@ -10,7 +10,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers.tensorboard_logger import TensorboardLogger
 from ignite.handlers.tqdm_logger import ProgressBar
 
-from nas.engine.trainer import ALPHA, IMAGES, LR, SKIPPED
+from nas.engine.trainer import ALPHA, CAPTION_COUNTS, COUNTS, IMAGES, LR, SKIPPED
 
 
 class EpochMeter:
@@ -25,18 +25,17 @@ class EpochMeter:
     def reset(self) -> None:
         self._sums: dict[str, float] = {}
         self._steps = 0
-        self._images = 0
-        self._skipped = 0
+        self._counts = dict.fromkeys(COUNTS, 0)
         self._last: dict[str, float] = {}
         self._start = time.perf_counter()
 
     def update(self, output: dict[str, float]) -> None:
         self._steps += 1
-        self._images += int(output[IMAGES])
-        self._skipped += int(output[SKIPPED])
+        for name in COUNTS:
+            self._counts[name] += int(output.get(name, 0))
         self._last = {LR: float(output[LR]), ALPHA: float(output[ALPHA])}
         for name, value in output.items():
-            if name not in (IMAGES, SKIPPED, LR, ALPHA):
+            if name not in (*COUNTS, LR, ALPHA):
                 self._sums[name] = self._sums.get(name, 0.0) + float(value)
 
     def compute(self) -> dict[str, float | int]:
@@ -47,8 +46,9 @@ class EpochMeter:
             **means,
             **self._last,  # lr and alpha at the epoch's last step
             "steps": self._steps,
-            "images_seen": self._images,
-            "images_skipped": self._skipped,
+            "images_seen": self._counts[IMAGES],
+            "images_skipped": self._counts[SKIPPED],
+            **{name: self._counts[name] for name in CAPTION_COUNTS.values()},
             "seconds": time.perf_counter() - self._start,
         }
 
@@ -80,7 +80,7 @@ class EpochHistory:
 
 def _scalars(output: dict[str, float]) -> dict[str, float]:
     """The loss terms, total, lr and alpha of a step output (the counts are logged per epoch)."""
-    return {name: value for name, value in output.items() if name not in (IMAGES, SKIPPED)}
+    return {name: value for name, value in output.items() if name not in COUNTS}
 
 
 def attach_progress_bar(trainer: Engine) -> ProgressBar:

@@ -37,7 +37,7 @@ from ignite.utils import manual_seed
 from nas.config.base import from_dict, to_dict
 from nas.engine.launch import launch, unwrap_model, wrap_model
 from nas.engine.optim import build_optimizer
-from nas.engine.trainer import TrainConfig, create_trainer
+from nas.engine.trainer import CAPTION_COUNTS, TrainConfig, create_trainer
 
 
 def resolve(spec: str) -> Any:
@@ -49,14 +49,18 @@ def resolve(spec: str) -> Any:
 
 
 def shard(batch: dict[str, Any], rank: int, world: int) -> dict[str, Any]:
-    """Rank `rank`'s contiguous slice of every tensor (dim 0); `num_skipped` goes to rank 0."""
+    """Rank `rank`'s contiguous slice of every tensor (dim 0); the batch counts (`num_skipped`, the caption
+    counts) go to rank 0."""
     out: dict[str, Any] = {}
     for key, value in batch.items():
         if torch.is_tensor(value):
             if value.shape[0] % world:
                 raise ValueError(f"batch[{key!r}] has {value.shape[0]} rows, not divisible by {world} ranks")
             out[key] = value.chunk(world, dim=0)[rank].clone()
-        elif key == "num_skipped":
+        elif key in (
+            "num_skipped",
+            *CAPTION_COUNTS,
+        ):  # per-batch counts: once, on rank 0, so their sum over ranks is right
             out[key] = value if rank == 0 else 0
         else:
             out[key] = value

@@ -31,7 +31,15 @@ from nas.finite import NonFiniteTensorError
 
 # Keys of the step output besides the model's loss terms.
 TOTAL, LR, ALPHA, IMAGES, SKIPPED = "total", "lr", "alpha", "images", "skipped"
-RESERVED_KEYS = (TOTAL, LR, ALPHA, IMAGES, SKIPPED)
+# Caption counts a collate may add to a batch (nas.data.loader.COUNT_KEYS) -> step-output names; summed
+# over ranks each step and over the epoch in the run record, so no input problem passes silently.
+CAPTION_COUNTS = {
+    "num_truncated_words": "captions_truncated_words",  # cut to data.max_words words
+    "num_truncated_tokens": "captions_truncated_tokens",  # cut to data.text_max_length tokens
+    "num_unk_only": "captions_unk_only",  # tokenised to [UNK] only
+}
+COUNTS = (IMAGES, SKIPPED, *CAPTION_COUNTS.values())
+RESERVED_KEYS = (TOTAL, LR, ALPHA, *COUNTS)
 
 
 @dataclass
@@ -144,6 +152,14 @@ def count_images(batch: Mapping[str, Any], image_key: str) -> tuple[int, int]:
     return int(batch[image_key].shape[0]), skipped
 
 
+def _batch_count(batch: Mapping[str, Any], key: str) -> int:
+    """An optional int count a collate put in the batch (absent: 0)."""
+    value = batch.get(key, 0)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise KeyError(f"batch[{key!r}] must be an int count, got {value!r}")
+    return value
+
+
 def check_loss_terms(terms: Any) -> dict[str, torch.Tensor]:
     if not isinstance(terms, Mapping) or not terms:
         raise TypeError(f"the model must return a non-empty dict of loss terms, got {type(terms).__name__}")
@@ -206,7 +222,8 @@ def create_trainer(
         total = torch.stack([t.reshape(()).float() for t in terms.values()]).sum()
 
         summary = torch.stack([t.detach().reshape(()).float() for t in terms.values()])
-        counts = torch.tensor([images, skipped], dtype=summary.dtype, device=summary.device)
+        captions = [_batch_count(batch, key) for key in CAPTION_COUNTS]
+        counts = torch.tensor([images, skipped, *captions], dtype=summary.dtype, device=summary.device)
         reduced = all_reduce_sum(torch.cat([summary, counts])).tolist()
         means = {name: value / world for name, value in zip(terms, reduced)}
         for name, value in means.items():
@@ -243,8 +260,7 @@ def create_trainer(
             TOTAL: sum(means.values()),
             LR: float(optimizer.param_groups[0]["lr"]),
             ALPHA: alpha,
-            IMAGES: int(reduced[-2]),
-            SKIPPED: int(reduced[-1]),
+            **{name: int(value) for name, value in zip(COUNTS, reduced[len(terms) :])},
         }
 
     trainer = Engine(train_step)

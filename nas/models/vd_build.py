@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from nas.config.base import to_dict
+from nas.engine.checkpoint import atomic_save
 from nas.models.nas_model import NAS, eval_mode
 
 logger = logging.getLogger(__name__)
@@ -102,9 +103,7 @@ def build_initial_dictionary(
         "vd_state": {key: value.detach().cpu().clone() for key, value in vd.state_dict().items()},
     }
     if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(record, path)
+        atomic_save(record, path)  # fsync'd temporary file, then os.replace: stage 1 never reads half a file
     return record
 
 

@@ -12,7 +12,6 @@ It copies the figure `mug_evaluate` drew (test images, masked view, reconstructi
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import torch
 
 from nas.evaluation.scene_attributes import ATTRIBUTES, CAPTION_ATTRIBUTES, PIXEL_ATTRIBUTES
 from nas.evaluation.seeds import fmt_mean_std
+from nas.reporting.atomic import copy_file, save_figure
 
 ARM_LABELS = {
     "mae_only": "MAE only (cap_weight 0)",
@@ -160,9 +160,7 @@ def section(metrics_dir: Path, reports_dir: Path) -> list[str]:
     if figure:
         source = metrics_dir.parent / figure
         if source.is_file():
-            target = reports_dir / "figures" / "mug_samples.png"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, target)
+            copy_file(source, reports_dir / "figures" / "mug_samples.png")
             lines += [
                 "",
                 "Test images, the masked view the encoder sees, the MAE reconstruction (visible patches pasted "
@@ -228,8 +226,6 @@ def sample_figure(
         axes[r][3].text(0, 0.6, f"generated: {captions[r]}", fontsize=8, wrap=True, va="center")
         axes[r][3].text(0, 0.25, f"truth: {truths[r]}", fontsize=8, wrap=True, va="center", color="grey")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    path = save_figure(fig, path, dpi=100)
     plt.close(fig)
     return path

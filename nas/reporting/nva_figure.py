@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from nas.models.nas_model import NAS, eval_mode
+from nas.reporting.atomic import save_figure
 
 # Colour of code j: hue j·φ⁻¹ (mod 1), so neighbouring code ids get far-apart hues for any K.
 _GOLDEN = (math.sqrt(5) - 1) / 2
@@ -123,7 +124,4 @@ def nva_figure(
             axis.set_xticks([])
             axis.set_yticks([])
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
-    return path
+    return save_figure(figure, path, dpi=100)

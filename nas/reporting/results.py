@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import importlib
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nas.evaluation.seeds import fmt_mean_std, mean_std
+from nas.reporting.atomic import copy_file, save_figure, write_text
 
 
 @dataclass
@@ -271,8 +271,7 @@ def loss_curve_figure(stage1: dict[str, Any], stage2: dict[str, Any], path: Path
         ax.set_xlabel("iteration")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
@@ -303,9 +302,7 @@ def audit_section(runs_dir: Path, variants: list[str]) -> list[str]:
     for name, run in audited_runs(runs_dir, variants).items():
         config = load_run_config(run)
         text, code = render(config, title=f"Audit of {name} ({run.as_posix()})")
-        target = runs_dir.parent / "reports" / "audits" / f"{name}.md"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text + "\n")
+        write_text(runs_dir.parent / "reports" / "audits" / f"{name}.md", text + "\n")
         verdicts: dict[str, int] = {}
         for row in audit(config):
             verdicts[row.verdict] = verdicts.get(row.verdict, 0) + 1
@@ -320,6 +317,7 @@ def audit_section(runs_dir: Path, variants: list[str]) -> list[str]:
 def write_curves_csv(stages: dict[str, dict[str, Any]], path: Path) -> None:
     """Per-step losses of every training stage and variant, one row per logged step (DVC plot)."""
     import csv
+    import io
 
     rows, keys = [], ["variant", "stage", "step"]
     for stage, runs in stages.items():
@@ -327,11 +325,11 @@ def write_curves_csv(stages: dict[str, dict[str, Any]], path: Path) -> None:
             for row in run.get("steps", []):
                 rows.append({"variant": variant, "stage": stage, **row})
                 keys += [k for k in row if k not in keys]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
+    table = io.StringIO(newline="")  # csv's own "\r\n" line ends, as a file opened with newline=""
+    writer = csv.DictWriter(table, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, table.getvalue())
 
 
 def write_report(metrics_dir: Path, reports_dir: Path, cfg: ReportConfig) -> Path:
@@ -389,8 +387,7 @@ def write_report(metrics_dir: Path, reports_dir: Path, cfg: ReportConfig) -> Pat
     for variant, result in results["evaluate"].items():
         source = Path(result.get("nva_figure") or "")
         if source.is_file():
-            target = figures / f"nva_{variant}.png"
-            shutil.copyfile(source, target)
+            copy_file(source, figures / f"nva_{variant}.png")
             lines += [
                 f"### What NVA changes: {variant}",
                 "",
@@ -414,6 +411,4 @@ def write_report(metrics_dir: Path, reports_dir: Path, cfg: ReportConfig) -> Pat
             *audits,
             "",
         ]
-    out = reports_dir / "results.md"
-    out.write_text("\n".join(lines))
-    return out
+    return write_text(reports_dir / "results.md", "\n".join(lines))

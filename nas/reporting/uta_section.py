@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from nas.evaluation.seeds import fmt_mean_std, mean_std
+from nas.reporting.atomic import save_figure
 
 ARM_LABELS = {
     "none": "no masking",
@@ -142,8 +143,7 @@ def draw_figure(figure: dict[str, Any], path: Path) -> None:
             ax.set_xticks([])
             ax.set_yticks([])
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
 
 

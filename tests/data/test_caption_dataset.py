@@ -9,7 +9,14 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 
-from nas.data.captions import AnnotationError, BadImageError, CaptionDataset, load_pairs
+from nas.data.captions import (
+    AnnotationError,
+    BadImageError,
+    CaptionDataset,
+    ImagePathError,
+    load_pairs,
+    stack_images,
+)
 from nas.data.transforms import TransformConfig, build_eval_transform
 
 EVAL = build_eval_transform(TransformConfig(image_size=16))
@@ -149,3 +156,83 @@ def test_refuses_to_run_with_truncated_images_allowed(tmp_path: Path, monkeypatc
     monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
     with pytest.raises(RuntimeError, match="LOAD_TRUNCATED_IMAGES"):
         CaptionDataset(ann, tmp_path, EVAL, skip_bad_images=True)[0]
+
+
+def test_long_caption_is_flagged_as_cut_by_max_words(tmp_path: Path):
+    long = " ".join(["word"] * 250)
+    ann = _write(
+        tmp_path,
+        [{"image": "a.png", "caption": "a red circle"}, {"image": "a.png", "caption": ["ok", long]}],
+        {"a.png": _png_bytes()},
+    )
+    ds = CaptionDataset(ann, tmp_path, EVAL, max_words=30)
+    assert ds.words_truncated == [False, False, True] and ds.records == [0, 1, 1]
+    item = ds[2]
+    assert item["words_truncated"] is True and len(item["caption"].split()) == 30
+    assert item["source"] == str(ann) and item["record"] == 1
+    assert ds[0]["words_truncated"] is False
+    assert CaptionDataset(ann, tmp_path, EVAL, max_words=None).words_truncated == [False] * 3
+
+
+def _outside_image(tmp_path: Path) -> tuple[Path, Path]:
+    """(root, an image next to it, outside it)."""
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    (root / "in.png").write_bytes(_png_bytes())
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(_png_bytes())
+    return root, outside
+
+
+@pytest.mark.parametrize(
+    "kind", ["absolute", "dotdot", "dotdot_via_subdir", "symlinked_file", "symlinked_dir"]
+)
+def test_image_paths_outside_the_root_are_refused_naming_the_record(tmp_path: Path, kind: str):
+    root, outside = _outside_image(tmp_path)
+    if kind == "symlinked_file":
+        (root / "link.png").symlink_to(outside)
+    if kind == "symlinked_dir":
+        (root / "elsewhere").symlink_to(tmp_path, target_is_directory=True)
+    image = {
+        "absolute": str(outside),
+        "dotdot": "../outside.png",
+        "dotdot_via_subdir": "sub/../../outside.png",
+        "symlinked_file": "link.png",
+        "symlinked_dir": "elsewhere/outside.png",
+    }[kind]
+    ann = _write(root, [{"image": "in.png", "caption": "fine"}, {"image": image, "caption": "c"}])
+    with pytest.raises(ImagePathError, match="outside the image root") as info:
+        CaptionDataset(ann, root, EVAL)
+    message = str(info.value)
+    assert f"{ann}, record 1" in message and repr(image) in message
+    assert "data.allow_outside_root" in message
+    # allowed with the param: the same image is read
+    ds = CaptionDataset(ann, root, EVAL, allow_outside_root=True)
+    assert ds[1]["image"].shape == (3, 16, 16)
+
+
+def test_paths_inside_the_root_pass_including_dotdot_and_symlinks_that_stay_in(tmp_path: Path):
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    (root / "in.png").write_bytes(_png_bytes())
+    (root / "alias.png").symlink_to(root / "in.png")
+    real_root = tmp_path / "real"
+    real_root.mkdir()
+    (real_root / "r.png").write_bytes(_png_bytes())
+    (tmp_path / "linked_root").symlink_to(real_root, target_is_directory=True)
+    ann = _write(
+        root,
+        [{"image": "sub/../in.png", "caption": "a"}, {"image": "alias.png", "caption": "b"}],
+    )
+    assert len(CaptionDataset(ann, root, EVAL)) == 2
+    # a root that is itself a symlink: its images are inside it
+    ann2 = _write(real_root, [{"image": "r.png", "caption": "c"}])
+    assert len(CaptionDataset(ann2, tmp_path / "linked_root", EVAL)) == 1
+
+
+def test_stack_images_refuses_paths_outside_the_root(tmp_path: Path):
+    root, outside = _outside_image(tmp_path)
+    with pytest.raises(ImagePathError, match=r"ann\.json, image 1: image path '\.\./outside\.png'"):
+        stack_images(root, ["in.png", "../outside.png"], EVAL, root / "ann.json")
+    stacked = stack_images(root, ["in.png", "../outside.png"], EVAL, "x", allow_outside_root=True)
+    assert stacked.shape == (2, 3, 16, 16)

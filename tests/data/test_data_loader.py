@@ -13,8 +13,15 @@ from torch.utils.data.distributed import DistributedSampler
 
 from nas.config.base import ConfigError, from_dict
 from nas.data.captions import CaptionDataset
-from nas.data.loader import LoaderConfig, build_loader, collate_pairs, make_collate, set_sampler_epoch
-from nas.data.tokenizer import load_tokenizer
+from nas.data.loader import (
+    COUNT_KEYS,
+    LoaderConfig,
+    build_loader,
+    collate_pairs,
+    make_collate,
+    set_sampler_epoch,
+)
+from nas.data.tokenizer import UnkOnlyCaptionError, load_tokenizer
 from nas.data.transforms import TransformConfig, build_eval_transform
 
 
@@ -140,3 +147,63 @@ def test_loader_config_validation():
         LoaderConfig(batch_size_per_gpu=0)
     with pytest.raises(ConfigError, match="loader.batch_size"):
         from_dict(LoaderConfig, {"batch_size": 8}, "loader")
+
+
+LONG_CAPTION = " ".join(f"word{i % 7}" for i in range(250))  # 250 words, 2 tokens each
+EMOJI_ONLY = "\U0001f600\U0001f600"
+
+
+def _caption_set(tmp_path: Path, captions: list[str], max_words: int | None = 30) -> CaptionDataset:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (10, 200, 10)).save(buffer, "PNG")
+    (tmp_path / "ok.png").write_bytes(buffer.getvalue())
+    (tmp_path / "ann.json").write_text(json.dumps([{"image": "ok.png", "caption": c} for c in captions]))
+    transform = build_eval_transform(TransformConfig(image_size=8))
+    return CaptionDataset(tmp_path / "ann.json", tmp_path, transform, max_words=max_words)
+
+
+def test_collate_counts_cut_and_unk_only_captions(tmp_path: Path, tokenizer):
+    dataset = _caption_set(tmp_path, ["a red circle", LONG_CAPTION, EMOJI_ONLY])
+    batch = make_collate(tokenizer, 32)([dataset[i] for i in range(3)])
+    # the 250-word caption is cut to 30 words when loaded, and its 32 tokens are then cut again
+    assert batch["num_truncated_words"] == 1 and batch["num_truncated_tokens"] == 1
+    assert batch["num_unk_only"] == 1 and batch["num_skipped"] == 0
+    assert all(type(batch[key]) is int for key in COUNT_KEYS)
+    raw = _caption_set(tmp_path, [LONG_CAPTION], max_words=None)
+    batch = make_collate(tokenizer, 32)([raw[0]])
+    assert batch["num_truncated_words"] == 0 and batch["num_truncated_tokens"] == 1
+
+
+def test_collate_counts_of_a_clean_batch_are_zero(tmp_path: Path, tokenizer):
+    dataset = _caption_set(tmp_path, ["a red circle", "a small blue square left of a cross"])
+    batch = make_collate(tokenizer, 32)([dataset[0], dataset[1]])
+    assert {key: batch[key] for key in COUNT_KEYS} == dict.fromkeys(COUNT_KEYS, 0)
+
+
+def test_unk_only_caption_under_error_names_file_record_and_caption(tmp_path: Path, tokenizer):
+    dataset = _caption_set(tmp_path, ["a red circle", "fine", EMOJI_ONLY])
+    collate = make_collate(tokenizer, 32, unk_only="error")
+    assert collate([dataset[0], dataset[1]])["num_unk_only"] == 0
+    with pytest.raises(UnkOnlyCaptionError) as info:
+        collate([dataset[0], None, dataset[2]])
+    message = str(info.value)
+    assert f"{tmp_path / 'ann.json'}, record 2: {EMOJI_ONLY!r}" in message
+    with pytest.raises(ValueError, match="unk_only_captions"):
+        make_collate(tokenizer, 32, unk_only="skip")
+
+
+def test_hand_built_items_without_dataset_keys_still_collate(tokenizer):
+    batch = collate_pairs([_item(0, EMOJI_ONLY)], tokenizer, max_length=8)
+    assert batch["num_truncated_words"] == 0 and batch["num_unk_only"] == 1
+    with pytest.raises(UnkOnlyCaptionError, match="dataset item 0"):
+        collate_pairs([_item(0, EMOJI_ONLY)], tokenizer, max_length=8, unk_only="error")
+
+
+def test_count_keys_pass_the_engine_batch_checks(tmp_path: Path, tokenizer):
+    from nas.engine.trainer import count_images, move_batch
+
+    dataset = _caption_set(tmp_path, ["a red circle", LONG_CAPTION])
+    batch = make_collate(tokenizer, 32)([dataset[0], dataset[1]])
+    assert count_images(batch, "image") == (2, 0)
+    moved = move_batch(batch, torch.device("cpu"))
+    assert all(moved[key] == batch[key] for key in COUNT_KEYS)

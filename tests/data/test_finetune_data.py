@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nas.data.captions import AnnotationError
+from nas.data.captions import AnnotationError, ImagePathError
 from nas.data.finetune_data import (
     NTACaptionDataset,
     make_nta_collate,
@@ -19,7 +19,7 @@ from nas.data.finetune_data import (
 )
 from nas.data.nta import EDIT_KINDS, NTAConfig, all_edits, caption_truth
 from nas.data.synthetic import SyntheticConfig, generate
-from nas.data.tokenizer import load_tokenizer
+from nas.data.tokenizer import UnkOnlyCaptionError, load_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +128,26 @@ def test_real_captions_use_the_spacy_swaps(tmp_path: Path) -> None:
     assert records == [
         {"image": "a.jpg", "caption": "the dog chases a cat", "neg_caption": "the cat chases a dog"}
     ]
+
+
+def test_nta_paths_and_unk_only_captions_follow_the_data_params(data_root: Path, tmp_path: Path) -> None:
+    record = json.loads((data_root / "train.json").read_text())[0]
+    val_image = json.loads((data_root / "val.json").read_text())[0]["image"]  # images/val/...
+    train_images = data_root / "images" / "train"
+    path = tmp_path / "nta.json"
+    inside = {"image": Path(record["image"]).name, "caption": "a red circle", "neg_caption": "a blue circle"}
+    outside = {"image": f"../val/{Path(val_image).name}", "caption": "a red circle", "neg_caption": "x"}
+    path.write_text(json.dumps([inside, outside]))
+    with pytest.raises(ImagePathError, match=r"nta.json, record 1: image path '\.\./val/"):
+        NTACaptionDataset(path, train_images, lambda image: image.size)
+    allowed = NTACaptionDataset(path, train_images, lambda image: image.size, allow_outside_root=True)
+    assert allowed[1]["image"] == allowed[0]["image"]  # read from images/val
+
+    emoji = {**record, "caption": "\U0001f600", "neg_caption": "a red circle"}
+    path.write_text(json.dumps([{**record, "neg_caption": "a blue circle"}, emoji]))
+    dataset = NTACaptionDataset(path, data_root, lambda image: torch.zeros(3, 4, 4))
+    tokenizer = load_tokenizer()
+    assert make_nta_collate(tokenizer, 32)([dataset[0], dataset[1]])["num_unk_only"] == 1
+    with pytest.raises(UnkOnlyCaptionError) as info:
+        make_nta_collate(tokenizer, 32, unk_only="error")([dataset[0], dataset[1]])
+    assert f"{path}, record 1: {emoji['caption']!r}" in str(info.value)

@@ -14,6 +14,9 @@ from nas.data.tokenizer import (
     VOCAB_SIZE,
     TextCollator,
     TokenizerLoadError,
+    UnkOnlyCaptionError,
+    caption_flags,
+    clean_caption,
     default_vocab_dir,
     load_tokenizer,
     pre_caption,
@@ -95,3 +98,61 @@ def test_collator_pads_to_longest_and_truncates(tokenizer):
 def test_collator_rejects_max_length_below_two(tokenizer):
     with pytest.raises(ValueError, match="max_length"):
         TextCollator(tokenizer, max_length=1)
+
+
+LONG_CAPTION = " ".join(f"word{i % 7}" for i in range(250))  # 250 words: far over max_words and tokens
+EMOJI_ONLY = "\U0001f600\U0001f600 \U0001f389"
+
+
+def test_clean_caption_says_when_it_cut_words():
+    assert clean_caption(LONG_CAPTION, 30) == (" ".join(LONG_CAPTION.split()[:30]), True)
+    assert clean_caption("a red circle", 3) == ("a red circle", False)
+    assert pre_caption(LONG_CAPTION, 30) == clean_caption(LONG_CAPTION, 30)[0]
+
+
+def test_emoji_only_caption_is_all_unk(tokenizer):
+    assert tokenizer(EMOJI_ONLY)["input_ids"] == [
+        CLS_ID,
+        tokenizer.unk_token_id,
+        tokenizer.unk_token_id,
+        SEP_ID,
+    ]
+    truncated, unk_only = caption_flags(tokenizer, [EMOJI_ONLY, "a red \U0001f600", "a red circle"], 32)
+    assert unk_only == [True, False, False] and truncated == [False, False, False]
+
+
+def test_collator_counts_truncated_and_unk_only_captions(tokenizer):
+    out = TextCollator(tokenizer, max_length=32)([LONG_CAPTION, EMOJI_ONLY, "a red circle"])
+    assert out["input_ids"].shape == (3, 32)
+    assert out["num_truncated_tokens"] == 1 and out["num_unk_only"] == 1
+    # exactly max_length tokens ([CLS] + 3 + [SEP]) is not cut; one more is
+    edge = TextCollator(tokenizer, max_length=5)(["a red circle", "a red circle now"])
+    assert edge["num_truncated_tokens"] == 1
+
+
+def test_collator_counts_of_a_clean_batch_are_zero(tokenizer):
+    out = TextCollator(tokenizer, max_length=32)(["a red circle", "a small blue square left of a cross"])
+    assert out["num_truncated_tokens"] == 0 and out["num_unk_only"] == 0
+
+
+def test_collator_refuses_unk_only_captions_under_error(tokenizer):
+    collator = TextCollator(tokenizer, max_length=32, unk_only="error")
+    assert collator(["a red circle"])["num_unk_only"] == 0
+    with pytest.raises(UnkOnlyCaptionError, match="batch row 1") as info:
+        collator(["a red circle", EMOJI_ONLY])
+    assert info.value.rows == [1] and EMOJI_ONLY in str(info.value)
+    assert "data.unk_only_captions" in str(info.value)
+    with pytest.raises(ValueError, match="unk_only_captions must be one of"):
+        TextCollator(tokenizer, max_length=32, unk_only="drop")
+
+
+def test_caption_flags_agree_with_the_collated_ids(tokenizer):
+    captions = [LONG_CAPTION, EMOJI_ONLY, "a red circle", "\U0001f600 " * 40 + "circle", "hi [UNK]", "x"]
+    for max_length in (3, 5, 32):
+        out = TextCollator(tokenizer, max_length=max_length)(captions)
+        ids = out["input_ids"]
+        content = (ids != CLS_ID) & (ids != SEP_ID) & (ids != PAD_ID)
+        from_ids = (content.any(1) & ((ids == tokenizer.unk_token_id) | ~content).all(1)).tolist()
+        truncated, unk_only = caption_flags(tokenizer, captions, max_length)
+        assert unk_only == from_ids, max_length
+        assert sum(truncated) == out["num_truncated_tokens"]

@@ -35,7 +35,12 @@ def test_step_outputs_alpha_ramp_lr_schedule_and_counts():
     shape = {"peak": 1e-3, "floor": 1e-4, "warmup_steps": 2, "total_steps": 8}
     assert [o["lr"] for o in outputs] == pytest.approx([lr_at(i, **shape) for i in range(8)])
     for o in outputs:
-        assert set(o) == {"fit", "queue", "distill", "total", "lr", "alpha", "images", "skipped"}
+        caption_counts = {"captions_truncated_words", "captions_truncated_tokens", "captions_unk_only"}
+        assert (
+            set(o)
+            == {"fit", "queue", "distill", "total", "lr", "alpha", "images", "skipped"} | caption_counts
+        )
+        assert all(o[name] == 0 for name in caption_counts)  # the toy batches carry no caption counts
         assert o["total"] == pytest.approx(o["fit"] + o["queue"] + o["distill"])
         assert (o["images"], o["skipped"]) == (8, 2)
     assert outputs[0]["distill"] == 0.0  # alpha 0 at the very first step
@@ -152,3 +157,23 @@ def test_train_config_is_strict_and_names_nested_keys():
         TrainConfig, {"epochs": 29, "launch": {"nproc_per_node": 8}, "optim": {"weight_decay": 0.02}}
     )
     assert (cfg.epochs, cfg.launch.nproc_per_node, cfg.optim.weight_decay) == (29, 8, 0.02)
+
+
+def test_caption_counts_of_the_batches_are_summed_into_the_step_and_the_epoch(tmp_path):
+    from nas.engine import ScheduleConfig, TrainConfig, fit
+
+    batches = [
+        {**parity_batch(i), "num_truncated_words": 1, "num_truncated_tokens": i, "num_unk_only": 2}
+        for i in range(3)
+    ]
+    torch.manual_seed(0)
+    cfg = TrainConfig(epochs=1, schedule=ScheduleConfig(lr=1e-3, warmup_steps=0), progress_bar=False)
+    result = fit(ToyMomentumModel(), batches, cfg, output_dir=tmp_path)
+    epoch = result["history"][0]
+    assert (
+        epoch["captions_truncated_words"],
+        epoch["captions_truncated_tokens"],
+        epoch["captions_unk_only"],
+    ) == (3, 3, 6)
+    with pytest.raises(KeyError, match="num_unk_only"):
+        fit(ToyMomentumModel(), [{**parity_batch(0), "num_unk_only": 1.5}], cfg, output_dir=tmp_path / "bad")

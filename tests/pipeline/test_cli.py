@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import importlib
 import json
+from pathlib import Path
 
 import pytest
 
@@ -27,8 +29,20 @@ def test_config_command_resolves_variant_and_rejects_unknown_variant(capsys):
     assert cli.main(["config", "--variant", "albef", "--set", "loader.batch_size_per_gpu=8"]) == 0
     resolved = json.loads(capsys.readouterr().out)
     assert resolved["variant"] == "albef" and resolved["loader"]["batch_size_per_gpu"] == 8
-    with pytest.raises(ValueError, match="unknown variant 'nope'"):
-        cli.main(["config", "--variant", "nope"])
+    assert cli.main(["config", "--variant", "nope"]) == 2
+    assert capsys.readouterr().err == (
+        "nas config: error: unknown variant 'nope'; params.yaml defines: ['albef', 'nas', 'vd']\n"
+    )
+
+
+def test_config_command_refuses_an_unknown_key_in_one_line(capsys):
+    assert cli.main(["config", "--set", "pretrain_stage1.train.epoch=2"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert err.startswith(
+        "nas config: error: --set pretrain_stage1.train.epoch=2: unknown config key "
+        "'pretrain_stage1.train.epoch' (did you mean 'pretrain_stage1.train.epochs'?); TrainConfig accepts: "
+    )
 
 
 def test_models_command_lists_registry(capsys):
@@ -37,17 +51,136 @@ def test_models_command_lists_registry(capsys):
     assert "albef_tiny" in names and "albef_base" in names
 
 
-def test_unknown_param_key_is_an_error_naming_it(tmp_path, monkeypatch):
+def test_unknown_param_key_is_an_error_naming_it(tmp_path, monkeypatch, capsys):
     from experiments.common import run_stage
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text("seed: 1\ndata: {root: d, synthetic: {n_trian: 5}}\n")
     from experiments.data import stage
 
-    with pytest.raises(
-        ValueError, match=r"data\.synthetic\.n_trian.*did you mean 'data\.synthetic\.n_train'"
-    ):
+    with pytest.raises(SystemExit) as exit_info:
         run_stage("data", stage, ["--runs-dir", str(tmp_path / "runs")], needs_variant=False)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith(
+        "nas data: error: params.yaml: unknown config key 'data.synthetic.n_trian' "
+        "(did you mean 'data.synthetic.n_train'?)"
+    )
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "d").exists()
+
+
+# ---- user errors of a stage: one line on stderr, exit 2, no Sacred run ----------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def stage_dir(tmp_path, monkeypatch):
+    """A working folder with the shipped params.yaml and nothing else (no data: a stage that got past
+    its checks would fail on the missing data, after starting a Sacred run)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    return tmp_path
+
+
+def _stage_error(module: str, argv: list[str], tmp_path: Path, capsys) -> str:
+    main = importlib.import_module(module).main
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--params", str(tmp_path / "params.yaml"), "--runs-dir", str(tmp_path / "runs")])
+    assert exit_info.value.code == 2
+    out, err = capsys.readouterr()
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert not (tmp_path / "runs").exists()  # no Sacred run folder: the stage never started
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+    return err.rstrip("\n")
+
+
+PRETRAIN = ["--stage", "pretrain_stage1", "--variant", "albef"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            [*PRETRAIN, "--set", "pretrain_stag1.train.epochs=5"],
+            "nas pretrain_stage1: error: --set pretrain_stag1.train.epochs=5: unknown config key "
+            "'pretrain_stag1' (did you mean 'pretrain_stage1'?); a params file holds: ",
+        ),
+        (
+            [*PRETRAIN, "--set", "finetune.trian.epochs=1"],  # a section pretraining does not read
+            "nas pretrain_stage1: error: --set finetune.trian.epochs=1: unknown config key 'finetune.trian' "
+            "(did you mean 'finetune.train'?); FinetuneConfig accepts: ",
+        ),
+        (
+            [*PRETRAIN, "--set", "loader=5"],
+            "nas pretrain_stage1: error: --set loader=5: loader must be a mapping of loader settings, got 5 (int)",
+        ),
+        (
+            [*PRETRAIN, "--set", "seed=1.5"],
+            "nas pretrain_stage1: error: --set seed=1.5: seed must be an integer (the run seed; rank r uses "
+            "seed + r), got 1.5 (float)",
+        ),
+        (
+            [*PRETRAIN, "--set", "loader.batch_size_per_gpu=5000"],
+            "nas pretrain_stage1: error: --set loader.batch_size_per_gpu=5000: loader.batch_size_per_gpu=5000 "
+            "is larger than the synthetic training set, 3600 pairs (data.synthetic.n_train=1800 x "
+            "captions_per_image=2)",
+        ),
+        (
+            ["--stage", "pretrain_stage1", "--variant", "nsa"],
+            "nas pretrain_stage1: error: unknown variant 'nsa' (did you mean 'nas'?); ",
+        ),
+        (
+            [*PRETRAIN, "--set", "nonsense"],
+            "nas pretrain_stage1: error: --set nonsense: an override must look like",
+        ),
+    ],
+)
+def test_a_stage_refuses_bad_params_in_one_line_before_it_starts(stage_dir, capsys, argv, message):
+    assert _stage_error("experiments.pretrain", argv, stage_dir, capsys).startswith(message)
+
+
+def test_a_top_level_typo_in_the_params_file_stops_every_stage(stage_dir, capsys):
+    path = stage_dir / "params.yaml"
+    path.write_text(path.read_text() + "\npretrain_stag1:\n  train: {epochs: 5}\n")
+    expected = f"{path}: unknown config key 'pretrain_stag1' (did you mean 'pretrain_stage1'?)"
+    err = _stage_error("experiments.data", [], stage_dir, capsys)
+    assert err.startswith(f"nas data: error: {expected}")
+    err = _stage_error("experiments.finetune", ["--variant", "nas"], stage_dir, capsys)
+    assert err.startswith(f"nas finetune: error: {expected}")
+
+
+def test_a_missing_params_file_is_one_line(stage_dir, capsys):
+    (stage_dir / "params.yaml").unlink()
+    main = importlib.import_module("experiments.report").main
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--params", "missing.yaml", "--runs-dir", str(stage_dir / "runs")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (
+        "nas report: error: params file not found: missing.yaml (run from the repository root)\n"
+    )
+    assert not any(stage_dir.iterdir())
+    (stage_dir / "params.yaml").write_text("seed: 1\ndata: [1, 2\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--runs-dir", str(stage_dir / "runs")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1
+    assert err.startswith("nas report: error: params.yaml: not valid YAML: while parsing a flow sequence")
+
+
+def test_the_command_line_exits_2_without_a_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    args = ["pretrain", "--variant", "albef", "--set", "pretrain_stag1.train.epochs=5", "--runs-dir", "runs"]
+    done = subprocess.run(
+        [sys.executable, "-m", "nas.cli", *args], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith(
+        "nas pretrain_stage1: error: --set pretrain_stag1.train.epochs=5: unknown config key 'pretrain_stag1'"
+    )
+    assert done.stderr.count("\n") == 1 and not (tmp_path / "runs").exists()
 
 
 def test_score_help_lists_benchmarks_and_formats(capsys):

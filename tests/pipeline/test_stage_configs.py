@@ -32,3 +32,28 @@ def test_evaluation_input_size_comes_from_the_recorded_run_not_the_params():
     assert data_as_trained(data, {"data": {"transform": {"image_size": 96}}}).transform.image_size == 96
     assert data_as_trained(data, {}).transform.image_size == 64
     assert data.transform.image_size == 64  # the params' config is not mutated
+
+
+def test_the_experiment_sections_are_checked_with_every_run():
+    """`finetune` and `evaluate` are typed in experiment modules; experiments.common registers them, so
+    a pretraining run refuses a bad fine-tuning or evaluation setting before it starts."""
+    from experiments.evaluate import EvaluateConfig
+    from nas.config.params import load_params
+    from nas.config.schema import SECTIONS, check_params
+
+    assert SECTIONS["finetune"].dataclass() is FinetuneConfig
+    assert SECTIONS["evaluate"].dataclass() is EvaluateConfig
+    params = load_params(Path(__file__).resolve().parents[2] / "params.yaml")
+    cases = {
+        "finetune.model_overrides.mlm_weight=0.5": "finetune: model_overrides must not set mlm_weight",
+        "finetune.seeds=[0,0]": "finetune: seeds must be distinct non-negative offsets",
+        "finetune.model_overrides.nva_enabled=true": "unknown config key 'finetune.model_overrides.nva_enabled'",
+        "evaluate.retrieval.k_tset=4": "unknown config key 'evaluate.retrieval.k_tset'",
+        "evaluate.checkpoint_stages=[pretrain_stage2,finetuned]": "evaluate.checkpoint_stages[1]: 'finetuned'",
+    }
+    for override, message in cases.items():
+        with pytest.raises(ConfigError) as info:
+            check_params(params, "albef", [override])
+        assert str(info.value).startswith(f"--set {override}: ") and message in str(info.value)
+    # NVA is a NAS model switch: on the NAS variant the same fine-tuning override is fine.
+    check_params(params, "nas", ["finetune.model_overrides.nva_enabled=true"])

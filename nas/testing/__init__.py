@@ -1,0 +1,1 @@
+"""Test and campaign utilities that ship with the library (fault injection for crash-resume)."""
