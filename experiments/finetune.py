@@ -11,7 +11,8 @@ checkpoint with seed `params.seed + s` (data order, NTA draws, NVA draws), so th
 come with a mean ± std over replicates (issue 4: the probes are small and NVA is stochastic).
 Pretraining is not replicated here; a pretraining replicate is a run with another params `seed`.
 
-Outputs (paths fixed for dvc.yaml), per replicate `s`:
+Outputs (paths fixed for dvc.yaml; an ad-hoc run, with `--set` or another `--params`, writes the same
+tree under its own runs/adhoc/<tag>/ instead), per replicate `s`:
   runs/finetune/<variant>/seed<s>/train_nta.json   the NTA annotation file the run trained on
   runs/finetune/<variant>/seed<s>/checkpoint.pt    the final weights ({"model": state dict})
   runs/finetune/<variant>/seed<s>/config.json      the resolved config, with the EFFECTIVE model
@@ -33,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from experiments.common import Recorder, run_stage
+from experiments.common import Recorder, parse_stage_args, run_stage
 from experiments.pretrain import (
     build_model,
     check_training_set,
@@ -43,6 +44,7 @@ from experiments.pretrain import (
 )
 from nas.config import from_dict, merge
 from nas.config.data import DataConfig
+from nas.config.params import PIPELINE_ROOT, input_root, output_root
 from nas.config.stages import LoaderConfig, ModelSpec
 from nas.data.nta import NTAConfig
 from nas.engine.checkpoint import atomic_save, atomic_write_text, read_checkpoint
@@ -151,12 +153,12 @@ def build_nta_loader(data: DataConfig, loader: LoaderConfig, annotation_file: Pa
     return build_loader(dataset, loader, collate, shuffle=True)
 
 
-def replicate_dir(variant: str, seed: int) -> Path:
-    return stage_paths(STAGE, variant)["run"] / f"seed{seed}"
+def replicate_dir(variant: str, seed: int, root: Path = PIPELINE_ROOT) -> Path:
+    return stage_paths(STAGE, variant, root)["run"] / f"seed{seed}"
 
 
-def replicate_dirs(variant: str, seeds: Sequence[int]) -> list[Path]:
-    return [replicate_dir(variant, s) for s in seeds]
+def replicate_dirs(variant: str, seeds: Sequence[int], root: Path = PIPELINE_ROOT) -> list[Path]:
+    return [replicate_dir(variant, s, root) for s in seeds]
 
 
 def stage(cfg: dict[str, Any], record: Recorder) -> None:
@@ -164,7 +166,9 @@ def stage(cfg: dict[str, Any], record: Recorder) -> None:
     section = dict(cfg[STAGE])
     section["train"] = {**section.get("train", {}), "seed": cfg["seed"]}
     ft = from_dict(FinetuneConfig, section, STAGE)
-    init_checkpoint = stage_paths(ft.init_from, variant)["run"] / "checkpoint.pt"
+    root = output_root(cfg)
+    init_in = input_root(root, stage_paths(ft.init_from, variant)["run"], ft.init_from)
+    init_checkpoint = stage_paths(ft.init_from, variant, init_in)["run"] / "checkpoint.pt"
     if not init_checkpoint.is_file():
         raise FileNotFoundError(f"{STAGE}: {init_checkpoint} is missing; run {ft.init_from} first")
     typed = Typed(
@@ -190,7 +194,7 @@ def stage(cfg: dict[str, Any], record: Recorder) -> None:
         "steps": first["steps"],
         "replicates": replicates,
     }
-    paths = stage_paths(STAGE, variant)
+    paths = stage_paths(STAGE, variant, root)
     atomic_write_text(paths["metrics"], json.dumps(summary, indent=2) + "\n")
     record.add_artifact(paths["metrics"], name="stage_metrics.json")
 
@@ -217,7 +221,8 @@ def finetune_replicate(
     variant, seed = cfg["variant"], cfg["seed"] + offset
     data, loader_cfg, spec = typed.data, typed.loader, typed.model
     ft = dataclasses.replace(typed.finetune, train=dataclasses.replace(typed.finetune.train, seed=seed))
-    run_dir = replicate_dir(variant, offset)
+    root = output_root(cfg)
+    run_dir = replicate_dir(variant, offset, root)
     name = f"{STAGE}[{variant} seed+{offset}]"
 
     manual_seed(seed + idist.get_rank())
@@ -249,7 +254,7 @@ def finetune_replicate(
         model,
         loader,
         ft.train,
-        output_dir=stage_paths(STAGE, variant)["checkpoints"] / digest,
+        output_dir=stage_paths(STAGE, variant, root)["checkpoints"] / digest,
         on_epoch_end=on_epoch_end,
         on_log_step=on_log_step,
         identity=identity,
@@ -282,7 +287,8 @@ def finetune_replicate(
 
 
 def main(argv=None) -> None:
-    run_stage(STAGE, stage, argv, nproc_key=(STAGE, "train", "launch"))
+    args = parse_stage_args("finetune", argv)
+    run_stage(args.stage, stage, args=args, nproc_key=(args.stage, "train", "launch"))
 
 
 if __name__ == "__main__":

@@ -17,20 +17,23 @@ Outputs (fixed paths, named in dvc.yaml):
   runs/mug_pretrain/<arm>/seed<k>/{model.pt,config.json}   final weights and the run's config
   runs/mug_evaluate/                               score files, sample figure
   metrics/mug/pretrain.json, metrics/mug/evaluate.json, metrics/fine_grained/mug.json
+An ad-hoc run (`--set`, another `--params`) writes the same tree under runs/adhoc/<tag>/ instead (the
+paths below are relative to the run's output root, nas.config.params.output_root); `mug_evaluate` then
+scores the runs of its own folder where it has them, else the pipeline's.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from experiments.common import PrefixedRecorder, Recorder, run_stage
+from experiments.common import PrefixedRecorder, Recorder, parse_stage_args, run_stage
 from nas.config.base import to_dict
 from nas.config.mug_card import MUGSection, effective_model, effective_sections
+from nas.config.params import PIPELINE_ROOT, input_root, output_root
 
 STAGES = ("mug_pretrain", "mug_evaluate")
 RUNS = Path("runs/mug_pretrain")
@@ -40,8 +43,8 @@ METRICS = Path("metrics/mug")
 FINE_GRAINED = Path("metrics/fine_grained/mug.json")
 
 
-def run_dir(arm: str, seed: int) -> Path:
-    return RUNS / arm / f"seed{seed}"
+def run_dir(arm: str, seed: int, root: Path = PIPELINE_ROOT) -> Path:
+    return root / RUNS / arm / f"seed{seed}"
 
 
 def set_threads(section: MUGSection) -> None:
@@ -166,13 +169,14 @@ def pretrain(cfg: dict[str, Any], record: Recorder) -> None:
     from nas.engine.fit import fit
 
     stage_start = time.perf_counter()
+    root = output_root(cfg)
     typed = effective_sections(cfg)
     section, data = typed["section"], typed["data"]
     set_threads(section)
     context = section.arm_model(next(iter(section.arms)))  # every arm shares the text context
     tokenizer = BpeTokenizer(effective_model(context)["caption"]["context_length"])
     census = caption_census(
-        data.path(section.train_file or data.train_file), tokenizer, section.empty_captions, RUNS
+        data.path(section.train_file or data.train_file), tokenizer, section.empty_captions, root / RUNS
     )
     print(
         f"mug_pretrain: {census['pairs']} training pairs, {len(census['bpe_ids'])} distinct BPE ids, "
@@ -195,7 +199,7 @@ def pretrain(cfg: dict[str, Any], record: Recorder) -> None:
             digest = config_digest(
                 shared | {"arm": arm, "model": arm_spec, "seed": seed, "stage": "mug_pretrain"}
             )
-            output_dir = CHECKPOINTS / arm / f"seed{seed}" / digest
+            output_dir = root / CHECKPOINTS / arm / f"seed{seed}" / digest
             on_epoch_end, on_log_step = training_callbacks(
                 "mug_pretrain", name, PrefixedRecorder(record, f"{arm}.seed{seed}.")
             )
@@ -210,7 +214,7 @@ def pretrain(cfg: dict[str, Any], record: Recorder) -> None:
             )
             if idist.get_rank() != 0:
                 continue
-            out = run_dir(arm, seed)
+            out = run_dir(arm, seed, root)
             atomic_save({"model": read_checkpoint(result["last_checkpoint"])["model"]}, out / "model.pt")
             atomic_write_text(
                 out / "config.json", json.dumps(run_config(cfg, section, arm, seed), indent=2) + "\n"
@@ -235,25 +239,25 @@ def pretrain(cfg: dict[str, Any], record: Recorder) -> None:
         "stage_seconds": round(time.perf_counter() - stage_start, 1),  # the process's start-up aside
         "runs": runs,
     }
-    atomic_write_text(METRICS / "pretrain.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(root / METRICS / "pretrain.json", json.dumps(summary, indent=2) + "\n")
     atomic_write_text(
-        RUNS / "vocabulary.json",
+        root / RUNS / "vocabulary.json",
         json.dumps({"bpe_ids": census["bpe_ids"], "targets": census["targets"]}) + "\n",
     )
-    record.add_artifact(METRICS / "pretrain.json", name="mug_pretrain.json")
+    record.add_artifact(root / METRICS / "pretrain.json", name="mug_pretrain.json")
 
 
 # ---- mug_evaluate -------------------------------------------------------------------------------
 
 
-def load_run(arm: str, seed: int, device: str = "cpu"):
+def load_run(arm: str, seed: int, device: str = "cpu", root: Path = PIPELINE_ROOT):
     """The trained model of one run, rebuilt from its recorded config."""
     from nas.config.base import from_dict
     from nas.config.stages import ModelSpec
     from nas.engine.checkpoint import read_checkpoint
     from nas.models.registry import create_model
 
-    folder = run_dir(arm, seed)
+    folder = run_dir(arm, seed, root)
     if not (folder / "model.pt").is_file():
         raise FileNotFoundError(f"{folder / 'model.pt'} is missing: run the mug_pretrain stage first")
     config = json.loads((folder / "config.json").read_text())
@@ -432,13 +436,15 @@ def evaluate(cfg: dict[str, Any], record: Recorder) -> None:
     from nas.reporting.mug_section import sample_figure
 
     stage_start = time.perf_counter()
+    root = output_root(cfg)
+    trained = input_root(root, RUNS, "mug_pretrain")  # the runs it scores
     torch.manual_seed(cfg["seed"])
     typed = effective_sections(cfg)
     section, ev = typed["section"], typed["section"].evaluate
     set_threads(section)
     first_arm = next(iter(section.arms))
     tokenizer = BpeTokenizer(effective_model(section.arm_model(first_arm))["caption"]["context_length"])
-    vocabulary = json.loads((RUNS / "vocabulary.json").read_text())
+    vocabulary = json.loads((trained / RUNS / "vocabulary.json").read_text())
     shared = shared_inputs(typed, tokenizer)
     result: dict[str, Any] = {"stage": "mug_evaluate", "baselines": baselines(shared, vocabulary), "arms": {}}
     rows: dict[str, Any] = {}
@@ -446,8 +452,8 @@ def evaluate(cfg: dict[str, Any], record: Recorder) -> None:
     for arm in section.arms:
         per_seed, initial = [], []
         for seed in section.seeds:
-            model = load_run(arm, seed)
-            scores_dir = EVAL_DIR / arm / f"seed{seed}" / "scores"
+            model = load_run(arm, seed, root=trained)
+            scores_dir = root / EVAL_DIR / arm / f"seed{seed}" / "scores"
             run = evaluate_run(model, shared, section, scores_dir)
             # The loss weights do not change the initial weights: arms of one seed share them.
             spec = section.arm_model(arm)
@@ -475,7 +481,7 @@ def evaluate(cfg: dict[str, Any], record: Recorder) -> None:
                         shared["test_images"][:n],
                         run["captions"]["greedy"]["texts"][:n],
                         [s["captions"][0]["text"] for s in shared["caption_scenes"][:n]],
-                        EVAL_DIR / "figures" / "mug_samples.png",
+                        root / EVAL_DIR / "figures" / "mug_samples.png",
                         mean=typed["transform"].mean,
                         std=typed["transform"].std,
                         mask_seed=ev.mask_seed,
@@ -510,22 +516,17 @@ def evaluate(cfg: dict[str, Any], record: Recorder) -> None:
         for i in range(count)
     ]
     result["stage_seconds"] = round(time.perf_counter() - stage_start, 1)
-    atomic_write_text(METRICS / "evaluate.json", json.dumps(result, indent=2) + "\n")
-    atomic_write_text(FINE_GRAINED, json.dumps({"recipe": "mug", "rows": rows}, indent=2) + "\n")
-    record.add_artifact(METRICS / "evaluate.json", name="mug_evaluate.json")
+    atomic_write_text(root / METRICS / "evaluate.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_text(root / FINE_GRAINED, json.dumps({"recipe": "mug", "rows": rows}, indent=2) + "\n")
+    record.add_artifact(root / METRICS / "evaluate.json", name="mug_evaluate.json")
 
 
 def main(argv=None) -> None:
-    import argparse
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--stage", choices=STAGES, default="mug_pretrain")
-    known, rest = pre.parse_known_args(argv)
-    if known.stage == "mug_pretrain":
-        run_stage("mug_pretrain", pretrain, rest, needs_variant=False, nproc_key=("mug", "train", "launch"))
+    args = parse_stage_args("mug", argv)  # --stage: one of STAGES
+    if args.stage == "mug_pretrain":
+        run_stage("mug_pretrain", pretrain, args=args, nproc_key=("mug", "train", "launch"))
     else:
-        run_stage("mug_evaluate", evaluate, rest, needs_variant=False)
+        run_stage("mug_evaluate", evaluate, args=args)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ The variant (ALBEF, +VD, NAS, ...) only changes params: which model the registry
 objectives it returns. Stage 2 starts from the same variant's stage-1 checkpoint and takes over what
 `init_objects` names (model with momentum copies, queues and VD; optimizer; lr schedule).
 
-Outputs (paths fixed so dvc.yaml can name them):
+Outputs (paths fixed so dvc.yaml can name them; an ad-hoc run, with `--set` or another `--params`,
+writes the same tree under its own runs/adhoc/<tag>/ instead: nas.config.params.decide_output_root):
   checkpoints/<stage>/<variant>/<config digest>/   resumable epoch checkpoints (DVC persist)
   runs/<stage>/<variant>/checkpoint.pt             the final complete checkpoint, for the next stage
   runs/<stage>/<variant>/config.json               the resolved config the run used
@@ -13,15 +14,14 @@ Outputs (paths fixed so dvc.yaml can name them):
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-from experiments.common import Recorder, run_stage
+from experiments.common import Recorder, parse_stage_args, run_stage
 from nas.config import from_dict
 from nas.config.data import DataConfig
+from nas.config.params import PIPELINE_ROOT, input_root, output_root
 from nas.config.stages import LoaderConfig, ModelSpec, TrainStageConfig
 from nas.engine.checkpoint import atomic_copy, atomic_write_text
 from nas.engine.identity import identity_digest, run_identity
@@ -29,11 +29,13 @@ from nas.engine.identity import identity_digest, run_identity
 STAGES = ("pretrain_stage1", "pretrain_stage2")
 
 
-def stage_paths(stage: str, variant: str) -> dict[str, Path]:
+def stage_paths(stage: str, variant: str, root: Path = PIPELINE_ROOT) -> dict[str, Path]:
+    """A training stage's outputs under the output root `root` (the repository root: the paths dvc.yaml
+    names; an ad-hoc run's runs/adhoc/<tag>: the same tree there)."""
     return {
-        "run": Path("runs") / stage / variant,
-        "checkpoints": Path("checkpoints") / stage / variant,
-        "metrics": Path("metrics") / stage / f"{variant}.json",
+        "run": root / "runs" / stage / variant,
+        "checkpoints": root / "checkpoints" / stage / variant,
+        "metrics": root / "metrics" / stage / f"{variant}.json",
     }
 
 
@@ -102,7 +104,8 @@ def stage(cfg: dict[str, Any], record: Recorder) -> None:
     section = dict(cfg[name])
     section["train"] = {**section.get("train", {}), "seed": cfg["seed"]}  # one seed: params `seed`
     stage_cfg = from_dict(TrainStageConfig, section, name)
-    paths = stage_paths(name, variant)
+    root = output_root(cfg)
+    paths = stage_paths(name, variant, root)
 
     manual_seed(cfg["seed"] + idist.get_rank())
     model = build_model(spec, stage_cfg.model_overrides)
@@ -110,9 +113,11 @@ def stage(cfg: dict[str, Any], record: Recorder) -> None:
     checked = check_training_set(f"{name}[{variant}]", loader, data, cfg["seed"])
     if has_dictionary(model) and stage_cfg.init_from is None:
         # Stage 1 of a VD variant: start from the build_vd artifact; γ ramps over this stage's steps.
+        from experiments.build_vd import build_vd_paths
         from nas.models.vd_build import load_initial_dictionary
 
-        built = load_initial_dictionary(model, Path("runs/build_vd") / variant / "vd_init.pt")
+        built_in = input_root(root, build_vd_paths(variant)["run"], "build_vd")
+        built = load_initial_dictionary(model, build_vd_paths(variant, built_in)["run"] / "vd_init.pt")
         print(f"{name}[{variant}]: initial dictionary ({built['init']}) health {built['health']}")
         from nas.engine.fit import epoch_length_of
 
@@ -120,7 +125,8 @@ def stage(cfg: dict[str, Any], record: Recorder) -> None:
         model.set_total_steps(stage_cfg.train.epochs * steps)
     init_checkpoint = None
     if stage_cfg.init_from is not None:
-        init_checkpoint = stage_paths(stage_cfg.init_from, variant)["run"] / "checkpoint.pt"
+        init_in = input_root(root, stage_paths(stage_cfg.init_from, variant)["run"], stage_cfg.init_from)
+        init_checkpoint = stage_paths(stage_cfg.init_from, variant, init_in)["run"] / "checkpoint.pt"
         if not init_checkpoint.is_file():
             raise FileNotFoundError(
                 f"{name}: init_from={stage_cfg.init_from!r} needs {init_checkpoint}; run that stage first"
@@ -178,11 +184,8 @@ def stage(cfg: dict[str, Any], record: Recorder) -> None:
 
 
 def main(argv=None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--stage", choices=STAGES, default="pretrain_stage1")
-    known, rest = pre.parse_known_args(argv)
-    run_stage(known.stage, stage, rest, nproc_key=(known.stage, "train", "launch"))
+    args = parse_stage_args("pretrain", argv)  # --stage: one of STAGES
+    run_stage(args.stage, stage, args=args, nproc_key=(args.stage, "train", "launch"))
 
 
 if __name__ == "__main__":

@@ -20,19 +20,21 @@ Outputs (fixed paths, named in dvc.yaml):
   runs/uta_evaluate/scores/                         per-pair scores of the fine-grained probes
   metrics/uta/{teacher,pretrain,finetune,evaluate}.json, metrics/uta/figure.json (heatmaps, masks),
   metrics/fine_grained/uta.json                     rows for the shared fine-grained tables
+An ad-hoc run (`--set`, another `--params`) writes the same tree under runs/adhoc/<tag>/ instead (the
+paths above are relative to the run's output root, nas.config.params.output_root), and reads each
+upstream stage's output from its own folder where it has it, else the pipeline's.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from experiments.common import PrefixedRecorder, Recorder, run_stage
+from experiments.common import PrefixedRecorder, Recorder, parse_stage_args, run_stage
 from nas.config.base import to_dict
+from nas.config.params import PIPELINE_ROOT, input_root, output_root
 from nas.config.uta_card import UTASection, effective_loader, effective_student, read_section
 
 STAGES = ("uta_teacher", "uta_pretrain", "uta_finetune", "uta_evaluate")
@@ -153,7 +155,7 @@ def load_stage_teacher(ctx: Context):
     """The frozen teacher `uta_teacher` recorded (its weights file, or the EVA-CLIP checkpoint)."""
     from nas.models.clip_teacher import load_teacher
 
-    record_file = TEACHER_RUN / "teacher.json"
+    record_file = input_root(output_root(ctx.raw), TEACHER_RUN, "uta_teacher") / TEACHER_RUN / "teacher.json"
     if not record_file.is_file():
         raise FileNotFoundError(f"{record_file} is missing: run the `uta_teacher` stage first")
     record = json.loads(record_file.read_text())
@@ -173,6 +175,7 @@ def stage_teacher(cfg: dict[str, Any], record: Recorder) -> None:
     from nas.models.registry import create_model
 
     ctx = read_context(cfg)
+    root = output_root(cfg)
     spec = ctx.section.teacher
     dim = effective_student(ctx.section.student.model)["teacher_dim"]
     summary: dict[str, Any] = {"stage": "uta_teacher"}
@@ -207,35 +210,36 @@ def stage_teacher(cfg: dict[str, Any], record: Recorder) -> None:
             ClipTrainer(teacher),
             loader,
             train,
-            output_dir=TEACHER_CHECKPOINTS / digest,
+            output_dir=root / TEACHER_CHECKPOINTS / digest,
             on_epoch_end=on_epoch_end,
             on_log_step=on_log_step,
         )
         if idist.get_rank() != 0:
             return
-        atomic_save(teacher.clip.state_dict(), TEACHER_RUN / "teacher.pt")
-        teacher_record = {"source": "trained", "model": model_cfg, "weights": str(TEACHER_RUN / "teacher.pt")}
+        weights = root / TEACHER_RUN / "teacher.pt"
+        atomic_save(teacher.clip.state_dict(), weights)
+        teacher_record = {"source": "trained", "model": model_cfg, "weights": str(weights)}
         summary |= {"config_digest": digest, "resumed_from": result["resumed_from"]}
         summary |= {"final": result["history"][-1], "epochs": result["history"], "steps": result["steps"]}
         teacher = teacher.freeze()
     if idist.get_rank() != 0:
         return
-    write_json(TEACHER_RUN / "teacher.json", teacher_record)
+    write_json(root / TEACHER_RUN / "teacher.json", teacher_record)
     summary["zero_shot"] = teacher_zero_shot(
         teacher, held_out(ctx, with_probe_images=False), ctx.section.evaluation.batch_size
     )
     for name, value in summary["zero_shot"].items():
         record.log_scalar(f"zero_shot.{name}", value["accuracy"])
     print("uta_teacher zero-shot:", {k: round(v["accuracy"], 1) for k, v in summary["zero_shot"].items()})
-    write_json(METRICS / "teacher.json", summary)
-    record.add_artifact(METRICS / "teacher.json", name="teacher_metrics.json")
+    write_json(root / METRICS / "teacher.json", summary)
+    record.add_artifact(root / METRICS / "teacher.json", name="teacher_metrics.json")
 
 
 # ---- student pretraining --------------------------------------------------------------------------
 
 
-def student_file(arm: str, seed: int) -> Path:
-    return PRETRAIN_RUN / arm / f"seed{seed}" / "student.pt"
+def student_file(arm: str, seed: int, root: Path = PIPELINE_ROOT) -> Path:
+    return root / PRETRAIN_RUN / arm / f"seed{seed}" / "student.pt"
 
 
 def build_student(ctx: Context):
@@ -267,6 +271,7 @@ def stage_pretrain(cfg: dict[str, Any], record: Recorder) -> None:
     from nas.models.uta import UTAPretrainer
 
     ctx = read_context(cfg)
+    root = output_root(cfg)
     section = ctx.section
     teacher = load_stage_teacher(ctx)
     loader = pair_loader(
@@ -298,12 +303,12 @@ def stage_pretrain(cfg: dict[str, Any], record: Recorder) -> None:
                 model,
                 loader,
                 replace(section.student.train, seed=seed),
-                output_dir=STUDENT_CHECKPOINTS / arm / f"seed{seed}" / digest,
+                output_dir=root / STUDENT_CHECKPOINTS / arm / f"seed{seed}" / digest,
                 on_epoch_end=on_epoch_end,
                 on_log_step=on_log_step,
             )
             if idist.get_rank() == 0:
-                atomic_save(model.student.state_dict(), student_file(arm, seed))
+                atomic_save(model.student.state_dict(), student_file(arm, seed, root))
             history = result["history"]
             runs.setdefault(arm, {})[str(seed)] = {
                 "config_digest": digest,
@@ -314,12 +319,13 @@ def stage_pretrain(cfg: dict[str, Any], record: Recorder) -> None:
             }
     if idist.get_rank() != 0:
         return
-    write_json(PRETRAIN_RUN / "config.json", cfg)
+    write_json(root / PRETRAIN_RUN / "config.json", cfg)
     final = {
         arm: mean_std([run["final"]["uta"] for run in by_seed.values()]) for arm, by_seed in runs.items()
     }
-    write_json(METRICS / "pretrain.json", {"stage": "uta_pretrain", "final_train_loss": final, "runs": runs})
-    record.add_artifact(METRICS / "pretrain.json", name="pretrain_metrics.json")
+    summary = {"stage": "uta_pretrain", "final_train_loss": final, "runs": runs}
+    write_json(root / METRICS / "pretrain.json", summary)
+    record.add_artifact(root / METRICS / "pretrain.json", name="pretrain_metrics.json")
 
 
 # ---- optional contrastive fine-tuning -------------------------------------------------------------
@@ -344,7 +350,8 @@ def stage_finetune(cfg: dict[str, Any], record: Recorder) -> None:
     ctx = read_context(cfg)
     section = ctx.section
     ft = section.finetune
-    FINETUNE_RUN.mkdir(parents=True, exist_ok=True)
+    root = output_root(cfg)
+    (root / FINETUNE_RUN).mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {
         "stage": "uta_finetune",
         "enabled": ft.enabled,
@@ -354,8 +361,9 @@ def stage_finetune(cfg: dict[str, Any], record: Recorder) -> None:
     if ft.enabled:
         context = load_stage_teacher(ctx).context_length
         loader = pair_loader(ctx, ft.train_file, ft.loader, "uta.finetune.loader", context)
+        trained = input_root(root, PRETRAIN_RUN, "uta_pretrain")
         for seed in section.seeds:
-            student = load_student(ctx, student_file(section.main_arm, seed)).train()
+            student = load_student(ctx, student_file(section.main_arm, seed, trained)).train()
             model = UTAContrastive(student, load_stage_teacher(ctx), ft.temperature).to(idist.device())
             digest = config_digest({"cfg": {k: v for k, v in cfg.items() if k != "stage"}, "seed": seed})
             on_epoch_end, on_log_step = training_callbacks(
@@ -365,13 +373,13 @@ def stage_finetune(cfg: dict[str, Any], record: Recorder) -> None:
                 model,
                 loader,
                 finetune_train_config(ft, seed),
-                output_dir=FINETUNE_CHECKPOINTS / f"seed{seed}" / digest,
+                output_dir=root / FINETUNE_CHECKPOINTS / f"seed{seed}" / digest,
                 on_epoch_end=on_epoch_end,
                 on_log_step=on_log_step,
             )
             if idist.get_rank() != 0:
                 continue
-            out_dir = FINETUNE_RUN / f"seed{seed}"
+            out_dir = root / FINETUNE_RUN / f"seed{seed}"
             atomic_save(model.student.state_dict(), out_dir / "student.pt")
             atomic_save(model.text.clip.state_dict(), out_dir / "text.pt")
             steps = [row["clip"] for row in result["steps"] if "clip" in row]
@@ -383,8 +391,9 @@ def stage_finetune(cfg: dict[str, Any], record: Recorder) -> None:
                 "resumed_from": result["resumed_from"],
             }
             print(f"uta_finetune seed {seed}: {summary['runs'][str(seed)]}")
-    write_json(FINETUNE_RUN / "config.json", cfg)  # the stage's output exists whether or not it trained
-    write_json(METRICS / "finetune.json", summary)
+    # The stage's output exists whether or not it trained.
+    write_json(root / FINETUNE_RUN / "config.json", cfg)
+    write_json(root / METRICS / "finetune.json", summary)
 
 
 # ---- evaluation -----------------------------------------------------------------------------------
@@ -524,9 +533,11 @@ def load_finetuned(ctx: Context, seed: int):
 
     from nas.models.clip_teacher import ClipTeacher, build_open_clip
 
-    run = FINETUNE_RUN / f"seed{seed}"
+    root = output_root(ctx.raw)
+    run = input_root(root, FINETUNE_RUN, "uta_finetune") / FINETUNE_RUN / f"seed{seed}"
     student = load_student(ctx, run / "student.pt")
-    record = json.loads((TEACHER_RUN / "teacher.json").read_text())
+    teacher_file = input_root(root, TEACHER_RUN, "uta_teacher") / TEACHER_RUN / "teacher.json"
+    record = json.loads(teacher_file.read_text())
     clip = build_open_clip(record["model"])
     clip.load_state_dict(torch.load(run / "text.pt", map_location="cpu", weights_only=True))
     return student, ClipTeacher(clip).freeze()
@@ -554,12 +565,14 @@ def fine_grained_rows(ctx: Context, teacher, finetuned: bool) -> dict[str, Any]:
 
     section, ev = ctx.section, ctx.section.evaluation
     transform, tokenizer = build_eval_transform(ctx.data.transform), BpeTokenizer(teacher.context_length)
-    scores = EVAL_RUN / "scores"
+    root = output_root(ctx.raw)
+    scores = root / EVAL_RUN / "scores"
     suite = (ctx.data.probes_root, ev.benchmarks)
+    trained = input_root(root, PRETRAIN_RUN, "uta_pretrain")
 
     def student_scorer(seed: int):
         return uta_scorer(
-            load_student(ctx, student_file(section.main_arm, seed)), teacher, transform, tokenizer
+            load_student(ctx, student_file(section.main_arm, seed, trained)), teacher, transform, tokenizer
         )
 
     rows = {
@@ -591,6 +604,8 @@ def stage_evaluate(cfg: dict[str, Any], record: Recorder) -> None:
     from nas.objectives.uta import token_cosine
 
     ctx = read_context(cfg)
+    root = output_root(cfg)
+    trained = input_root(root, PRETRAIN_RUN, "uta_pretrain")
     section, ev = ctx.section, ctx.section.evaluation
     teacher = load_stage_teacher(ctx)
     data = held_out(ctx)
@@ -613,7 +628,12 @@ def stage_evaluate(cfg: dict[str, Any], record: Recorder) -> None:
     for arm in section.arms:
         per_seed = [
             measure_student(
-                load_student(ctx, student_file(arm, seed)), ctx, arm, data, classifier, teacher_tokens
+                load_student(ctx, student_file(arm, seed, trained)),
+                ctx,
+                arm,
+                data,
+                classifier,
+                teacher_tokens,
             )
             for seed in section.seeds
         ]
@@ -626,16 +646,17 @@ def stage_evaluate(cfg: dict[str, Any], record: Recorder) -> None:
         )
         record.log_scalar(f"{arm}.zero_shot_mean", summary["zero_shot_mean"]["mean"])
         record.log_scalar(f"{arm}.heldout_1mcos", summary["heldout_1mcos"]["mean"])
+    tuned = input_root(root, FINETUNE_RUN, "uta_finetune") if section.finetune.enabled else root
     finetuned = section.finetune.enabled and all(
-        (FINETUNE_RUN / f"seed{seed}" / "student.pt").is_file() for seed in section.seeds
+        (tuned / FINETUNE_RUN / f"seed{seed}" / "student.pt").is_file() for seed in section.seeds
     )
     if finetuned:
         result["finetuned"] = evaluate_finetuned(ctx, data)
     rows = fine_grained_rows(ctx, teacher, finetuned) if ev.fine_grained else {}
-    write_json(METRICS / "evaluate.json", result)
-    write_json(METRICS / "figure.json", figure_data(ctx, heatmaps, reference.student.grid))
-    write_json(FINE_GRAINED, {"recipe": "uta", "rows": rows})
-    record.add_artifact(METRICS / "evaluate.json", name="evaluate_metrics.json")
+    write_json(root / METRICS / "evaluate.json", result)
+    write_json(root / METRICS / "figure.json", figure_data(ctx, heatmaps, reference.student.grid))
+    write_json(root / FINE_GRAINED, {"recipe": "uta", "rows": rows})
+    record.add_artifact(root / METRICS / "evaluate.json", name="evaluate_metrics.json")
 
 
 STAGE_MAINS = {
@@ -647,17 +668,12 @@ STAGE_MAINS = {
 
 
 def main(argv=None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--stage", choices=STAGES, default="uta_pretrain")
-    known, rest = pre.parse_known_args(argv)
+    args = parse_stage_args("uta", argv)  # --stage: one of STAGES
     launch = {
         "uta_teacher": ("uta", "teacher", "train", "launch"),
         "uta_pretrain": ("uta", "student", "train", "launch"),
     }
-    run_stage(
-        known.stage, STAGE_MAINS[known.stage], rest, needs_variant=False, nproc_key=launch.get(known.stage)
-    )
+    run_stage(args.stage, STAGE_MAINS[args.stage], args=args, nproc_key=launch.get(args.stage))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """`nas` — a thin command line over the pipeline stages and a few inspection tools.
 
 Every stage subcommand hands its arguments to the stage's Sacred experiment in `experiments/`, so
-`nas pretrain --variant nas --set train.epochs=2` and the DVC command
-`python -m experiments.pretrain ...` are the same run.
+`nas pretrain --stage pretrain_stage1 --variant nas --set pretrain_stage1.train.epochs=2` and the DVC
+command `python -m experiments.pretrain --stage pretrain_stage1 --variant nas ...` are the same run.
+An experiment module with several stages (pretrain, mug, uta) is one subcommand with `--stage`.
 """
 
 from __future__ import annotations
@@ -14,15 +15,19 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-# subcommand -> (experiment module, one-line help)
-STAGES: dict[str, tuple[str, str]] = {
-    "data": ("experiments.data", "generate/fetch the data set and the benchmark probes"),
-    "build-vd": ("experiments.build_vd", "build the initial visual dictionary"),
-    "pretrain": ("experiments.pretrain", "pretraining (stage 1 or 2; --stage)"),
-    "finetune": ("experiments.finetune", "text-augmented fine-tuning"),
-    "evaluate": ("experiments.evaluate", "retrieval and fine-grained evaluation of a variant"),
-    "report": ("experiments.report", "write reports/results.md and the figures"),
-}
+from experiments.common import STAGE_COMMANDS, parse_stage_args
+
+# Pipeline stages: subcommand -> its StageCommand (experiment module, stages, `--stage` choices). Kept
+# in experiments.common, which imports no torch: `nas <stage command> --help` is answered before the
+# experiment module (torch, timm, transformers: seconds) is imported.
+STAGES = STAGE_COMMANDS
+
+
+def _stage_help(name: str) -> str:
+    command = STAGES[name]
+    if len(command.stages) == 1:
+        return command.help
+    return f"{command.help} (--stage {' | '.join(command.stages)})"
 
 
 def _config_command(argv: Sequence[str]) -> int:
@@ -167,9 +172,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="nas",
         description="nas-harness: reproduce NAS (AAAI 2025) and its baselines. "
         "Run `nas <command> --help` for the options of each command.",
+        epilog=f"{', '.join(STAGES)}: the pipeline's stages (dvc.yaml runs the same code); "
+        f"{', '.join(TOOLS)}: tools to inspect params, models, runs and score files.",
     )
     sub = parser.add_subparsers(dest="command", metavar="<command>")
-    for name, (_, text) in {**STAGES, **TOOLS}.items():
+    for name in STAGES:
+        sub.add_parser(name, help=_stage_help(name), add_help=False)
+    for name, (_, text) in TOOLS.items():
         sub.add_parser(name, help=text, add_help=False)
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
@@ -179,7 +188,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return TOOLS[command][0](rest)
     if command not in STAGES:
         parser.error(f"unknown command {command!r}")
-    module = importlib.import_module(STAGES[command][0])
+    # --help, usage errors and a wrong --stage are answered here, before the stage's heavy imports; the
+    # module's main() parses the same arguments with the same parser.
+    parse_stage_args(command, rest)
+    module = importlib.import_module(STAGES[command].module)
     module.main(rest)
     return 0
 

@@ -76,8 +76,9 @@ ALLOWED: dict[tuple[str, str, str], str] = {
     ("nas/data/download.py", "run_img2dataset", "subprocess.run"): (
         "img2dataset with an argument list built by img2dataset_command; no shell"
     ),
-    ("experiments/common.py", "_git_head_exists", "subprocess.run"): (
-        "`git rev-parse --verify -q HEAD`: a literal argument list, a timeout, no shell"
+    ("experiments/common.py", "_git", "subprocess.run"): (
+        "read-only git queries (rev-parse, status, config): a literal argument list, --no-optional-locks, "
+        "a timeout, no shell"
     ),
     ("benchmarks/reproducibility.py", "run_setting", "subprocess.run"): (
         "developer benchmark re-running its own file as a worker ([sys.executable, __file__, ...]); no shell"

@@ -13,8 +13,13 @@ resolves the params of a run (file, variant overlay, `--set` overrides) and chec
 * mapping keys the run record (Sacred) can store (no '.', no leading '$');
 * combinations a stage would only meet late: a training batch larger than the synthetic data set.
 
+A variant's overlay is checked merged: `variants.<name>` with the overlays of its `base` chain under it
+(`nas.config.params.resolve`); `base` itself is a key of the overlay, never of the resolved params, and
+an unknown base or a cycle of bases is an error for the whole table.
+
 An error is one `ConfigError` naming the key, the value, and where it was set (the params file,
-`<file> variants.<name>`, or the `--set` that brought it in).
+`<file> variants.<name>`, `<file> variants.<base> (a base of variants.<name>)`, or the `--set` that
+brought it in).
 
 Sections typed by dataclasses that live outside `nas` (the `finetune` and `evaluate` sections of the
 experiment modules) are registered by `experiments/common.py` with `register_section`.
@@ -31,7 +36,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from nas.config.base import ConfigError, describe, did_you_mean, from_dict, merge, to_dict
-from nas.config.params import DERIVED_KEYS, parse_override, resolve, show_override
+from nas.config.params import (
+    DERIVED_KEYS,
+    parse_override,
+    resolve,
+    show_override,
+    variant_chain,
+    variants_of,
+)
 
 SEED = "seed"
 VARIANTS = "variants"
@@ -433,12 +445,20 @@ def check_params(
 ) -> dict[str, Any]:
     """`resolve(params, variant, overrides)`, checked whole before any stage work (`validate`).
 
-    The file's own params are checked first, then with the variant's overlay, then with the overrides,
-    so an error says where the offending value was set: `<source>`, `<source> variants.<name>`, or the
-    `--set` items that touch its key (all of them when none does)."""
+    The file's own params are checked first, then with the variant's overlay (a variant with a `base`:
+    with each overlay of its chain in turn, root base first), then with the overrides, so an error says
+    where the offending value was set: `<source>`, `<source> variants.<name>`, or the `--set` items that
+    touch its key (all of them when none does)."""
     layers: list[tuple[str | None, Sequence[str], str]] = [(None, (), source)]
     if variant is not None:
-        layers.append((variant, (), f"{source} variants.{variant}"))
+        variants = variants_of(params, source)
+        # A variant with a `base`: each overlay of its chain is checked as it is merged in (root base
+        # first), so an error names the overlay that set the value: `variants.k32`, or `variants.nas
+        # (a base of variants.k32)`. An unknown variant: `resolve` says so.
+        chain = variant_chain(variants, variant, source) if variant in variants else [variant]
+        for name in reversed(chain):
+            base_of = "" if name == variant else f" (a base of variants.{variant})"
+            layers.append((name, (), f"{source} variants.{name}{base_of}"))
     if overrides:
         layers.append((variant, tuple(overrides), ""))
     resolved: dict[str, Any] = {}

@@ -2,33 +2,19 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from nas.config import from_dict
-
 
 def load_trained_model(run_dir: str | Path, device: str | torch.device = "cpu"):
-    """Rebuild the model a stage trained (from its recorded config) and load its weights."""
-    from nas.config.stages import ModelSpec
-    from nas.engine.checkpoint import read_checkpoint
-    from nas.models.registry import create_model
+    """Rebuild the model a stage trained (from its recorded config) and load its weights:
+    `(model in eval mode, recorded config)`. The one loader is `nas.inference.load_model` (which also
+    reads the files `nas.export_inference_weights` writes)."""
+    from nas.inference import load_model
 
-    run_dir = Path(run_dir)
-    config_file = run_dir / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{config_file} is missing: {run_dir} is not the output of a training stage")
-    cfg = json.loads(config_file.read_text())
-    spec = from_dict(ModelSpec, cfg["model"], f"{config_file}:model")
-    model = create_model(spec.name, **spec.overrides)
-    state = read_checkpoint(run_dir / "checkpoint.pt")
-    if "model" not in state:
-        raise KeyError(f"{run_dir / 'checkpoint.pt'} holds no 'model' entry (it has {sorted(state)})")
-    model.load_state_dict(state["model"])
-    return model.to(device).eval(), cfg
+    return load_model(run_dir, device)
 
 
 @torch.no_grad()

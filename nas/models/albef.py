@@ -173,6 +173,15 @@ class ALBEF(nn.Module):
         `encode_text` outputs. Applies `itm_image_tokens`, so NAS scores with its VD tokens."""
         return self.fused_itm_logits(self.itm_image_tokens(image_tokens), text_tokens, attention_mask)
 
+    def score(self, images: torch.Tensor, texts: Mapping[str, torch.Tensor], *, batch_size: int = 64):
+        """ITM match probability and ITC cosine of every (image, text) pair: `PairScores(itm, itc)`,
+        float64 `[n_images, n_texts]` each, in eval mode under no_grad, exactly the evaluation scorers'
+        values. `images`: preprocessed `[N, 3, H, W]`; `texts`: the tokenizer's output
+        (`nas.create_model_and_transforms`). See `nas.inference.score_pairs`."""
+        from nas.inference import score_pairs
+
+        return score_pairs(self, images, texts, batch_size=batch_size)
+
     # ---- training --------------------------------------------------------------------------------
 
     def forward(

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nas.evaluation.seeds import fmt_mean_std, mean_std
 from nas.reporting.atomic import copy_file, save_figure, write_text
+
+if TYPE_CHECKING:  # matplotlib is imported where a figure is drawn: params validation imports this module
+    from matplotlib.figure import Figure
 
 
 @dataclass
@@ -240,39 +245,262 @@ def training_table(stage1: dict[str, Any], stage2: dict[str, Any]) -> list[str]:
     return lines
 
 
-def loss_curve_figure(stage1: dict[str, Any], stage2: dict[str, Any], path: Path) -> None:
-    import matplotlib
+# ---- loss curves ----------------------------------------------------------------------------------------
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+# Logged per-step columns that are not loss terms: the schedule, image counts, and the caption diagnostics
+# (`captions_*`: counts of truncated or unknown-only captions, a data check, not a loss).
+NOT_LOSSES = frozenset({"step", "lr", "alpha", "images", "skipped"})
+DIAGNOSTIC_PREFIX = "captions_"
+LOSS_ORDER = ("itc", "itm", "mlm", "total")
+LOSS_TITLES = {
+    "itc": "ITC: image-text contrastive",
+    "itm": "ITM: image-text matching",
+    "mlm": "MLM: masked language modelling",
+    "total": "total = ITC + ITM + MLM",
+}
+# Each logged term is its weight times a cross-entropy in nats (`itc_weight`, `itm_weight`, `mlm_weight`
+# of the model config; the tiny profile sets mlm_weight 0.1), and `total` is their sum.
+LOSS_YLABELS = {
+    "itc": "ITC term (nats, × itc_weight)",
+    "itm": "ITM term (nats, × itm_weight)",
+    "mlm": "MLM term (nats, × mlm_weight)",
+    "total": "total loss (nats)",
+}
+# One colour per variant, the same in every panel and both stages (matplotlib's tab10 cycle); the
+# paper's ablation order first, any other variant after them in name order.
+VARIANT_ORDER = ("albef", "vd", "nas")
+PALETTE = tuple(f"C{i}" for i in range(10))
+STAGE_NAMES = ("stage 1", "stage 2")
+# ITM rows per positive in each stage: stage 1 has 3B rows (the positive, text + hard-negative image,
+# hard-negative text + image; NAS_METHOD.md §2); NVA adds a 4th row per pair in stage 2 (§4.6).
+ROWS_WITHOUT_NVA, ROWS_WITH_NVA = 3, 4
+_LABEL_BOX = {"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.8}
 
-    variants = sorted(set(stage1) | set(stage2))
-    terms = sorted(
-        {
-            k
-            for run in [*stage1.values(), *stage2.values()]
-            for row in run.get("steps", [])
-            for k in row
-            if k not in {"step", "lr", "alpha", "images", "skipped"}
-        }
+
+def label_entropy(positive_fraction: float) -> float:
+    """H(p) in nats of a binary label that is positive with probability p."""
+    p = positive_fraction
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"positive fraction must be in (0, 1), got {p}")
+    return -(p * math.log(p) + (1.0 - p) * math.log(1.0 - p))
+
+
+def itm_prior(rows_per_positive: int) -> float:
+    """ITM cross-entropy (nats) of a head that only knows the label prior: 1 positive in
+    `rows_per_positive` rows gives H(1/n). 3 rows (ALBEF, stage 1): H(1/3) = 0.6365; 4 rows (NVA on):
+    H(1/4) = 0.5623. An ITM loss on this line has learnt nothing beyond the row mix."""
+    return label_entropy(1.0 / rows_per_positive)
+
+
+def variant_colours(variants: Collection[str]) -> dict[str, str]:
+    """A fixed colour per variant: albef, vd, nas first (in that order), then the others by name."""
+    ordered = [v for v in VARIANT_ORDER if v in variants] + sorted(set(variants) - set(VARIANT_ORDER))
+    return {variant: PALETTE[i % len(PALETTE)] for i, variant in enumerate(ordered)}
+
+
+def loss_terms(*stages: dict[str, Any]) -> list[str]:
+    """The loss columns logged by any run of `stages`: itc, itm, mlm, total first, then any other."""
+    found = {
+        k
+        for runs in stages
+        for run in runs.values()
+        for row in run.get("steps", [])
+        for k in row
+        if k not in NOT_LOSSES and not k.startswith(DIAGNOSTIC_PREFIX)
+    }
+    return [t for t in LOSS_ORDER if t in found] + sorted(found - set(LOSS_ORDER))
+
+
+def _stage_rows(
+    stage: int, variants: Collection[str], nva_variants: Collection[str] | None
+) -> list[tuple[int, str]]:
+    """(ITM rows per positive, who) for the prior lines of one stage. NVA runs in stage 2 only (§4.7);
+    with `nva_variants` unknown (None), stage 2 shows both row sets."""
+    if stage == 0:
+        return [(ROWS_WITHOUT_NVA, "every variant")]
+    if nva_variants is None:
+        return [(ROWS_WITHOUT_NVA, "without NVA"), (ROWS_WITH_NVA, "with NVA")]
+    with_nva = sorted(v for v in variants if v in nva_variants)
+    without = sorted(v for v in variants if v not in nva_variants)
+    out = []
+    if without:
+        out.append((ROWS_WITHOUT_NVA, ", ".join(without)))
+    if with_nva:
+        out.append((ROWS_WITH_NVA, ", ".join(with_nva)))
+    return out
+
+
+def loss_curve_plot(
+    stage1: dict[str, Any], stage2: dict[str, Any], *, nva_variants: Collection[str] | None = None
+) -> Figure:
+    """Per-step pretraining losses (one panel per loss term, y in nats; x = training step, stage 2
+    continuing stage 1's count and shaded). One colour per variant in every panel and stage; one
+    figure-level legend. The ITM panel carries each stage's label-prior entropy (`itm_prior`) as a
+    dashed line (drawn for itm_weight 1, the default): NAS's stage-2 ITM drop is the switch from 3 rows
+    per positive to NVA's 4. `nva_variants`: the variants that run NVA in stage 2 (None: not known, both prior lines shown)."""
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    variants = set(stage1) | set(stage2)
+    colours = variant_colours(variants)
+    terms = loss_terms(stage1, stage2)
+    columns = 2 if len(terms) == 4 else min(max(len(terms), 1), 3)
+    rows = max(math.ceil(len(terms) / columns), 1)
+    figure = Figure(figsize=(5.2 * columns, 3.6 * rows + 1.0), layout="constrained")
+    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    for axis in axes[len(terms) :]:
+        axis.set_axis_off()
+
+    # Stage 2's steps restart at 1: shift them by stage 1's last logged step (per variant), so the two
+    # stages read as one run. `bounds[i]` = (first, last) x of stage i over all variants.
+    curves: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    bounds: list[list[float]] = [[math.inf, -math.inf], [math.inf, -math.inf]]
+    for variant in variants:
+        offset = 0.0
+        for index, runs in enumerate((stage1, stage2)):
+            steps = runs.get(variant, {}).get("steps", [])
+            shifted = [{**row, "x": offset + row["step"]} for row in steps]
+            curves[(variant, index)] = shifted
+            if shifted:
+                bounds[index][0] = min(bounds[index][0], offset)
+                bounds[index][1] = max(bounds[index][1], shifted[-1]["x"])
+                offset = shifted[-1]["x"]
+
+    # Variants whose logged steps of a stage are identical (vd and nas share stage 1 by construction):
+    # the earlier one is drawn wide and pale under the later one, and the legend says so.
+    twins = [_twins(runs, list(colours)) for runs in (stage1, stage2)]
+    for axis, term in zip(axes, terms):
+        for variant in colours:
+            for index in (0, 1):
+                points = [(row["x"], row[term]) for row in curves.get((variant, index), []) if term in row]
+                if not points:
+                    continue
+                under = variant in twins[index].values()
+                xs, ys = zip(*points)
+                axis.plot(
+                    xs,
+                    ys,
+                    "-",
+                    color=colours[variant],
+                    linewidth=4.0 if under else 1.4,
+                    alpha=0.45 if under else 1.0,
+                    marker=None if under else ".",
+                    markersize=3,
+                    gid=f"{variant}/{STAGE_NAMES[index]}",
+                )
+        if math.isfinite(bounds[1][0]) and bounds[1][1] > bounds[1][0]:
+            axis.axvspan(bounds[1][0], bounds[1][1], color="0.93", zorder=0)
+            axis.axvline(bounds[1][0], color="0.6", linewidth=0.8, linestyle=":")
+        if term == "itm":
+            _draw_itm_priors(axis, bounds, variants, nva_variants)
+        axis.set_title(LOSS_TITLES.get(term, term), fontsize=10)
+        axis.set_ylabel(LOSS_YLABELS.get(term, f"{term} (as logged)"))
+        axis.set_xlabel("training step (stage 2 continues the count)")
+        axis.grid(True, linewidth=0.3, alpha=0.5)
+
+    def legend_label(variant: str) -> str:
+        same = [f"{STAGE_NAMES[i]} identical to {twins[i][variant]}" for i in (0, 1) if variant in twins[i]]
+        return f"{variant} ({'; '.join(same)})" if same else variant
+
+    handles = [Line2D([], [], color=colours[v], linewidth=2, label=legend_label(v)) for v in colours]
+    handles.append(Patch(facecolor="0.93", edgecolor="0.6", label="stage 2 (shaded; stage 1 before it)"))
+    if "itm" in terms:
+        handles.append(
+            Line2D(
+                [],
+                [],
+                color="black",
+                linestyle="--",
+                linewidth=1,
+                label="ITM label prior H(1/rows), per stage",
+            )
+        )
+    figure.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6), fontsize=9)
+    figure.suptitle(
+        "Pretraining loss terms at each logged step (weight × cross-entropy, as the trainer logs them)",
+        fontsize=11,
     )
-    fig, axes = plt.subplots(1, max(len(terms), 1), figsize=(4 * max(len(terms), 1), 3.2), squeeze=False)
-    for ax, term in zip(axes[0], terms):
-        for variant in variants:
-            offset = 0
-            for style, runs in (("-", stage1), ("--", stage2)):
-                rows = runs.get(variant, {}).get("steps", [])
-                xs = [offset + r["step"] for r in rows if term in r]
-                ys = [r[term] for r in rows if term in r]
-                if xs:
-                    ax.plot(xs, ys, style, label=f"{variant} ({'stage 1' if style == '-' else 'stage 2'})")
-                offset = max([offset, *xs]) if xs else offset
-        ax.set_title(term)
-        ax.set_xlabel("iteration")
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    save_figure(fig, path, dpi=110)
-    plt.close(fig)
+    return figure
+
+
+def _twins(runs: dict[str, Any], order: list[str]) -> dict[str, str]:
+    """{variant: the earlier variant in `order` whose logged steps in `runs` are the same}."""
+    out: dict[str, str] = {}
+    for i, variant in enumerate(order):
+        steps = runs.get(variant, {}).get("steps")
+        if steps:
+            for earlier in order[:i]:
+                if earlier not in out and runs.get(earlier, {}).get("steps") == steps:
+                    out[variant] = earlier
+                    break
+    return out
+
+
+# Where each prior line's label sits (axes fractions): away from the curves, which hug the 3-row line,
+# with an arrow to its line. Keys: (stage index, rows per positive).
+_PRIOR_LABEL_AT = {(0, 3): (0.36, 0.62), (1, 3): (0.58, 0.86), (1, 4): (0.36, 0.16)}
+
+
+def _draw_itm_priors(
+    axis: Any, bounds: list[list[float]], variants: Collection[str], nva_variants: Collection[str] | None
+) -> None:
+    """Each stage's ITM label-prior entropy as a dashed segment over that stage (gid "itm_prior"), with a
+    label: the stage, H(1/rows) in nats, the row mix and the variants it applies to."""
+    for index, (first, last) in enumerate(bounds):
+        if not math.isfinite(first) or last <= first:
+            continue
+        for rows, who in _stage_rows(index, variants, nva_variants):
+            level = itm_prior(rows)
+            axis.hlines(
+                level,
+                first,
+                last,
+                colors="black",
+                linestyles="--",
+                linewidth=1.1,
+                zorder=3,
+                gid="itm_prior",
+                label=f"{STAGE_NAMES[index]}: H(1/{rows})",
+            )
+            mix = (
+                "1 positive in 3 rows" if rows == ROWS_WITHOUT_NVA else "1 positive in 4 rows (NVA row added)"
+            )
+            axis.annotate(
+                f"{STAGE_NAMES[index]} prior: H(1/{rows}) = {level:.4f} nats\n{mix}; {who}",
+                xy=(first + (0.45 if index == 0 else 0.5) * (last - first), level),
+                xytext=_PRIOR_LABEL_AT.get((index, rows), (0.5, 0.5)),
+                textcoords="axes fraction",
+                fontsize=7.5,
+                ha="center",
+                va="center",
+                bbox=_LABEL_BOX,
+                arrowprops={"arrowstyle": "->", "color": "0.3", "linewidth": 0.8, "shrinkA": 2, "shrinkB": 1},
+            )
+
+
+def loss_curve_figure(
+    stage1: dict[str, Any], stage2: dict[str, Any], path: Path, *, nva_variants: Collection[str] | None = None
+) -> Path:
+    """`loss_curve_plot` written to `path` (PNG, atomically)."""
+    return save_figure(loss_curve_plot(stage1, stage2, nva_variants=nva_variants), path, dpi=110)
+
+
+# The caption of an NVA figure drawn before the figures carried their own title (nas.reporting.nva_figure).
+_NVA_FIGURE_FALLBACK = (
+    "What NVA changes",
+    "Each row: a test image, its visual-dictionary code map over the patch grid, and the patches one NVA "
+    "draw replaced (all patches sharing the anchor's code move to one nearby code; every other token is "
+    "bitwise unchanged).",
+)
+
+
+def nva_figure_caption(path: Path) -> tuple[str, str]:
+    """(heading, caption) of an NVA figure: what the figure says it shows (the title `nva_figure` writes
+    into the PNG: "What NVA changes (...)" or "VD codes (no NVA in this variant)"), else the old text."""
+    from nas.reporting.nva_figure import figure_caption
+
+    return figure_caption(path) or _NVA_FIGURE_FALLBACK
 
 
 # The recipes' audited runs: MUG's full arm (first seed) and UTA's students (one recorded config).
@@ -388,14 +616,13 @@ def write_report(metrics_dir: Path, reports_dir: Path, cfg: ReportConfig) -> Pat
         source = Path(result.get("nva_figure") or "")
         if source.is_file():
             copy_file(source, figures / f"nva_{variant}.png")
+            title, caption = nva_figure_caption(source)
             lines += [
-                f"### What NVA changes: {variant}",
+                f"### {title}: {variant}",
                 "",
-                "Each row: a test image, its visual-dictionary code map over the patch grid, and the "
-                "patches one NVA draw replaced (all patches sharing the anchor's code move to one "
-                "nearby code; every other token is bitwise unchanged).",
+                caption,
                 "",
-                f"![NVA {variant}](figures/nva_{variant}.png)",
+                f"![{title}: {variant}](figures/nva_{variant}.png)",
                 "",
             ]
     reports_dir.mkdir(parents=True, exist_ok=True)

@@ -107,19 +107,36 @@ def probe_table(evaluation: dict[str, Any]) -> list[str]:
     return lines
 
 
-def draw_figure(figure: dict[str, Any], path: Path) -> None:
-    """One row per scheme: cosine heatmap (held-out, full view), P(visible), example masks."""
-    import matplotlib
+def _all_visible(figure: dict[str, Any], arm: str) -> bool:
+    """True when the arm masks nothing: every example mask keeps every patch and P(visible) is 1."""
+    height, width = figure["grid"]
+    masks = figure["example_masks"].get(arm) or []
+    visibility = [value for row in figure["visibility"][arm] for value in row]
+    return all(len(set(mask)) == height * width for mask in masks) and min(visibility, default=0.0) >= 1.0
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def _patch_grid(ax: Any, height: int, width: int) -> None:
+    """Thin lines between patches, so an all-white (or all-black) grid still reads as a grid."""
+    ax.set_xticks([x - 0.5 for x in range(1, width)], minor=True)
+    ax.set_yticks([y - 0.5 for y in range(1, height)], minor=True)
+    ax.grid(which="minor", color="0.6", linewidth=0.4)
+    ax.tick_params(which="both", length=0)
+
+
+def masking_figure(figure: dict[str, Any]) -> Any:
+    """The masking figure as a matplotlib Figure: one row per scheme with the per-position cosine heatmap
+    (held-out, full view), P(visible) and example masks (white = visible). A scheme that masks nothing
+    ("no masking") gets its heatmap and one all-visible grid, captioned as such, instead of a row of
+    identical white panels."""
     import numpy as np
+    from matplotlib.figure import Figure
 
     arms = list(figure["heatmaps"])
     height, width = figure["grid"]
     examples = max(len(masks) for masks in figure["example_masks"].values()) if arms else 0
     columns = 2 + examples
-    fig, axes = plt.subplots(len(arms), columns, figsize=(2.2 * columns, 2.2 * len(arms)), squeeze=False)
+    fig = Figure(figsize=(2.2 * columns, 2.2 * len(arms) + 0.6), layout="constrained")
+    axes = fig.subplots(len(arms), columns, squeeze=False)
     heat = np.array([figure["heatmaps"][arm] for arm in arms])
     low, high = float(heat.min()), float(heat.max())
     for row, arm in enumerate(arms):
@@ -127,24 +144,43 @@ def draw_figure(figure: dict[str, Any], path: Path) -> None:
         image = ax.imshow(np.array(figure["heatmaps"][arm]), vmin=low, vmax=high, cmap="viridis")
         ax.set_title(f"{_label(arm)}\ncos per position", fontsize=8)
         fig.colorbar(image, ax=ax, fraction=0.046)
-        ax = axes[row][1]
-        image = ax.imshow(np.array(figure["visibility"][arm]), vmin=0.0, vmax=1.0, cmap="gray")
-        ax.set_title("P(visible)", fontsize=8)
-        fig.colorbar(image, ax=ax, fraction=0.046)
-        for k in range(examples):
-            ax = axes[row][2 + k]
+        if _all_visible(figure, arm):
+            ax = axes[row][1]
+            ax.imshow(np.ones((height, width)), vmin=0.0, vmax=1.0, cmap="gray")
+            _patch_grid(ax, height, width)
+            ax.set_title("every patch visible\n(no mask; P(visible) = 1)", fontsize=8)
+            for ax in axes[row][2:]:
+                ax.set_axis_off()
+        else:
+            ax = axes[row][1]
+            image = ax.imshow(np.array(figure["visibility"][arm]), vmin=0.0, vmax=1.0, cmap="gray")
+            ax.set_title("P(visible)", fontsize=8)
+            fig.colorbar(image, ax=ax, fraction=0.046)
             masks = figure["example_masks"][arm]
-            if k < len(masks):
+            for k in range(examples):
+                ax = axes[row][2 + k]
+                if k >= len(masks):
+                    ax.set_axis_off()
+                    continue
                 grid = np.zeros(height * width)
                 grid[masks[k]] = 1.0
                 ax.imshow(grid.reshape(height, width), vmin=0.0, vmax=1.0, cmap="gray")
+                _patch_grid(ax, height, width)
                 ax.set_title(f"mask {k + 1} (white = visible)", fontsize=8)
         for ax in axes[row]:
             ax.set_xticks([])
             ax.set_yticks([])
-    fig.tight_layout()
-    save_figure(fig, path, dpi=100)
-    plt.close(fig)
+    fig.suptitle(
+        "Masking schemes at equal steps: held-out cosine to the teacher per position, P(visible), example "
+        "masks\n(no masking shows its one all-visible grid: every patch is visible in every step)",
+        fontsize=9,
+    )
+    return fig
+
+
+def draw_figure(figure: dict[str, Any], path: Path) -> None:
+    """`masking_figure` written to `path` (PNG, atomically)."""
+    save_figure(masking_figure(figure), path, dpi=100)
 
 
 def section(metrics_dir: Path, reports_dir: Path) -> list[str]:

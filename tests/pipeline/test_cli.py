@@ -12,17 +12,118 @@ from nas import cli
 def test_top_level_help_lists_every_command(capsys):
     assert cli.main(["--help"]) == 0
     out = capsys.readouterr().out
-    for name in [*cli.STAGES, *cli.TOOLS]:
-        assert name in out
+    listed = [line.split()[0] for line in out.splitlines() if line.startswith("    ") and line.split()]
+    assert [*cli.STAGES, *cli.TOOLS] == [name for name in listed if name in {*cli.STAGES, *cli.TOOLS}]
+    assert {"mug", "uta", "pretrain"} <= set(cli.STAGES)
+    for stage in [*cli.STAGES["mug"].stages, *cli.STAGES["uta"].stages, *cli.STAGES["pretrain"].stages]:
+        assert stage in out  # the --stage choices of each multi-stage command
 
 
-@pytest.mark.parametrize("command", sorted(cli.STAGES))
+def _dvc_stages() -> dict[str, str]:
+    """dvc.yaml stage name -> its command (a `foreach` stage's `do.cmd`)."""
+    import yaml
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    return {name: (spec.get("do") or spec)["cmd"] for name, spec in stages.items()}
+
+
+def test_every_dvc_stage_has_a_nas_command():
+    """Each dvc.yaml command `python -m <module> [--stage <stage>] [--variant ${key}]` is the command
+    of the `nas` subcommand that runs that stage, with the same --stage and --variant."""
+    from experiments.common import command_of
+
+    seen = set()
+    for name, cmd in _dvc_stages().items():
+        words = cmd.split()
+        assert words[:2] == ["python", "-m"], cmd
+        if words[2] == "nas.config.params":  # variant_params: writes a variant's overlay chain, no stage
+            assert name == "variant_params", cmd
+            continue
+        command = cli.STAGES[command_of(name)]
+        assert words[2] == command.module, (name, cmd)
+        if len(command.stages) > 1:
+            assert words[words.index("--stage") + 1] == name, cmd
+        else:
+            assert "--stage" not in words and command.stage_names == (name,)
+        assert ("--variant" in words) == command.needs_variant, cmd
+        seen.add(name)
+    assert seen == {stage for command in cli.STAGES.values() for stage in command.stages}
+
+
+@pytest.mark.parametrize(
+    "module, command",
+    [("experiments.pretrain", "pretrain"), ("experiments.mug", "mug"), ("experiments.uta", "uta")],
+)
+def test_the_stage_choices_are_the_modules_stages(module, command):
+    assert tuple(importlib.import_module(module).STAGES) == cli.STAGES[command].stage_names
+
+
+@pytest.mark.parametrize("command", list(cli.STAGES))
 def test_every_stage_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main([command, "--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    assert "usage: nas" in out and "--set" in out
+    usage = out.split("\n\n")[0]
+    assert usage.startswith(f"usage: nas {command} [-h]") and "--set" in out
+    stages = cli.STAGES[command].stages
+    if len(stages) > 1:
+        assert f"[--stage {{{','.join(stages)}}}]" in " ".join(usage.split())
+    else:
+        assert "--stage" not in out
+    assert ("--variant VARIANT" in usage) == cli.STAGES[command].needs_variant
+    for stage in stages:
+        assert stage in out
+
+
+@pytest.mark.parametrize(
+    "argv, usage",
+    [
+        (["pretrain", "--help"], "usage: nas pretrain [-h] [--stage {pretrain_stage1,pretrain_stage2}]"),
+        (["mug", "--help"], "usage: nas mug [-h] [--stage {mug_pretrain,mug_evaluate}]"),
+        (
+            ["uta", "--help"],
+            "usage: nas uta [-h] [--stage {uta_teacher,uta_pretrain,uta_finetune,uta_evaluate}]",
+        ),
+    ],
+)
+def test_multi_stage_usage_names_the_subcommand_and_stage(argv, usage, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(argv)
+    assert " ".join(capsys.readouterr().out.split()).startswith(usage)
+
+
+def test_the_module_entry_point_has_the_same_usage(capsys):
+    """`python -m experiments.uta --help` is `nas uta --help`."""
+    with pytest.raises(SystemExit):
+        importlib.import_module("experiments.uta").main(["--help"])
+    module_help = capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli.main(["uta", "--help"])
+    assert capsys.readouterr().out == module_help
+
+
+def test_stage_help_and_usage_errors_import_no_torch():
+    """`nas <stage command> --help` and a wrong --stage are answered before the experiment module (and
+    torch) is imported: in a fresh process, nothing heavy is loaded afterwards."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from nas import cli\n"
+        "codes = []\n"
+        "for argv in [[c, '--help'] for c in cli.STAGES] + [['uta', '--stage', 'uta_nope']]:\n"
+        "    try:\n"
+        "        cli.main(argv)\n"
+        "    except SystemExit as e:\n"
+        "        codes.append(e.code)\n"
+        "heavy = ('torch', 'numpy', 'timm', 'transformers', 'ignite', 'sacred')\n"
+        "print(codes, sorted(m for m in sys.modules if m.split('.')[0] in heavy), file=sys.__stderr__)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stderr.splitlines()[-1] == f"{[0] * len(cli.STAGES) + [2]} []", done.stderr
+    assert "invalid choice: 'uta_nope'" in done.stderr and "usage: nas uta" in done.stderr
 
 
 def test_config_command_resolves_variant_and_rejects_unknown_variant(capsys):
@@ -59,7 +160,7 @@ def test_unknown_param_key_is_an_error_naming_it(tmp_path, monkeypatch, capsys):
     from experiments.data import stage
 
     with pytest.raises(SystemExit) as exit_info:
-        run_stage("data", stage, ["--runs-dir", str(tmp_path / "runs")], needs_variant=False)
+        run_stage("data", stage, ["--runs-dir", str(tmp_path / "runs")])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.startswith(
         "nas data: error: params.yaml: unknown config key 'data.synthetic.n_trian' "

@@ -112,7 +112,14 @@ def test_dvc_repro_small_profile(tmp_path):
     expected |= {"uta_teacher", "uta_pretrain", "uta_finetune", "uta_evaluate"}
     expected |= {
         f"{stage}@{v}"
-        for stage in ("build_vd", "pretrain_stage1", "pretrain_stage2", "finetune", "evaluate")
+        for stage in (
+            "variant_params",
+            "build_vd",
+            "pretrain_stage1",
+            "pretrain_stage2",
+            "finetune",
+            "evaluate",
+        )
         for v in variants
     }
     assert _stages_run(first) == expected

@@ -57,3 +57,136 @@ def test_the_experiment_sections_are_checked_with_every_run():
         assert str(info.value).startswith(f"--set {override}: ") and message in str(info.value)
     # NVA is a NAS model switch: on the NAS variant the same fine-tuning override is fine.
     check_params(params, "nas", ["finetune.model_overrides.nva_enabled=true"])
+
+
+# ---- where a stage writes: the pipeline's paths, or an ad-hoc run's own folder ---------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+ADHOC = Path("runs/adhoc/0123456789")
+
+
+def dvc_paths() -> dict[str, set[Path]]:
+    """Every path dvc.yaml names (outs, metrics, plots, deps) -> by stage, the variant stages expanded."""
+    import yaml
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    variants = yaml.safe_load((ROOT / "params.yaml").read_text())["variants"]
+    named: dict[str, set[Path]] = {}
+    for name, stage in stages.items():
+        keys = variants if "foreach" in stage else [None]
+        for key in keys:
+            body = stage["do"] if "foreach" in stage else stage
+            entries = [e for field in ("outs", "metrics", "plots", "deps") for e in body.get(field, [])]
+            for entry in entries:
+                path = next(iter(entry)) if isinstance(entry, dict) else entry
+                path = path.replace("${key}", key) if key else path
+                named.setdefault(name if key is None else f"{name}@{key}", set()).add(Path(path))
+    return named
+
+
+def stage_outputs(root: Path) -> dict[str, list[Path]]:
+    """What each stage writes under `root`, from the stages' own path helpers."""
+    from experiments import mug, uta
+    from experiments.build_vd import build_vd_paths
+    from experiments.evaluate import evaluate_paths
+    from experiments.finetune import replicate_dir
+    from experiments.pretrain import stage_paths
+
+    out: dict[str, list[Path]] = {}
+    for v in ("albef", "vd", "nas"):
+        out[f"build_vd@{v}"] = list(build_vd_paths(v, root).values())
+        for s in ("pretrain_stage1", "pretrain_stage2", "finetune"):
+            out[f"{s}@{v}"] = list(stage_paths(s, v, root).values())
+        out[f"finetune@{v}"].append(replicate_dir(v, 2, root))
+        out[f"evaluate@{v}"] = list(evaluate_paths(v, root).values())
+    out["mug_pretrain"] = [
+        mug.run_dir("mug", 0, root),
+        root / mug.CHECKPOINTS,
+        root / mug.METRICS / "pretrain.json",
+    ]
+    out["mug_evaluate"] = [root / mug.EVAL_DIR, root / mug.FINE_GRAINED, root / mug.METRICS / "evaluate.json"]
+    out["uta_pretrain"] = [uta.student_file("random", 1, root), root / uta.STUDENT_CHECKPOINTS]
+    out["uta_teacher"] = [
+        root / uta.TEACHER_RUN,
+        root / uta.TEACHER_CHECKPOINTS,
+        root / uta.METRICS / "teacher.json",
+    ]
+    out["uta_finetune"] = [root / uta.FINETUNE_RUN, root / uta.FINETUNE_CHECKPOINTS]
+    out["uta_evaluate"] = [root / uta.EVAL_RUN, root / uta.FINE_GRAINED, root / uta.METRICS / "evaluate.json"]
+    return out
+
+
+def within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def test_a_pipeline_run_writes_the_paths_dvc_yaml_names():
+    named = dvc_paths()
+    for stage, paths in stage_outputs(Path(".")).items():
+        for path in paths:
+            assert any(within(path, declared) for declared in named[stage]), (stage, path)
+    from experiments.pretrain import stage_paths
+
+    assert stage_paths("pretrain_stage1", "nas") == {
+        "run": Path("runs/pretrain_stage1/nas"),
+        "checkpoints": Path("checkpoints/pretrain_stage1/nas"),
+        "metrics": Path("metrics/pretrain_stage1/nas.json"),
+    }
+
+
+def test_an_ad_hoc_run_writes_no_path_dvc_tracks():
+    """Issue 16 item 4: `nas build-vd --variant nas --set ...` rewrote runs/build_vd/nas and
+    metrics/build_vd/nas.json, and the next `dvc repro` reran everything downstream."""
+    tracked = {path for paths in dvc_paths().values() for path in paths}
+    for stage, paths in stage_outputs(ADHOC).items():
+        for path in paths:
+            assert within(path, ADHOC), (stage, path)
+            assert not any(within(path, t) or within(t, path) for t in tracked), (stage, path)
+
+
+def test_evaluate_scores_the_models_of_its_own_folder_else_the_pipelines(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    cfg = {"finetune": {"seeds": [0, 2]}, "output_root": str(ADHOC)}
+    assert model_runs("finetune", "nas", cfg) == [
+        Path("runs/finetune/nas/seed0"),
+        Path("runs/finetune/nas/seed2"),
+    ]
+    assert "reading the pipeline's runs/finetune/nas" in capsys.readouterr().out
+    (ADHOC / "runs/finetune/nas").mkdir(parents=True)
+    assert model_runs("finetune", "nas", cfg) == [
+        ADHOC / "runs/finetune/nas/seed0",
+        ADHOC / "runs/finetune/nas/seed2",
+    ]
+    assert model_runs("pretrain_stage2", "nas", cfg) == [Path("runs/pretrain_stage2/nas")]
+
+
+def test_an_ad_hoc_stage_run_writes_under_its_folder_only(tmp_path, monkeypatch):
+    from experiments.build_vd import stage
+    from experiments.common import Recorder
+    from nas.config.params import load_params, resolve
+
+    cfg = resolve(load_params(ROOT / "params.yaml"), "albef") | {
+        "stage": "build_vd",
+        "output_root": str(ADHOC),
+    }
+    monkeypatch.chdir(tmp_path)
+    stage(cfg, Recorder())
+    written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
+    assert written == [
+        f"{ADHOC}/metrics/build_vd/albef.json",
+        f"{ADHOC}/runs/build_vd/albef/vd_init.json",
+    ]
+
+
+def test_each_dvc_stage_runs_the_stage_of_its_name():
+    """DVC_STAGE (`<stage>@<variant>`) is compared with the stage a command runs: every dvc.yaml stage's
+    command runs the stage of that name (`--stage`, else the module's one stage)."""
+    import yaml
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        words = (stage["do"] if "foreach" in stage else stage)["cmd"].split()
+        if not words[2].startswith("experiments."):
+            continue  # not a stage module (e.g. a helper command)
+        runs = words[words.index("--stage") + 1] if "--stage" in words else words[2].rsplit(".", 1)[-1]
+        assert runs == name, (name, words)
