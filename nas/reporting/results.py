@@ -224,8 +224,9 @@ def dictionary_table(results: dict[str, Any]) -> list[str]:
 
 def training_table(stage1: dict[str, Any], stage2: dict[str, Any]) -> list[str]:
     lines = [
-        "| variant | stage | epochs | steps | final loss terms (last epoch mean) | seconds |",
-        "|---|---|---:|---:|---|---:|",
+        "| variant | stage | epochs | steps | final loss terms (last epoch mean) | captions cut (words / tokens), "
+        "[UNK]-only | seconds |",
+        "|---|---|---:|---:|---|---|---:|",
     ]
     for name, runs in (("stage 1", stage1), ("stage 2", stage2)):
         for variant, run in runs.items():
@@ -236,11 +237,16 @@ def training_table(stage1: dict[str, Any], stage2: dict[str, Any]) -> list[str]:
                 for k, v in final.items()
                 if k
                 not in {"epoch", "lr", "alpha", "steps", "images_seen", "images_skipped", "seconds", "total"}
+                and not k.startswith(DIAGNOSTIC_PREFIX)
                 and isinstance(v, (int, float))
             )
+            counts = [
+                sum(int(e.get(f"{DIAGNOSTIC_PREFIX}{key}", 0)) for e in epochs)
+                for key in ("truncated_words", "truncated_tokens", "unk_only")
+            ]
             lines.append(
                 f"| {variant} | {name} | {len(epochs)} | {sum(e.get('steps', 0) for e in epochs)} | {terms} | "
-                f"{sum(e.get('seconds', 0.0) for e in epochs):.0f} |"
+                f"{counts[0]} / {counts[1]}, {counts[2]} | {sum(e.get('seconds', 0.0) for e in epochs):.0f} |"
             )
     return lines
 
