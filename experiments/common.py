@@ -613,7 +613,7 @@ def mark_interrupted_runs(observer_dir: Path) -> list[Path]:
             "The process of this run was gone while its record still said RUNNING (killed or lost); "
             "marked INTERRUPTED when the stage next started. A rerun resumes from its last checkpoint."
         ]
-        from nas.engine.checkpoint import atomic_write_text
+        from nas.atomic import atomic_write_text
 
         atomic_write_text(run_json, json.dumps(entry, indent=2, sort_keys=True))
         marked.append(run_json.parent)

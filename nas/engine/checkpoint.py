@@ -239,8 +239,10 @@ def load_objects(
     names: Iterable[str],
     *,
     strict: bool = True,
+    state: Mapping[str, Any] | None = None,
 ) -> dict[str, list[str]]:
-    """Load the objects `names` of `to_load` from the checkpoint file `path`.
+    """Load the objects `names` of `to_load` from the checkpoint file `path` (or from `state`, that
+    file's contents when the caller has already read it; `path` then only names it in errors).
 
     Modules load strictly unless `strict=False`; then the keys that did not match are logged and
     returned as {"missing": [...], "unexpected": [...]}.
@@ -249,7 +251,8 @@ def load_objects(
     unknown = [name for name in names if name not in to_load]
     if unknown:
         raise ValueError(f"cannot load {unknown} from {path}: known objects are {sorted(to_load)}")
-    state = read_checkpoint(path)
+    if state is None:
+        state = read_checkpoint(path)
     absent = [name for name in names if name not in state]
     if absent:
         raise KeyError(f"checkpoint {path} has no {absent}; it holds {sorted(state)}")

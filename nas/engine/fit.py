@@ -241,11 +241,14 @@ def _fit(
             )
     elif init_checkpoint is not None:
         own_groups = [{k: g[k] for k in _OWN_GROUP_KEYS if k in g} for g in optimizer.param_groups]
-        init_report = load_objects(to_save, init_checkpoint, init_objects, strict=init_strict)
+        init_state = read_checkpoint(init_checkpoint)  # read once: it can be gigabytes at paper scale
+        init_report = load_objects(
+            to_save, init_checkpoint, init_objects, strict=init_strict, state=init_state
+        )
         if "optimizer" in init_objects:
             _keep_own_hyperparameters(optimizer, own_groups, init_checkpoint)
         if "rng" in init_objects:
-            data_order.epoch_offset = _epochs_done(init_checkpoint)
+            data_order.epoch_offset = _epochs_done(init_state.get("trainer", {}))
         logger.info("stage initialised from %s: %s", init_checkpoint, list(init_objects))
 
     def result() -> dict[str, Any]:
@@ -374,9 +377,8 @@ def _keep_own_hyperparameters(
         group.update(own)
 
 
-def _epochs_done(path: str | Path) -> int:
-    """Epochs the run in checkpoint `path` completed (Ignite saves the iteration and the epoch length)."""
-    trainer_state = read_checkpoint(path).get("trainer", {})
+def _epochs_done(trainer_state: Mapping[str, Any]) -> int:
+    """Epochs a saved trainer state completed (Ignite saves the iteration and the epoch length)."""
     if "epoch" in trainer_state:
         return int(trainer_state["epoch"])
     length = trainer_state.get("epoch_length")
