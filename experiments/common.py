@@ -42,8 +42,9 @@ def _finetune_model_overrides(spec: Any, finetune: Any) -> dict[str, Any]:
     return effective_overrides(spec, finetune, image_size=finetune.image_size)
 
 
-# Stages whose trained models `evaluate` scores (experiments.evaluate.model_runs).
-SCORED_STAGES = ("pretrain_stage1", "pretrain_stage2", "finetune")
+# Stages whose models `evaluate` scores (experiments.evaluate.model_runs); "untrained": the architecture
+# at its random init, the baseline every trained figure is compared with.
+SCORED_STAGES = ("untrained", "pretrain_stage1", "pretrain_stage2", "finetune")
 
 
 def _check_evaluate(name: str, evaluate: Any, sections: Any) -> None:
@@ -175,7 +176,7 @@ STAGE_COMMANDS: dict[str, StageCommand] = {
     ),
     "finetune": StageCommand(
         "experiments.finetune",
-        "text-augmented fine-tuning of a variant, once per finetune.seeds offset",
+        "text-augmented fine-tuning of a variant, once per pretraining replicate (study.seeds)",
         {"finetune": "text-augmented fine-tuning (NTA hard-negative captions, NVA)"},
         needs_variant=True,
     ),

@@ -1,15 +1,14 @@
 """Stage `finetune`: text-augmented fine-tuning (NAS_METHOD.md §5, §6).
 
-Per variant: start from `runs/pretrain_stage2/<variant>/checkpoint.pt` (model only: weights, momentum
+Per variant and replicate k: start from `runs/pretrain_stage2/<variant>/seed<k>/checkpoint.pt` (model only: weights, momentum
 copies, queues, VD), raise the resolution (position embeddings of the online and momentum ViT
 interpolated, before the optimizer exists), and train ITC + ITM on the training pairs, each with its NTA
 hard-negative caption as an extra ITC negative text and an extra ITM negative (nas.data.finetune_data).
 NAS variants overlay `model_overrides` (VD frozen, NVA on and not detached, §4.8).
 
-Seeds: `finetune.seeds` lists replicate offsets. Replicate `s` fine-tunes the same pretrained
-checkpoint with seed `params.seed + s` (data order, NTA draws, NVA draws), so the fine-grained figures
-come with a mean ± std over replicates (issue 4: the probes are small and NVA is stochastic).
-Pretraining is not replicated here; a pretraining replicate is a run with another params `seed`.
+Seeds: one replicate per pretraining replicate (`study.seeds`): replicate k fine-tunes pretraining
+replicate k's checkpoint with seed `params.seed + k` (data order, NTA draws, NVA draws), so a figure's
+spread over replicates includes pretraining's (issue 12).
 
 Outputs (paths fixed for dvc.yaml; an ad-hoc run, with `--set` or another `--params`, writes the same
 tree under its own runs/adhoc/<tag>/ instead), per replicate `s`:
@@ -26,7 +25,6 @@ tree under its own runs/adhoc/<tag>/ instead), per replicate `s`:
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 from collections.abc import Sequence
@@ -42,10 +40,13 @@ from experiments.pretrain import (
     stage_paths,
     training_callbacks,
 )
+from experiments.pretrain import (
+    replicate_dir as pretrain_replicate_dir,
+)
 from nas.config import from_dict, merge
 from nas.config.data import DataConfig
 from nas.config.params import PIPELINE_ROOT, input_root, output_root
-from nas.config.stages import LoaderConfig, ModelSpec
+from nas.config.stages import LoaderConfig, ModelSpec, replicate_config, study_seeds
 from nas.data.nta import NTAConfig
 from nas.engine.checkpoint import atomic_save, atomic_write_text, read_checkpoint
 from nas.engine.identity import identity_digest, run_identity
@@ -66,8 +67,6 @@ class FinetuneConfig:
     # Fine-tuning resolution; paper: 384 (pretraining 256) [P]. The tiny default keeps the pretraining
     # 64 px (a raise costs time and the evaluate stage reads data.transform.image_size).
     image_size: int = 64
-    # Replicate offsets added to params `seed`; the report gives mean ± std over them (issue 4).
-    seeds: tuple[int, ...] = (0,)
     nta: NTAConfig = field(default_factory=NTAConfig)  # edit kinds; vocabularies come from the data set
     # ALBEF's retrieval fine-tuning has no MLM [B]; > 0 adds it with this weight.
     mlm_weight: float = 0.0
@@ -77,8 +76,6 @@ class FinetuneConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
-            raise ValueError(f"seeds must be distinct non-negative offsets, at least one; got {self.seeds}")
         if self.image_size <= 0:
             raise ValueError(f"image_size must be positive, got {self.image_size}")
         if self.mlm_weight < 0:
@@ -168,9 +165,13 @@ def stage(cfg: dict[str, Any], record: Recorder) -> None:
     ft = from_dict(FinetuneConfig, section, STAGE)
     root = output_root(cfg)
     init_in = input_root(root, stage_paths(ft.init_from, variant)["run"], ft.init_from)
-    init_checkpoint = stage_paths(ft.init_from, variant, init_in)["run"] / "checkpoint.pt"
-    if not init_checkpoint.is_file():
-        raise FileNotFoundError(f"{STAGE}: {init_checkpoint} is missing; run {ft.init_from} first")
+    offsets = study_seeds(cfg)
+    init_checkpoints = {
+        k: pretrain_replicate_dir(ft.init_from, variant, k, init_in) / "checkpoint.pt" for k in offsets
+    }
+    for init_checkpoint in init_checkpoints.values():
+        if not init_checkpoint.is_file():
+            raise FileNotFoundError(f"{STAGE}: {init_checkpoint} is missing; run {ft.init_from} first")
     typed = Typed(
         data=from_dict(DataConfig, cfg["data"], "data"),
         loader=from_dict(LoaderConfig, cfg["loader"], "loader"),
@@ -178,15 +179,15 @@ def stage(cfg: dict[str, Any], record: Recorder) -> None:
         finetune=ft,
     )
     replicates = {}
-    for offset in ft.seeds:
-        replicates[str(offset)] = finetune_replicate(cfg, typed, offset, init_checkpoint, record)
+    for offset in offsets:
+        replicates[str(offset)] = finetune_replicate(cfg, typed, offset, init_checkpoints[offset], record)
     if not replicates or next(iter(replicates.values())) is None:
         return  # ranks other than 0
     first = next(iter(replicates.values()))
     summary = {
         "stage": STAGE,
         "variant": variant,
-        "seeds": list(ft.seeds),
+        "seeds": list(offsets),
         # The first replicate's curves stand for the stage in the loss plots; every replicate's
         # final losses are below.
         "final": first["final"],
@@ -239,8 +240,7 @@ def finetune_replicate(
     checked = check_training_set(name, loader, data, seed)
 
     # One digest per replicate, blind to the list of seeds: adding a seed never retrains the others.
-    replicate_cfg = copy.deepcopy(cfg)
-    replicate_cfg[STAGE]["seeds"] = [offset]
+    replicate_cfg = replicate_config(cfg, offset)
     identity = run_identity(
         {k: v for k, v in replicate_cfg.items() if k != "stage"} | {"stage": STAGE},
         data_files=[annotation_file],
@@ -265,7 +265,6 @@ def finetune_replicate(
     # stays in the stage's resumable checkpoints. Half the bytes for DVC to hash and cache.
     atomic_save({"model": read_checkpoint(result["last_checkpoint"])["model"]}, run_dir / "checkpoint.pt")
     recorded = replicate_cfg  # the replicate's config as it ran: its seed, sizes and model overrides
-    recorded["seed"] = seed
     recorded["model"]["overrides"] = effective_overrides(spec, ft, image_size=ft.image_size)
     recorded["data"].setdefault("transform", {})["image_size"] = ft.image_size
     atomic_write_text(run_dir / "config.json", json.dumps(recorded, indent=2, sort_keys=True) + "\n")

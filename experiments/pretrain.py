@@ -4,12 +4,15 @@ The variant (ALBEF, +VD, NAS, ...) only changes params: which model the registry
 objectives it returns. Stage 2 starts from the same variant's stage-1 checkpoint and takes over what
 `init_objects` names (model with momentum copies, queues and VD; optimizer; lr schedule).
 
+Pretraining replicates: the stage trains once per `study.seeds` offset k, with seed `params.seed + k`
+(issue 12: the variance is in pretraining); replicate k of stage 2 continues replicate k of stage 1.
+
 Outputs (paths fixed so dvc.yaml can name them; an ad-hoc run, with `--set` or another `--params`,
 writes the same tree under its own runs/adhoc/<tag>/ instead: nas.config.params.decide_output_root):
-  checkpoints/<stage>/<variant>/<config digest>/   resumable epoch checkpoints (DVC persist)
-  runs/<stage>/<variant>/checkpoint.pt             the final complete checkpoint, for the next stage
-  runs/<stage>/<variant>/config.json               the resolved config the run used
-  metrics/<stage>/<variant>.json                   per-epoch and per-step losses (report input)
+  checkpoints/<stage>/<variant>/<config digest>/        resumable epoch checkpoints (DVC persist)
+  runs/<stage>/<variant>/seed<k>/checkpoint.pt          the final complete checkpoint, for the next stage
+  runs/<stage>/<variant>/seed<k>/config.json            the resolved config the replicate used
+  metrics/<stage>/<variant>.json                        per-replicate epoch losses (report input)
 """
 
 from __future__ import annotations
@@ -92,12 +95,87 @@ def training_callbacks(name: str, variant: str, record: Recorder):
 
 
 def stage(cfg: dict[str, Any], record: Recorder) -> None:
+    """One variant's stage, once per pretraining replicate (`study.seeds`); the metrics file holds every
+    replicate's summary under `replicates` and the first one's at the top level (the loss curves)."""
+    import ignite.distributed as idist
+
+    from nas.config.stages import replicate_config, study_seeds
+
+    name, variant = cfg["stage"], cfg["variant"]
+    offsets = study_seeds(cfg)
+    if name == "pretrain_stage1" and init_source(cfg, name) != variant:
+        # study.stage1_of: this variant's stage 2 continues another variant's stage-1 run (checked there).
+        if idist.get_rank() == 0:
+            record_shared_stage(name, variant, init_source(cfg, name), offsets, output_root(cfg))
+        return
+    summaries = {str(k): train_replicate(replicate_config(cfg, k), k, record) for k in offsets}
+    if idist.get_rank() != 0:
+        return
+    first = summaries[str(offsets[0])]
+    summary = {**first, "seeds": list(offsets), "replicates": summaries}
+    paths = stage_paths(name, variant, output_root(cfg))
+    atomic_write_text(paths["metrics"], json.dumps(summary, indent=2) + "\n")
+    record.add_artifact(paths["metrics"], name="stage_metrics.json")
+
+
+def record_shared_stage(name: str, variant: str, source: str, offsets, root: Path) -> None:
+    """The outputs dvc.yaml names for a stage that `variant` shares with `source`: a note saying so."""
+    paths = stage_paths(name, variant, root)
+    note = {"stage": name, "variant": variant, "shared_with": source, "seeds": list(offsets)}
+    text = json.dumps(note, indent=2) + "\n"
+    atomic_write_text(paths["run"] / "shared.json", text)
+    atomic_write_text(paths["checkpoints"] / "shared.json", text)
+    atomic_write_text(paths["metrics"], text)
+    print(f"{name}[{variant}]: shares {source}'s run (study.stage1_of); nothing to train")
+
+
+def replicate_dir(stage: str, variant: str, offset: int, root: Path = PIPELINE_ROOT) -> Path:
+    """Run folder of pretraining replicate `offset` (seed `params.seed + offset`)."""
+    return stage_paths(stage, variant, root)["run"] / f"seed{offset}"
+
+
+def init_source(cfg: dict[str, Any], init_from: str) -> str:
+    """The variant whose `init_from` run this variant's stage starts from (`study.stage1_of`)."""
+    from nas.config.stages import StudyConfig
+
+    study = from_dict(StudyConfig, cfg.get("study") or {}, "study")
+    return study.stage1_source(cfg["variant"]) if init_from == "pretrain_stage1" else cfg["variant"]
+
+
+def init_run_dir(stage_cfg: TrainStageConfig, source: str, offset: int, root: Path) -> Path:
+    """The run folder a stage starts from: `init_from` of variant `source`, same replicate."""
+    init_in = input_root(root, stage_paths(stage_cfg.init_from, source)["run"], stage_cfg.init_from)
+    return replicate_dir(stage_cfg.init_from, source, offset, init_in)
+
+
+# The params a stage-1 run depends on: a variant may start stage 2 from another variant's stage 1 only if
+# these agree (`study.stage1_of`).
+STAGE1_KEYS = ("seed", "data", "model", "loader", "pretrain_stage1")
+
+
+def check_shared_init(cfg: dict[str, Any], init_dir: Path) -> None:
+    """A stage that starts from another variant's run: that run's recorded stage-1 params equal this one's."""
+    recorded_file = init_dir / "config.json"
+    if not recorded_file.is_file():
+        raise FileNotFoundError(f"{recorded_file} is missing; run that variant's pretrain_stage1 first")
+    recorded = json.loads(recorded_file.read_text())
+    differing = [key for key in STAGE1_KEYS if recorded.get(key) != cfg.get(key)]
+    if differing:
+        raise ValueError(
+            f"{cfg['stage']}[{cfg['variant']}]: study.stage1_of: {recorded.get('variant')!r} trained its stage 1 with "
+            f"other {differing} than this variant's; a shared stage 1 must be the same run"
+        )
+
+
+def train_replicate(cfg: dict[str, Any], offset: int, record: Recorder) -> dict[str, Any] | None:
+    """Train replicate `offset` of the stage (`cfg`: its params, `replicate_config`); its summary on rank 0."""
     import ignite.distributed as idist
     from ignite.utils import manual_seed
 
     from nas.engine.fit import fit
 
     name, variant = cfg["stage"], cfg["variant"]
+    label = f"{variant} seed+{offset}"
     data = from_dict(DataConfig, cfg["data"], "data")
     loader_cfg = from_dict(LoaderConfig, cfg["loader"], "loader")
     spec = from_dict(ModelSpec, cfg["model"], "model")
@@ -106,31 +184,36 @@ def stage(cfg: dict[str, Any], record: Recorder) -> None:
     stage_cfg = from_dict(TrainStageConfig, section, name)
     root = output_root(cfg)
     paths = stage_paths(name, variant, root)
+    run_dir = replicate_dir(name, variant, offset, root)
 
     manual_seed(cfg["seed"] + idist.get_rank())
     model = build_model(spec, stage_cfg.model_overrides)
     loader = build_train_loader(data, loader_cfg)
-    checked = check_training_set(f"{name}[{variant}]", loader, data, cfg["seed"])
+    checked = check_training_set(f"{name}[{label}]", loader, data, cfg["seed"])
     if has_dictionary(model) and stage_cfg.init_from is None:
         # Stage 1 of a VD variant: start from the build_vd artifact; γ ramps over this stage's steps.
         from experiments.build_vd import build_vd_paths
         from nas.models.vd_build import load_initial_dictionary
 
         built_in = input_root(root, build_vd_paths(variant)["run"], "build_vd")
-        built = load_initial_dictionary(model, build_vd_paths(variant, built_in)["run"] / "vd_init.pt")
-        print(f"{name}[{variant}]: initial dictionary ({built['init']}) health {built['health']}")
+        vd_file = build_vd_paths(variant, built_in)["run"] / f"seed{offset}" / "vd_init.pt"
+        built = load_initial_dictionary(model, vd_file)
+        print(f"{name}[{label}]: initial dictionary ({built['init']}) health {built['health']}")
         from nas.engine.fit import epoch_length_of
 
         steps = epoch_length_of(loader, stage_cfg.train.max_steps_per_epoch)
         model.set_total_steps(stage_cfg.train.epochs * steps)
     init_checkpoint = None
     if stage_cfg.init_from is not None:
-        init_in = input_root(root, stage_paths(stage_cfg.init_from, variant)["run"], stage_cfg.init_from)
-        init_checkpoint = stage_paths(stage_cfg.init_from, variant, init_in)["run"] / "checkpoint.pt"
+        source = init_source(cfg, stage_cfg.init_from)
+        init_dir = init_run_dir(stage_cfg, source, offset, root)
+        init_checkpoint = init_dir / "checkpoint.pt"
         if not init_checkpoint.is_file():
             raise FileNotFoundError(
                 f"{name}: init_from={stage_cfg.init_from!r} needs {init_checkpoint}; run that stage first"
             )
+        if source != variant:
+            check_shared_init(cfg, init_dir)
 
     # Checkpoints are keyed by the run identity (params, harness code, training list, init checkpoint):
     # a changed param, loss or data never resumes a stale run, and old checkpoints stay on disk.
@@ -141,7 +224,7 @@ def stage(cfg: dict[str, Any], record: Recorder) -> None:
     )
     digest = identity_digest(identity)
     output_dir = paths["checkpoints"] / digest
-    on_epoch_end, on_log_step = training_callbacks(name, variant, record)
+    on_epoch_end, on_log_step = training_callbacks(name, f"{variant}/seed{offset}", record)
 
     result = fit(
         model,
@@ -155,21 +238,19 @@ def stage(cfg: dict[str, Any], record: Recorder) -> None:
         identity=identity,
     )
     if idist.get_rank() != 0:
-        return
+        return None
     # The next stage reads these: written atomically (never a truncated copy beside an older config).
-    atomic_copy(result["last_checkpoint"], paths["run"] / "checkpoint.pt")
-    atomic_write_text(paths["run"] / "config.json", json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    atomic_copy(result["last_checkpoint"], run_dir / "checkpoint.pt")
+    atomic_write_text(run_dir / "config.json", json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    record.add_artifact(run_dir / "config.json", name=f"resolved_config_seed{offset}.json")
     history = result["history"]
-    if has_dictionary(model):
-        health = model.dictionary_health()
-        print(f"{name}[{variant}] dictionary health after training (EMA counts): {health}")
-        for key, value in health.items():
-            record.log_scalar(f"vd.{key}", value)
     summary = {
         "stage": name,
         "variant": variant,
+        "seed": cfg["seed"],
         "config_digest": digest,
         "identity": identity,
+        "init_checkpoint": None if init_checkpoint is None else str(init_checkpoint),
         "preflight": checked,
         "resumed_from": result["resumed_from"],
         "final": history[-1] if history else {},
@@ -177,10 +258,12 @@ def stage(cfg: dict[str, Any], record: Recorder) -> None:
         "steps": result["steps"],
     }
     if has_dictionary(model):
+        health = model.dictionary_health()
+        print(f"{name}[{label}] dictionary health after training (EMA counts): {health}")
+        for key, value in health.items():
+            record.log_scalar(f"vd.seed{offset}.{key}", value)
         summary["dictionary_health"] = health
-    atomic_write_text(paths["metrics"], json.dumps(summary, indent=2) + "\n")
-    record.add_artifact(paths["run"] / "config.json", name="resolved_config.json")
-    record.add_artifact(paths["metrics"], name="stage_metrics.json")
+    return summary
 
 
 def main(argv=None) -> None:

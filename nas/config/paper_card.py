@@ -340,6 +340,17 @@ PAPER_CARD: tuple[CardEntry, ...] = (
         ((f"{M}.momentum", Equals(0.995)),),
     ),
     CardEntry(
+        "itm_negatives",
+        "ITM in-batch negatives",
+        "hard: sampled ∝ softmax of the ITC similarity, from step 1",
+        "[B] ALBEF model_pretrain.py",
+        (
+            (f"{M}.itm_negatives.uniform_steps", Equals(0)),
+            (f"{M}.itm_negatives.final_hard_fraction", Equals(1.0)),
+        ),
+        kind="base",
+    ),
+    CardEntry(
         "queue_size",
         "ITC queue length",
         "65,536",

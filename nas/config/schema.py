@@ -147,6 +147,7 @@ SECTIONS: dict[str, Section] = {
         "nas.config.stages:TrainStageConfig", model_overrides=stage_model_overrides, check=check_init_from
     ),
     "report": Section("nas.reporting.results:ReportConfig"),
+    "study": Section("nas.config.stages:StudyConfig"),
     "mug": Section("nas.config.mug_card:MUGSection", check=_check_mug),
     "uta": Section("nas.config.uta_card:UTASection", check=_check_uta),
 }

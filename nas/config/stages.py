@@ -12,7 +12,7 @@ from typing import Any
 from nas.data.loader import LoaderConfig
 from nas.engine.trainer import TrainConfig
 
-__all__ = ["LoaderConfig", "ModelSpec", "TrainStageConfig", "config_digest"]
+__all__ = ["LoaderConfig", "ModelSpec", "StudyConfig", "TrainStageConfig", "config_digest", "study_seeds"]
 
 
 @dataclass
@@ -44,6 +44,64 @@ class TrainStageConfig:
         unknown = set(self.init_objects) - allowed
         if unknown:
             raise ValueError(f"init_objects: unknown {sorted(unknown)}; choose from {sorted(allowed)}")
+
+
+@dataclass
+class StudyConfig:
+    """The `study` params section: how many pretraining replicates, and how findings are judged.
+
+    Every training stage (build_vd, both pretraining stages, fine-tuning) runs once per offset in
+    `seeds`, with seed `params.seed + offset` (initialisation, data order, MLM masks, ITM and NVA
+    draws); fine-tuning replicate k starts from pretraining replicate k, and every variant uses the same
+    offsets, so variants are paired by seed (issue 12: the variance is in pretraining).
+    """
+
+    seeds: tuple[int, ...] = (0,)
+    # Whose stage-1 run each variant's stage 2 continues (a variant missing here: its own). NAS continues
+    # VD's: up to the end of stage 1 the two are the same run (NVA is stage-2 only, NAS_METHOD §6), so
+    # sharing it isolates NVA's effect and saves a stage-1 run per seed; stage 2 checks that the shared
+    # run was trained with the variant's own stage-1 params, and the variant's own build_vd and
+    # pretrain_stage1 only record whose run they share.
+    stage1_of: dict[str, str] = field(default_factory=dict)
+    level: float = 0.95  # the findings' interval level
+    resamples: int = 2000  # bootstrap resamples (over seeds and probe cases)
+    bootstrap_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
+            raise ValueError(f"seeds must be distinct non-negative offsets, at least one; got {self.seeds}")
+        if not 0.0 < self.level < 1.0:
+            raise ValueError(f"level must be in (0, 1), got {self.level}")
+        if self.resamples < 100:
+            raise ValueError(f"resamples must be >= 100, got {self.resamples}")
+        chained = {v: s for v, s in self.stage1_of.items() if self.stage1_of.get(s, s) != s}
+        if chained:
+            raise ValueError(
+                f"stage1_of: {chained} take stage 1 from a variant that itself shares another's; name the "
+                "variant that trains it"
+            )
+
+    def stage1_source(self, variant: str) -> str:
+        """The variant whose stage-1 run `variant`'s stage 2 continues."""
+        return self.stage1_of.get(variant, variant)
+
+
+def study_seeds(cfg: dict[str, Any]) -> tuple[int, ...]:
+    """The replicate offsets of a resolved params dict (`study.seeds`; (0,) without a study section)."""
+    from nas.config.base import from_dict
+
+    return from_dict(StudyConfig, cfg.get("study") or {}, "study").seeds
+
+
+def replicate_config(cfg: dict[str, Any], offset: int) -> dict[str, Any]:
+    """The resolved params of replicate `offset`: seed `seed + offset`, and `study.seeds` narrowed to it, so
+    a replicate's run identity never depends on which other replicates the study lists."""
+    import copy
+
+    out = copy.deepcopy(cfg)
+    out["seed"] = cfg["seed"] + offset
+    out["study"] = {**(cfg.get("study") or {}), "seeds": [offset]}
+    return out
 
 
 @functools.cache

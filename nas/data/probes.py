@@ -17,6 +17,7 @@ otherwise. Layout under `out_root`:
   manifest.json    counts, config, how to load each benchmark, sha256 of every file; written last
                    (atomically, once every file is fsync'd): no manifest, no complete probe folder
 
+    count_cases(scenes, SyntheticConfig(), ProbeConfig())  # sizes a test split, nothing written
     manifest = write_probes("data/synthetic", "data/probes", ProbeConfig())
     for name, spec in probe_benchmarks("data/probes").items():
         evaluate_benchmark(name, spec["root"], scorer, spec["config"], **spec["load_options"])
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 import zlib
 from collections import Counter
@@ -79,17 +81,53 @@ class ProbeError(RuntimeError):
 
 @dataclass
 class ProbeConfig:
-    """Probe sizes and seed [D]: a few hundred test cases, so that scoring stays fast on 2 CPU
-    cores (each (image, text) pair costs one ITM pass). A size of 0 leaves that benchmark out."""
+    """Probe sizes and seed [D], sized for the question: about 1,000 cases behind each benchmark's
+    headline figure, so that its 95 % interval for one model is about +-3 points (1.96 *
+    sqrt(p (1 - p) / 1000): +-3.1 points at p = 50 %, +-2.8 at 30 % or 70 %). A size of 0 leaves
+    that benchmark out.
+
+    One case is what the harness's loader (nas/evaluation/benchmarks) counts for the headline:
+
+    - vg_relation, vg_attribution: one record (image, true caption, false caption); the headline
+      is the macro accuracy over relation names / ordered colour pairs of those records.
+    - coco_order (`order_images` entries): one caption of one Karpathy entry, so an entry holds
+      `captions_per_image` cases (500 x 2 = 1,000). Precision@1 is averaged over OrderConfig.seeds,
+      which perturb the same captions again and add no new cases.
+    - winoground: one example (2 images x 2 captions); the group score is the share of examples
+      whose text and image conditions both hold.
+    - valse (`valse_per_instrument` records in each of the 5 instrument files): one record
+      (caption, foil); the headline averages the 5 instruments, 5 x 200 = 1,000.
+    - sugarcrepe (`sugarcrepe_per_file` records in each of the 7 files): one record (positive,
+      negative caption); the headline is the mean of the 7 files, 7 x 143 = 1,001.
+
+    Within a benchmark (a VALSE instrument, a SugarCrepe file) every case comes from its own test
+    scene: the scenes are drawn without replacement, so no case repeats and no image serves two
+    cases. When the scenes cannot supply a size, write_probes raises ProbeError naming the
+    benchmark: the remedy is more test scenes (`data.synthetic.n_test`; training is unchanged),
+    never repeated cases. Only scenes with 2-3 objects (about 65 % of them) give VG-R, VG-A,
+    Winoground, VALSE counting / relations and SugarCrepe replace_rel / swap_*, so these defaults
+    need n_test >= 1,600 (1,033 such scenes at seed 0, >= 1,000 for every synthetic seed 0-99);
+    `count_cases` checks a split without rendering it.
+
+    Cost, measured from 1,600 test scenes: each pair scorer scores ~26,300 distinct (image, text)
+    pairs (VG-R, VG-A, VALSE, SugarCrepe ~2,000 each, Winoground 4,000, Order ~14,400 at 5 options x
+    5 seeds, repeats scored once; ~2,900 at the default single seed), ~20x the ~1,300 of the former 16-48-case sizes. write_probes
+    writes 45 MB in 5,095 files, Winoground's 2,000 images the largest part (17 MB), in 3-15 s:
+    ~2.5 s of building, checking and rendering, the rest creating and fsync-ing the files (as
+    busy as the disk is)."""
 
     seed: int = 0
     split: str = "test"  # the held-out scenes (with the held-out colour-shape combinations)
-    vg_relation: int = 48  # cases
-    vg_attribution: int = 48  # cases
-    order_images: int = 16  # Karpathy entries; every caption of an entry is one case per seed
-    winoground: int = 36  # examples, rotating over the 3 kinds
-    valse_per_instrument: int = 24  # records per instrument file (5 files)
-    sugarcrepe_per_file: int = 16  # records per file (7 files)
+    vg_relation: int = 1000  # cases
+    vg_attribution: int = 1000  # cases
+    order_images: int = 500  # Karpathy entries; every caption of an entry is one case per seed
+    # The Order perturbation seeds (OrderConfig.seeds; the authors average 5). Each seed re-scores the same
+    # captions with another shuffle (no new cases) and costs ~4 s per model here; the intervals come from
+    # the 1,000 cases, so the default profile scores one. [D]
+    order_seeds: tuple[int, ...] = (1,)
+    winoground: int = 1000  # examples, rotating over the 3 kinds
+    valse_per_instrument: int = 200  # records per instrument file (5 files)
+    sugarcrepe_per_file: int = 143  # records per file (7 files)
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
@@ -172,6 +210,30 @@ def _provenance(scene: dict[str, Any], kind: str) -> dict[str, Any]:
     return {"scene": _scene_name(scene), "kind": kind, "heldout": bool(scene.get("heldout", False))}
 
 
+def _require_supply(source: _Source, name: str, size_key: str, count: int, got: int) -> None:
+    """Each case of a benchmark has a scene of its own (drawn without replacement): fewer usable
+    scenes than `count` is an error, never repeated cases."""
+    if got >= count:
+        return
+    n = len(source.scenes)
+    estimate = f"about {math.ceil(count * n / got)}" if got else "more"
+    raise ProbeError(
+        f"{name}: probes.{size_key} asks for {count} cases, but only {got} of the {n} {source.split} "
+        f"scenes of {source.root} can make a {name} case, and each case takes a scene of its own: "
+        f"generate {estimate} {source.split} scenes (data.synthetic.n_{source.split}; the other "
+        f"splits do not change) or lower probes.{size_key}"
+    )
+
+
+def _require_distinct(name: str, origins: Sequence[dict[str, Any]]) -> None:
+    """No scene serves two cases of one benchmark (so no case repeats)."""
+    repeated = [scene for scene, k in Counter(o["scene"] for o in origins).items() if k > 1]
+    if repeated:
+        raise ProbeError(
+            f"{name}: {len(repeated)} scenes serve two cases or more, e.g. {repeated[0]} (a bug)"
+        )
+
+
 def _require(
     source: _Source, scene: dict[str, Any], objects: list[dict[str, Any]], record: dict[str, Any], want: str
 ) -> None:
@@ -228,6 +290,8 @@ def _vg_cases(source: _Source, seed: int, count: int, benchmark: str) -> list[Ca
         record["true_caption"] = clause["text"]
         record["false_caption"] = negative["text"]
         cases.append((record, _provenance(scene, edit)))
+    _require_supply(source, benchmark, benchmark, count, len(cases))
+    _require_distinct(benchmark, [origin for _, origin in cases])
     return cases
 
 
@@ -237,13 +301,16 @@ def _vg_cases(source: _Source, seed: int, count: int, benchmark: str) -> list[Ca
 
 def _order_entries(source: _Source, seed: int, count: int) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     rng = _rng(seed, "coco_order")
-    return [
+    entries = [
         (
             {"image": f"val2014/{_scene_name(scene)}.png", "caption": [c["text"] for c in scene["captions"]]},
             _provenance(scene, "order"),
         )
         for scene in _shuffled(source.scenes, rng)[:count]
     ]
+    _require_supply(source, "coco_order", "order_images", count, len(entries))
+    _require_distinct("coco_order", [origin for _, origin in entries])
+    return entries
 
 
 def _caption_tags(scenes: Sequence[dict[str, Any]]) -> dict[str, list[list[str]]]:
@@ -370,6 +437,8 @@ def _winoground_examples(
             }
             examples.append((record, other, _provenance(scene, kind)))
             break
+    _require_supply(source, "winoground", "winoground", count, len(examples))
+    _require_distinct("winoground", [origin for _, _, origin in examples])
     return examples
 
 
@@ -495,6 +564,8 @@ def _valse_records(source: _Source, seed: int, instrument: str, count: int) -> l
             "mturk": {"foil": 0, "caption": 3, "other": 0},
         }
         out.append((f"{instrument}_synthetic_{scene['index']}", record, _provenance(scene, item["kind"])))
+    _require_supply(source, f"valse/{instrument}", "valse_per_instrument", count, len(out))
+    _require_distinct(f"valse/{instrument}", [origin for _, _, origin in out])
     return out
 
 
@@ -562,6 +633,8 @@ def _sugarcrepe_records(source: _Source, seed: int, name: str, count: int) -> li
             "negative_caption": negative["text"],
         }
         out.append((str(len(out)), record, _provenance(scene, kind)))
+    _require_supply(source, f"sugarcrepe/{name}", "sugarcrepe_per_file", count, len(out))
+    _require_distinct(f"sugarcrepe/{name}", [origin for _, _, origin in out])
     return out
 
 
@@ -597,21 +670,75 @@ def _group_of(record: dict[str, Any]) -> str:
     return record["relation_name"] if "relation_name" in record else "_".join(record["attributes"])
 
 
-def _write_aro(source: _Source, cfg: ProbeConfig, out: Path, specs: dict, provenance: dict) -> None:
-    for benchmark, count, file_name in (
-        ("vg_relation", cfg.vg_relation, "visual_genome_relation.json"),
-        ("vg_attribution", cfg.vg_attribution, "visual_genome_attribution.json"),
+def _plan(source: _Source, cfg: ProbeConfig) -> dict[str, Any]:
+    """Every case of every benchmark whose size is > 0, checked against the ground truth, before
+    anything is written: a size the scenes cannot supply stops here (ProbeError)."""
+    plan: dict[str, Any] = {}
+    for benchmark in ("vg_relation", "vg_attribution"):
+        if getattr(cfg, benchmark) > 0:
+            plan[benchmark] = _vg_cases(source, cfg.seed, getattr(cfg, benchmark), benchmark)
+    if cfg.order_images > 0:
+        plan["coco_order"] = _order_entries(source, cfg.seed, cfg.order_images)
+    if cfg.winoground > 0:
+        plan["winoground"] = _winoground_examples(source, cfg.seed, cfg.winoground)
+    if cfg.valse_per_instrument > 0:
+        plan["valse"] = {
+            instrument: _valse_records(source, cfg.seed, instrument, cfg.valse_per_instrument)
+            for instrument in VALSE_INSTRUMENTS
+        }
+    if cfg.sugarcrepe_per_file > 0:
+        plan["sugarcrepe"] = {
+            name: _sugarcrepe_records(source, cfg.seed, name, cfg.sugarcrepe_per_file)
+            for name in SUGARCREPE_FILES
+        }
+    return plan
+
+
+def _counts(plan: dict[str, Any]) -> dict[str, int]:
+    """Cases behind each headline, as the loaders count them (ProbeConfig); Order: per seed."""
+    counts = {}
+    for name, cases in plan.items():
+        if name == "coco_order":
+            counts[name] = sum(len(entry["caption"]) for entry, _ in cases)
+        elif name in ("valse", "sugarcrepe"):
+            counts[name] = sum(len(records) for records in cases.values())
+        else:
+            counts[name] = len(cases)
+    return counts
+
+
+def count_cases(
+    scenes: Sequence[dict[str, Any]], synthetic: SyntheticConfig, cfg: ProbeConfig | None = None
+) -> dict[str, int]:
+    """`{benchmark: cases}` that write_probes would write (its manifest's "counts") from these
+    ground-truth scenes of `cfg.split` (`make_scene` records; no image is read or written), every
+    case checked against the ground truth. Raises ProbeError as write_probes does, naming the
+    benchmark the scenes cannot supply: a cheap way to size `n_test` for a ProbeConfig."""
+    cfg = cfg or ProbeConfig()
+    scenes = list(scenes)
+    if not scenes:
+        raise ProbeError("count_cases needs at least one scene")
+    nta = NTAConfig(colours=tuple(synthetic.colours), shapes=synthetic.shapes)
+    by_name = {_scene_name(scene): scene for scene in scenes}
+    source = _Source(Path("<in memory>"), cfg.split, scenes, by_name, synthetic, "", nta)
+    return _counts(_plan(source, cfg))
+
+
+def _write_aro(source: _Source, plan: dict[str, Any], out: Path, specs: dict, provenance: dict) -> None:
+    for benchmark, file_name in (
+        ("vg_relation", "visual_genome_relation.json"),
+        ("vg_attribution", "visual_genome_attribution.json"),
     ):
-        if count == 0:
+        if benchmark not in plan:
             continue
-        cases = _vg_cases(source, cfg.seed, count, benchmark)
+        cases = plan[benchmark]
         for _record, origin in cases:
             _copy_scene_image(source, origin, out / "aro" / "images")
         _write_json(out / "aro" / file_name, [record for record, _ in cases])
         specs[benchmark] = {
             "root": "aro",
-            # 64-ish cases spread over 30 ordered colour pairs: the official >= 25 filter of VG-A
-            # would drop every group, so the probes keep them all [D].
+            # ~1,000 cases over 30 ordered colour pairs (~33 each): the official >= 25 filter of
+            # VG-A would drop the smaller groups and their cases, so the probes keep them all [D].
             "config": {} if benchmark == "vg_relation" else {"attribution_min_count": 0},
             "cases": len(cases),
             "groups": dict(sorted(Counter(_group_of(record) for record, _ in cases).items())),
@@ -619,19 +746,19 @@ def _write_aro(source: _Source, cfg: ProbeConfig, out: Path, specs: dict, proven
         provenance[benchmark] = {str(k): origin for k, (_, origin) in enumerate(cases)}
 
 
-def _write_order(source: _Source, cfg: ProbeConfig, out: Path, specs: dict, provenance: dict) -> None:
-    entries = _order_entries(source, cfg.seed, cfg.order_images)
+def _write_order(source: _Source, plan: dict[str, Any], out: Path, specs: dict, provenance: dict) -> None:
+    entries = plan["coco_order"]
     root = out / "coco_order"
     for _entry, origin in entries:
         _copy_scene_image(source, origin, root / "val2014")
     _write_json(root / "coco_karpathy_test.json", [entry for entry, _ in entries])
     _write_json(root / "caption_tags.json", _caption_tags([source.by_name[o["scene"]] for _, o in entries]))
-    captions = sum(len(entry["caption"]) for entry, _ in entries)
     specs["coco_order"] = {
         "root": "coco_order",
         "config": {},
         "load_options": {"tagger": "caption_tags.json (order_tagger)", "tokenizer": "whitespace_tokenizer"},
-        "cases": captions,  # per seed; OrderConfig.seeds multiplies them
+        # per seed; OrderConfig.seeds multiplies them
+        "cases": _counts({"coco_order": entries})["coco_order"],
         "entries": len(entries),
     }
     provenance["coco_order"] = {
@@ -639,8 +766,10 @@ def _write_order(source: _Source, cfg: ProbeConfig, out: Path, specs: dict, prov
     }
 
 
-def _write_winoground(source: _Source, cfg: ProbeConfig, out: Path, specs: dict, provenance: dict) -> None:
-    examples = _winoground_examples(source, cfg.seed, cfg.winoground)
+def _write_winoground(
+    source: _Source, plan: dict[str, Any], out: Path, specs: dict, provenance: dict
+) -> None:
+    examples = plan["winoground"]
     root = out / "winoground"
     images = root / "images"
     for record, other, origin in examples:
@@ -663,13 +792,10 @@ def _write_winoground(source: _Source, cfg: ProbeConfig, out: Path, specs: dict,
     provenance["winoground"] = {str(r["id"]): origin for r, _, origin in examples}
 
 
-def _write_valse(source: _Source, cfg: ProbeConfig, out: Path, specs: dict, provenance: dict) -> None:
+def _write_valse(source: _Source, plan: dict[str, Any], out: Path, specs: dict, provenance: dict) -> None:
     root = out / "valse"
     counts, origins = {}, {}
-    for instrument in VALSE_INSTRUMENTS:
-        records = _valse_records(source, cfg.seed, instrument, cfg.valse_per_instrument)
-        if not records:
-            continue
+    for instrument, records in plan["valse"].items():
         for sample_id, _record, origin in records:
             _copy_scene_image(source, origin, root / "images")
             origins[f"{instrument}/{sample_id}"] = origin
@@ -685,13 +811,12 @@ def _write_valse(source: _Source, cfg: ProbeConfig, out: Path, specs: dict, prov
     provenance["valse"] = origins
 
 
-def _write_sugarcrepe(source: _Source, cfg: ProbeConfig, out: Path, specs: dict, provenance: dict) -> None:
+def _write_sugarcrepe(
+    source: _Source, plan: dict[str, Any], out: Path, specs: dict, provenance: dict
+) -> None:
     root = out / "sugarcrepe"
     counts, origins = {}, {}
-    for name in SUGARCREPE_FILES:
-        records = _sugarcrepe_records(source, cfg.seed, name, cfg.sugarcrepe_per_file)
-        if not records:
-            continue
+    for name, records in plan["sugarcrepe"].items():
         for key, _record, origin in records:
             _copy_scene_image(source, origin, root / "val2017")
             origins[f"{name}/{key}"] = origin
@@ -706,10 +831,14 @@ def _write_sugarcrepe(source: _Source, cfg: ProbeConfig, out: Path, specs: dict,
     provenance["sugarcrepe"] = origins
 
 
+def _refuse_non_empty(out: Path, overwrite: bool) -> None:
+    if not overwrite and out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} is not empty; pass overwrite=True to rewrite the probes there")
+
+
 def _prepare(out: Path, overwrite: bool) -> None:
+    _refuse_non_empty(out, overwrite)
     if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{out} is not empty; pass overwrite=True to rewrite the probes there")
         for name in TOP_FILES:  # the manifest first: without it the folder is never taken as complete
             (out / name).unlink(missing_ok=True)
         for folder in BENCHMARK_FOLDERS:
@@ -727,30 +856,29 @@ def write_probes(
     """Write every probe benchmark from `<data_root>/<cfg.split>_scenes.json` into `out_root` and
     return the manifest (also written to `out_root/manifest.json`). Byte-identical for the same
     data and config. `out_root` must be absent or empty unless `overwrite` is set; then only what
-    this function writes is replaced. A benchmark whose size is > 0 but that finds no usable
-    scene is an error (its loader would refuse an empty file)."""
+    this function writes is replaced. Every case is built and checked before `out_root` is
+    touched: a size the scenes cannot supply (ProbeConfig) raises ProbeError naming the benchmark
+    and leaves an existing probe folder as it was."""
     cfg = cfg or ProbeConfig()
     source = _read_source(Path(data_root), cfg.split)
     out = Path(out_root)
+    _refuse_non_empty(out, overwrite)
+    plan = _plan(source, cfg)
     _prepare(out, overwrite)
     specs: dict[str, dict[str, Any]] = {}
     provenance: dict[str, dict[str, Any]] = {}
-    _write_aro(source, cfg, out, specs, provenance)
+    _write_aro(source, plan, out, specs, provenance)
     writers = (
-        (cfg.order_images, _write_order),
-        (cfg.winoground, _write_winoground),
-        (cfg.valse_per_instrument, _write_valse),
-        (cfg.sugarcrepe_per_file, _write_sugarcrepe),
+        ("coco_order", _write_order),
+        ("winoground", _write_winoground),
+        ("valse", _write_valse),
+        ("sugarcrepe", _write_sugarcrepe),
     )
-    for size, writer in writers:
-        if size > 0:
-            writer(source, cfg, out, specs, provenance)
-    empty = [name for name, spec in specs.items() if spec["cases"] == 0]
-    if empty:
-        raise ProbeError(
-            f"no usable {cfg.split} scene for {empty} in {source.root}: generate more scenes "
-            "(n_test) or set those sizes to 0"
-        )
+    for name, writer in writers:
+        if name in plan:
+            writer(source, plan, out, specs, provenance)
+    if "coco_order" in specs:
+        specs["coco_order"]["config"]["seeds"] = list(cfg.order_seeds)
     _write_json(out / "provenance.json", provenance)
     written = [p for folder in BENCHMARK_FOLDERS for p in (out / folder).rglob("*")]
     files = sorted(str(p.relative_to(out)) for p in written if p.is_file())

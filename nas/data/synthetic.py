@@ -95,7 +95,7 @@ class SyntheticConfig:
     image_size: int = 64
     n_train: int = 3000
     n_val: int = 200
-    n_test: int = 200
+    n_test: int = 1600  # what the ProbeConfig defaults need (~1,000 cases per benchmark)
     min_objects: int = 1
     max_objects: int = 3
     shapes: tuple[str, ...] = ("circle", "square", "triangle", "cross", "diamond")

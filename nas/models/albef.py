@@ -49,11 +49,12 @@ from nas.objectives.itc import (
 from nas.objectives.itm import (
     MATCH,
     NO_MATCH,
+    HardNegativeSchedule,
     ITMBlock,
     concat_blocks,
     hard_negative_blocks,
     itm_loss,
-    sample_hard_negatives,
+    sample_negatives,
 )
 from nas.objectives.mlm import IGNORE_INDEX, MASK_PROBABILITY, mask_tokens, mlm_loss
 
@@ -81,6 +82,8 @@ class ALBEFConfig:
     # ITC positives: every sample with the same image_id (ALBEF's retrieval fine-tuning) instead of
     # only the diagonal (ALBEF pretraining, where pairs are unique).
     itc_match_image_ids: bool = False
+    # [D] ITM's in-batch negatives: uniform first, then ALBEF's hard ones (nas.objectives.itm). Default: ALBEF.
+    itm_negatives: HardNegativeSchedule = field(default_factory=HardNegativeSchedule)
 
     def __post_init__(self) -> None:
         if self.embed_dim <= 0:
@@ -134,6 +137,9 @@ class ALBEF(nn.Module):
         self.text_encoder_m = _frozen_copy(self.text_encoder)
         self.vision_proj_m = _frozen_copy(self.vision_proj)
         self.text_proj_m = _frozen_copy(self.text_proj)
+        # Training steps taken, over every stage (it travels with the weights): drives the ITM negative
+        # schedule and seeds NAS's NVA draws.
+        self.register_buffer("training_steps", torch.zeros((), dtype=torch.long))
 
     # ---- evaluation API ------------------------------------------------------------------------
 
@@ -233,11 +239,12 @@ class ALBEF(nn.Module):
             losses["itc"] = cfg.itc_weight * itc.loss
         if cfg.itm_weight > 0:
             batch_size = image.shape[0]
-            negatives = sample_hard_negatives(
+            negatives = sample_negatives(
                 itc.sim_i2t[:, :batch_size].detach(),
                 itc.sim_t2i[:, :batch_size].detach(),
                 image_ids,
                 generator,
+                hard_fraction=cfg.itm_negatives.hard_fraction(int(self.training_steps)),
             )
             loss = self._itm_loss(
                 image_tokens, text_tokens, attention_mask, image_ids, negatives, generator, negative_text
@@ -246,6 +253,9 @@ class ALBEF(nn.Module):
         if cfg.mlm_weight > 0:
             loss = self._mlm_loss(image_tokens, image_tokens_m, input_ids, attention_mask, alpha, generator)
             losses["mlm"] = cfg.mlm_weight * loss
+        if self.training:
+            # After the step: this step's draws used the count of steps taken before it.
+            self.training_steps += 1
         return losses
 
     def _itm_loss(

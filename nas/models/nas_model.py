@@ -127,8 +127,6 @@ class NAS(ALBEF):
         super().__init__(cfg, gather=gather)
         # Created after ALBEF's momentum copies: the VD has no momentum copy [A].
         self.vd = VisualDictionary(cfg.vd, reduce_sum=reduce_sum)
-        # Training steps taken (every stage); seeds NVA's draw of each step and travels with checkpoints.
-        self.register_buffer("training_steps", torch.zeros((), dtype=torch.long))
         # The seed of NVA's streams: not a buffer, since it belongs to the run, not to the weights
         # (a fine-tuning replicate loads the pretrained weights and must draw its own negatives).
         self.stream_seed = 0 if cfg.nva_seed is None else cfg.nva_seed
@@ -201,16 +199,6 @@ class NAS(ALBEF):
         return torch.Generator(device=device).manual_seed(seed)
 
     # ---- training --------------------------------------------------------------------------------------
-
-    def forward(
-        self, batch: Any, *, alpha: float, generator: torch.Generator | None = None
-    ) -> dict[str, torch.Tensor]:
-        """ALBEF's forward (loss terms itc, itm, mlm) with the NAS ITM; counts the step in training mode."""
-        losses = super().forward(batch, alpha=alpha, generator=generator)
-        if self.training:
-            # After the step: the step's NVA draw used the count of steps taken before it.
-            self.training_steps += 1
-        return losses
 
     # ---- dictionary health ---------------------------------------------------------------------------
 

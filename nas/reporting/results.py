@@ -66,7 +66,7 @@ def _cell(values: list[float]) -> str:
 RECIPE_SECTIONS = ("nas.reporting.mug_section", "nas.reporting.uta_section")
 
 # How a stage's models are named in the tables.
-STAGE_LABELS = {"pretrain_stage2": "pretrained", "finetune": "fine-tuned"}
+STAGE_LABELS = {"untrained": "untrained", "pretrain_stage2": "pretrained", "finetune": "fine-tuned"}
 
 
 def model_rows(evaluations: dict[str, dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
@@ -222,31 +222,108 @@ def dictionary_table(results: dict[str, Any]) -> list[str]:
     return ["| variant | when | codes | in use | perplexity | dead |", "|---|---|---:|---:|---:|---:|", *rows]
 
 
+def shared_note(run: dict[str, Any]) -> str:
+    """The cell for a stage a variant shares with another (`{"shared_with": source}`, study.stage1_of)."""
+    return f"shares {run['shared_with']}'s run (`study.stage1_of`)"
+
+
+def replicate_summaries(run: dict[str, Any]) -> list[dict[str, Any]]:
+    """A pretraining stage's per-seed summaries (each with `final` and `epochs`): its `replicates` by seed
+    offset when it has them, else the run itself (one replicate, the top-level fields)."""
+    replicates = run.get("replicates")
+    if replicates:
+        return [replicates[k] for k in sorted(replicates, key=int)]
+    return [run]
+
+
+def _cell3(values: list[float]) -> str:
+    return fmt_mean_std(mean_std(values), digits=3)
+
+
+_NOT_TERMS = frozenset({"epoch", "lr", "alpha", "steps", "images_seen", "images_skipped", "seconds", "total"})
+
+
 def training_table(stage1: dict[str, Any], stage2: dict[str, Any]) -> list[str]:
+    """Per variant and pretraining stage: epochs and steps of one replicate, the final (last-epoch mean)
+    loss terms as mean ± std over the replicates (pretraining seeds), caption counts and seconds summed
+    over the replicates."""
     lines = [
-        "| variant | stage | epochs | steps | final loss terms (last epoch mean) | captions cut (words / tokens), "
-        "[UNK]-only | seconds |",
-        "|---|---|---:|---:|---|---|---:|",
+        "| variant | stage | seeds | epochs | steps | final loss terms (last epoch mean; mean ± std over seeds) "
+        "| captions cut (words / tokens), [UNK]-only | seconds (all seeds) |",
+        "|---|---|---:|---:|---:|---|---|---:|",
     ]
     for name, runs in (("stage 1", stage1), ("stage 2", stage2)):
         for variant, run in runs.items():
-            epochs = run.get("epochs", [])
-            final = run.get("final", {})
+            if run.get("shared_with"):
+                lines.append(f"| {variant} | {name} | | | | {shared_note(run)} | | |")
+                continue
+            summaries = replicate_summaries(run)
+            epochs = summaries[0].get("epochs", [])
+            finals = [summary.get("final", {}) for summary in summaries]
             terms = ", ".join(
-                f"{k} {v:.3f}"
-                for k, v in final.items()
-                if k
-                not in {"epoch", "lr", "alpha", "steps", "images_seen", "images_skipped", "seconds", "total"}
+                f"{k} {_cell3([f[k] for f in finals])}"
+                for k, v in finals[0].items()
+                if k not in _NOT_TERMS
                 and not k.startswith(DIAGNOSTIC_PREFIX)
                 and isinstance(v, (int, float))
+                and all(isinstance(f.get(k), (int, float)) for f in finals)
             )
+            every_epoch = [e for summary in summaries for e in summary.get("epochs", [])]
             counts = [
-                sum(int(e.get(f"{DIAGNOSTIC_PREFIX}{key}", 0)) for e in epochs)
+                sum(int(e.get(f"{DIAGNOSTIC_PREFIX}{key}", 0)) for e in every_epoch)
                 for key in ("truncated_words", "truncated_tokens", "unk_only")
             ]
             lines.append(
-                f"| {variant} | {name} | {len(epochs)} | {sum(e.get('steps', 0) for e in epochs)} | {terms} | "
-                f"{counts[0]} / {counts[1]}, {counts[2]} | {sum(e.get('seconds', 0.0) for e in epochs):.0f} |"
+                f"| {variant} | {name} | {len(summaries)} | {len(epochs)} | {sum(e.get('steps', 0) for e in epochs)} "
+                f"| {terms} | {counts[0]} / {counts[1]}, {counts[2]} "
+                f"| {sum(e.get('seconds', 0.0) for e in every_epoch):.0f} |"
+            )
+    return lines
+
+
+def itm_table(
+    stage1: dict[str, Any], stage2: dict[str, Any], *, nva_variants: Collection[str] | None = None
+) -> list[str]:
+    """ITM learned? Per variant and pretraining stage: the final ITM term (last-epoch mean, mean ± std
+    over seeds) beside the label-prior entropy H(1/rows) of that stage's row mix (`itm_prior`) and their
+    ratio: near 1 the head has learnt only the row mix. Stage 2 of an NVA variant has 4 rows per positive,
+    every other stage 3; with `nva_variants` unknown (None) stage 2 shows both priors."""
+    lines = [
+        "| variant | stage | seeds | final ITM (nats) | rows per positive | prior H(1/rows) (nats) | ITM / prior |",
+        "|---|---|---:|---:|---|---:|---:|",
+    ]
+    variants = [v for v in variant_colours(set(stage1) | set(stage2))]
+    for index, (name, runs) in enumerate((("stage 1", stage1), ("stage 2", stage2))):
+        for variant in variants:
+            if variant not in runs or runs[variant].get("shared_with"):
+                if variant in runs:
+                    lines.append(f"| {variant} | {name} | | {shared_note(runs[variant])} | | | |")
+                elif index == 0 and variant in stage2:
+                    lines.append(
+                        f"| {variant} | {name} | | no run of its own (stage 2 starts from a shared stage 1) "
+                        "| | | |"
+                    )
+                continue
+            values = [s.get("final", {}).get("itm") for s in replicate_summaries(runs[variant])]
+            values = [float(v) for v in values if isinstance(v, (int, float))]
+            if not values:
+                continue
+            if index == 0:
+                rows = [ROWS_WITHOUT_NVA]
+            elif nva_variants is None:
+                rows = [ROWS_WITHOUT_NVA, ROWS_WITH_NVA]
+            else:
+                rows = [ROWS_WITH_NVA if variant in nva_variants else ROWS_WITHOUT_NVA]
+            mean = mean_std(values)["mean"]
+            mix = " or ".join(f"{r}" + (" (NVA)" if r == ROWS_WITH_NVA else "") for r in rows) + (
+                " (NVA not known)" if len(rows) > 1 else ""
+            )
+            lines.append(
+                f"| {variant} | {name} | {len(values)} | {_cell3(values)} | {mix} | "
+                + " / ".join(f"{itm_prior(r):.4f}" for r in rows)
+                + " | "
+                + " / ".join(f"{mean / itm_prior(r):.3f}" for r in rows)
+                + " |"
             )
     return lines
 
@@ -566,10 +643,45 @@ def write_curves_csv(stages: dict[str, dict[str, Any]], path: Path) -> None:
     write_text(path, table.getvalue())
 
 
-def write_report(metrics_dir: Path, reports_dir: Path, cfg: ReportConfig) -> Path:
+def write_findings(findings: Any, path: Path) -> Path:
+    """metrics/findings.json: `{key: {claim, effect, low, high (points), verdict, verdict_code, n_seeds,
+    n_cases, method, ...}}` for every claim and sanity row (`verdict_code` 1 / 0 / -1, null when not run,
+    so `dvc metrics diff` shows a changed verdict as a number)."""
+    return write_text(path, json.dumps(findings.to_json(), indent=2, ensure_ascii=False) + "\n")
+
+
+def write_report(
+    metrics_dir: Path,
+    reports_dir: Path,
+    cfg: ReportConfig,
+    *,
+    runs_dir: Path | None = None,
+    findings_path: Path | None = None,
+    study: Any = None,
+    nva_variants: Collection[str] | None = None,
+) -> Path:
+    """reports/results.md (and its figures) from `metrics_dir`; the findings from the per-case outcomes
+    under `runs_dir/evaluate` (default: `metrics_dir`'s sibling `runs/`), judged as `study` says
+    (`nas.reporting.findings.FindingsConfig`, default: 95 %, 2000 resamples), written to `findings_path`
+    too when given. `nva_variants`: the variants that run NVA in stage 2 (None: not known)."""
+    from nas.reporting.findings import (
+        FindingsConfig,
+        compute_findings,
+        details_section,
+        findings_section,
+        load_cases,
+    )
+
     results = collect(metrics_dir)
+    runs_dir = Path(runs_dir) if runs_dir is not None else metrics_dir.parent / "runs"
+    study = study or FindingsConfig()
+    findings = compute_findings(load_cases(runs_dir / "evaluate", study.seeds), results["evaluate"], study)
+    if findings_path is not None:
+        write_findings(findings, Path(findings_path))
     figures = reports_dir / "figures"
-    loss_curve_figure(results["stage1"], results["stage2"], figures / "loss_curves.png")
+    loss_curve_figure(
+        results["stage1"], results["stage2"], figures / "loss_curves.png", nva_variants=nva_variants
+    )
     write_curves_csv(
         {
             "pretrain_stage1": results["stage1"],
@@ -579,7 +691,22 @@ def write_report(metrics_dir: Path, reports_dir: Path, cfg: ReportConfig) -> Pat
         reports_dir / "loss_curves.csv",
     )
     data = results["data"]
-    lines = [f"# {cfg.title}", "", "Generated by `dvc repro` (stage `report`); do not edit by hand.", ""]
+    lines = [f"# {cfg.title}", "", *findings_section(findings)]
+    lines += ["Generated by `dvc repro` (stage `report`); do not edit by hand.", ""]
+    itm = itm_table(results["stage1"], results["stage2"], nva_variants=nva_variants)
+    if len(itm) > 2:
+        lines += [
+            "## ITM learned?",
+            "",
+            "Final ITM term (last-epoch mean, mean ± std over pretraining seeds; itm_weight × cross-entropy) "
+            "beside the cross-entropy of a head that knows only the row mix, H(1/rows): 1 positive in 3 rows "
+            "(ALBEF, VD, stage 1), in 4 with NVA's extra negative (NAS, stage 2). A ratio near 1: the ITM head "
+            "has learnt nothing beyond the row mix.",
+            "",
+            *itm,
+            "",
+        ]
+    lines += details_section(findings)
     if data:
         lines += [
             "## Data",
@@ -604,8 +731,8 @@ def write_report(metrics_dir: Path, reports_dir: Path, cfg: ReportConfig) -> Pat
                 "## Fine-grained probes (official formats, synthetic test scenes)",
                 "",
                 "Percent. Each row names the pair scorer that produced it; `seeds` is the number of "
-                "training replicates behind a mean ± sample std (fine-tuning replicates for the "
-                "fine-tuned models, see `finetune.seeds`; one pretraining run per variant).",
+                "replicates behind a mean ± sample std: one per pretraining seed (`study.seeds`), each "
+                "fine-tuned model from its own seed's pretrained one.",
                 "",
             ] + grained
     for module in RECIPE_SECTIONS:  # MUG, UTA: their own tables and figures ([] when not run)

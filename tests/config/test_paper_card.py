@@ -173,7 +173,12 @@ def _key_tree(data, skip=("variants",), prefix=""):
         if key in skip:
             continue
         keys.add(path)
-        if isinstance(value, dict) and key not in ("overrides", "model_overrides", "path_anchors"):
+        if isinstance(value, dict) and key not in (
+            "overrides",
+            "model_overrides",
+            "path_anchors",
+            "stage1_of",
+        ):
             keys |= _key_tree(value, (), path + ".")
     return keys
 

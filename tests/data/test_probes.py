@@ -1,5 +1,13 @@
 """Synthetic probes: official formats read back by the harness's own loaders, ground truth checked
-independently of the generator, deterministic output."""
+independently of the generator, deterministic output, sizes the test split can supply.
+
+Measured at the defaults (~1,000 cases a benchmark) from 1,600 test scenes (seed 0, 64 px, the
+params.yaml data set otherwise), on 2 CPU cores and a disk shared with running experiments:
+write_probes 2.7-14.5 s (building and checking the cases 1.2 s, rendering Winoground's second
+images ~1 s, the rest creating and fsync-ing 5,095 files); the probe folder 45.3 MB (winoground
+17.0 MB for its 2,000 images, aro 9.2, valse 6.9, sugarcrepe 6.6, coco_order 4.6, manifest +
+provenance 1.1). The former defaults wrote 370 files, 3.1 MB, in 0.3 s.
+"""
 
 from __future__ import annotations
 
@@ -19,13 +27,17 @@ from test_nta import independent_truth
 from nas.config.base import ConfigError, from_dict
 from nas.data.probes import (
     ROLE_TAGS,
+    SUGARCREPE_FILES,
+    VALSE_INSTRUMENTS,
     ProbeConfig,
+    ProbeError,
+    count_cases,
     order_tagger,
     probe_benchmarks,
     whitespace_tokenizer,
     write_probes,
 )
-from nas.data.synthetic import SyntheticConfig, generate, render_scene
+from nas.data.synthetic import SyntheticConfig, generate, make_scene, render_scene
 from nas.evaluation.benchmarks import evaluate_benchmark, pre_caption
 
 CANONICAL = {
@@ -131,8 +143,9 @@ def test_the_official_loaders_read_every_probe_and_the_oracle_scores_100(probes:
         "sugarcrepe": 7 * 4,
     }
     for name, result in results.items():
-        seeds = 5 if name == "coco_order" else 1  # OrderConfig's 5 default seeds
-        assert result["n_cases"] == manifest["counts"][name] * seeds, name
+        # Order: every case once per perturbation seed the manifest names (ProbeConfig.order_seeds: one)
+        seeds = len(manifest["benchmarks"]["coco_order"]["config"]["seeds"]) if name == "coco_order" else 1
+        assert seeds == 1 and result["n_cases"] == manifest["counts"][name] * seeds, name
         assert result["scorer"] == "oracle"
     m = {name: r["metrics"] for name, r in results.items()}
     assert m["vg_relation"]["macro"] == m["vg_attribution"]["macro"] == 100.0
@@ -310,7 +323,12 @@ def test_manifest_hashes_every_file_and_a_zero_size_leaves_a_benchmark_out(
     for name, digest in manifest["files"].items():
         assert hashlib.sha256((probes / name).read_bytes()).hexdigest() == digest
     only_valse = ProbeConfig(
-        vg_relation=0, vg_attribution=0, order_images=0, winoground=0, sugarcrepe_per_file=0
+        vg_relation=0,
+        vg_attribution=0,
+        order_images=0,
+        winoground=0,
+        valse_per_instrument=6,
+        sugarcrepe_per_file=0,
     )
     written = write_probes(data_root, tmp_path / "valse_only", only_valse)
     assert list(written["benchmarks"]) == ["valse"]
@@ -334,3 +352,139 @@ def test_bad_inputs_get_clear_errors(probes: Path, data_root: Path, tmp_path: Pa
         from_dict(ProbeConfig, {"winogrund": 3}, "probes")
     with pytest.raises(FileNotFoundError, match="write_probes"):
         probe_benchmarks(tmp_path / "empty")
+
+
+# ---------------------------------------------------------------------------------------------
+# Sizes: ~1,000 cases per headline, one scene per case, more scenes rather than repeated cases
+
+RECOMMENDED_N_TEST = 1600  # data.synthetic.n_test for the ProbeConfig defaults
+
+
+def test_the_defaults_give_about_1000_cases_per_headline_from_the_recommended_test_split() -> None:
+    synthetic = SyntheticConfig(seed=0, n_test=RECOMMENDED_N_TEST)  # params.yaml's synthetic seed
+    assert SyntheticConfig().n_test == RECOMMENDED_N_TEST  # DataConfig's defaults agree
+    scenes = [make_scene(synthetic, "test", i) for i in range(RECOMMENDED_N_TEST)]  # no images
+    cfg = ProbeConfig()
+    counts = count_cases(scenes, synthetic, cfg)
+    # one case as the loaders count it (ProbeConfig's docstring)
+    assert counts == {
+        "vg_relation": cfg.vg_relation,
+        "vg_attribution": cfg.vg_attribution,
+        "coco_order": cfg.order_images * synthetic.captions_per_image,
+        "winoground": cfg.winoground,
+        "valse": cfg.valse_per_instrument * len(VALSE_INSTRUMENTS),
+        "sugarcrepe": cfg.sugarcrepe_per_file * len(SUGARCREPE_FILES),
+    }
+    assert min(counts.values()) >= 950, counts
+    # The arithmetic behind n_test: a relational case (VG-R, VG-A, Winoground, ...) needs a scene
+    # of its own with 2+ objects; the recommended split has enough of them, with a margin.
+    relational = sum(len(scene["objects"]) >= 2 for scene in scenes)
+    assert 1000 <= relational < RECOMMENDED_N_TEST
+    more = dataclasses.replace(cfg, winoground=relational + 1)
+    with pytest.raises(ProbeError, match=rf"^winoground: .* only {relational} of the 1600 test scenes"):
+        count_cases(scenes, synthetic, more)
+
+
+def _case_keys(probes: Path) -> dict[str, list[tuple[str, ...]]]:
+    """(image, texts) of every case, per benchmark file, read from the official files."""
+    keys = {
+        name: [(r["image_path"], r["true_caption"], r["false_caption"]) for r in _read(probes / "aro" / f)]
+        for name, f in (
+            ("vg_relation", "visual_genome_relation.json"),
+            ("vg_attribution", "visual_genome_attribution.json"),
+        )
+    }
+    keys["coco_order"] = [
+        (e["image"], c)
+        for e in _read(probes / "coco_order" / "coco_karpathy_test.json")
+        for c in e["caption"]
+    ]
+    provenance = _read(probes / "provenance.json")["winoground"]
+    lines = (probes / "winoground" / "examples.jsonl").read_text().split("\n")
+    keys["winoground"] = [
+        (provenance[str(r["id"])]["scene"], r["caption_0"], r["caption_1"]) for r in map(json.loads, lines)
+    ]
+    for path in sorted((probes / "valse").glob("*.json")):
+        keys[f"valse/{path.stem}"] = [
+            (r["image_file"], r["caption"], r["foil"]) for r in _read(path).values()
+        ]
+    for path in sorted((probes / "sugarcrepe").glob("*.json")):
+        keys[f"sugarcrepe/{path.stem}"] = [
+            (r["filename"], r["caption"], r["negative_caption"]) for r in _read(path).values()
+        ]
+    return keys
+
+
+def test_every_usable_scene_once_and_no_repeated_case_when_the_sizes_exhaust_the_split(
+    data_root: Path, tmp_path: Path
+) -> None:
+    scenes = _scenes(data_root)
+    relational = {name for name, scene in scenes.items() if len(scene["objects"]) >= 2}
+    assert 0 < len(relational) < len(scenes)
+    edge = ProbeConfig(
+        seed=3,
+        vg_relation=len(relational),
+        vg_attribution=len(relational),
+        order_images=len(scenes),
+        winoground=len(relational),
+        valse_per_instrument=len(relational),  # counting and relations need 2+ objects
+        sugarcrepe_per_file=len(relational),  # so do replace_rel, swap_obj and swap_att
+    )
+    write_probes(data_root, tmp_path / "edge", edge)
+    keys = _case_keys(tmp_path / "edge")
+    assert len(keys) == 2 + 1 + 1 + len(VALSE_INSTRUMENTS) + len(SUGARCREPE_FILES)
+    for name, cases in keys.items():
+        assert len(set(cases)) == len(cases), f"{name}: a repeated case"
+        used = [Path(case[0]).stem for case in cases]
+        if name == "coco_order":
+            assert sorted(set(used)) == sorted(scenes) and len(used) == 2 * len(scenes)
+            continue
+        assert len(set(used)) == len(used), f"{name}: a scene serves two cases"
+        needs_two = name.split("/")[-1] in {
+            "vg_relation",
+            "vg_attribution",
+            "winoground",
+            "counting-small-quant",
+            "relations",
+            "replace_rel",
+            "swap_obj",
+            "swap_att",
+        }
+        assert set(used) <= (relational if needs_two else set(scenes)), name
+        if needs_two:
+            assert set(used) == relational, f"{name}: a usable scene left out while drawing"
+
+
+@pytest.mark.parametrize(
+    ("size", "benchmark"),
+    [
+        ("vg_relation", "vg_relation"),
+        ("vg_attribution", "vg_attribution"),
+        ("order_images", "coco_order"),
+        ("winoground", "winoground"),
+        ("valse_per_instrument", "valse/counting-small-quant"),
+        ("sugarcrepe_per_file", "sugarcrepe/replace_rel"),
+    ],
+)
+def test_a_size_the_scenes_cannot_supply_names_the_benchmark_and_writes_nothing(
+    data_root: Path, probes: Path, size: str, benchmark: str
+) -> None:
+    scenes = _scenes(data_root)
+    relational = sum(len(s["objects"]) >= 2 for s in scenes.values())
+    supply = len(scenes) if size == "order_images" else relational
+    before = _files(probes)
+    too_many = dataclasses.replace(SMALL, **{size: supply + 1})
+    with pytest.raises(
+        ProbeError, match=rf"^{benchmark}: probes\.{size} asks for {supply + 1} cases"
+    ) as error:
+        write_probes(data_root, probes, too_many, overwrite=True)
+    assert "n_test" in str(error.value) and "each case takes a scene of its own" in str(error.value)
+    assert _files(probes) == before  # checked before anything was removed or written
+    with pytest.raises(ProbeError, match=rf"^{benchmark}: "):
+        count_cases(list(scenes.values()), SYNTHETIC, too_many)
+    assert count_cases(list(scenes.values()), SYNTHETIC, dataclasses.replace(SMALL, **{size: supply}))
+
+
+def test_count_cases_agrees_with_the_written_manifest(probes: Path, data_root: Path) -> None:
+    scenes = json.loads((data_root / "test_scenes.json").read_text())
+    assert count_cases(scenes, SYNTHETIC, SMALL) == _read(probes / "manifest.json")["counts"]

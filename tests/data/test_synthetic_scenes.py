@@ -273,6 +273,18 @@ def test_scene_does_not_depend_on_split_sizes():
     assert make_scene(small, "train", 3) != make_scene(small, "train", 4)
 
 
+def test_more_test_scenes_leave_train_and_val_byte_identical(tmp_path: Path):
+    # The probes grow the test split (ProbeConfig); training and validation must not move.
+    fewer, more = tmp_path / "fewer", tmp_path / "more"
+    generate(SyntheticConfig(seed=4, n_train=6, n_val=4, n_test=3), fewer)
+    generate(SyntheticConfig(seed=4, n_train=6, n_val=4, n_test=9), more)
+    a, b = _all_files(fewer), _all_files(more)
+    kept = [n for n in a if n.startswith(("train", "val", "images/train/", "images/val/"))]
+    assert len(kept) == 4 + 6 + 4 and all(a[n] == b[n] for n in kept)
+    assert _load(more, "test_scenes.json")[:3] == _load(fewer, "test_scenes.json")  # a prefix
+    assert all(a[n] == b[n] for n in a if n.startswith("images/test/"))
+
+
 def test_config_validation_and_strict_loading():
     with pytest.raises(ValueError, match="holdout"):
         SyntheticConfig(holdout=("pink circle",))

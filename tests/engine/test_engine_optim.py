@@ -24,7 +24,7 @@ def test_weight_decay_skips_norms_biases_and_momentum_copies():
     optimized = set().union(*by_decay.values())
     assert not any(name.startswith("encoder_m.") for name in optimized)
     assert optimizer.defaults["betas"] == (0.9, 0.999)
-    assert not optimizer.defaults["fused"]  # CPU parameters: 'auto' does not fuse
+    assert optimizer.defaults["fused"]  # CPU parameters: "auto" fuses (torch >= 2.4)
 
 
 def test_decay_shrinks_matrices_only():
@@ -40,9 +40,27 @@ def test_decay_shrinks_matrices_only():
     assert torch.equal(model.encoder[1].weight, before["encoder.1.weight"])  # LayerNorm scale
 
 
-def test_fused_true_needs_cuda():
+def test_auto_fuses_on_cpu_and_matches_the_foreach_update():
+    """auto = fused on CPU (torch's fused kernels); the update equals the foreach path's to rounding."""
+    torch.manual_seed(0)
+    fused_model = ToyMomentumModel()
+    plain_model = ToyMomentumModel()
+    plain_model.load_state_dict(fused_model.state_dict())
+    fused = build_optimizer(fused_model, OptimConfig(), lr=1e-2)
+    plain = build_optimizer(plain_model, OptimConfig(fused_adamw="false"), lr=1e-2)
+    assert fused.defaults["fused"] and not plain.defaults["fused"]
+    for _ in range(3):
+        for model, optimizer in ((fused_model, fused), (plain_model, plain)):
+            for i, p in enumerate(model.parameters()):
+                p.grad = torch.full_like(p, 0.1 * (i + 1))
+            optimizer.step()
+    for (name, a), b in zip(fused_model.named_parameters(), plain_model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_fused_true_needs_one_cpu_or_cuda_device():
     with pytest.raises(ValueError, match="fused_adamw"):
-        build_optimizer(ToyMomentumModel(), OptimConfig(fused_adamw="true"), lr=1e-4)
+        build_optimizer(ToyMomentumModel().to("meta"), OptimConfig(fused_adamw="true"), lr=1e-4)
 
 
 def test_no_trainable_parameters_is_an_error():

@@ -10,12 +10,14 @@ from hypothesis import strategies as st
 from nas.objectives.itm import (
     MATCH,
     NO_MATCH,
+    HardNegativeSchedule,
     ITMBlock,
     concat_blocks,
     hard_negative_blocks,
     itm_loss,
     negative_weights,
     sample_hard_negatives,
+    sample_negatives,
     select_rows,
 )
 
@@ -109,3 +111,54 @@ def test_select_rows_equals_indexing_forward_and_backward_with_repeated_rows():
     expected_row_2 = weights[0] + weights[1] + weights[3]
     torch.testing.assert_close(by_select[2], expected_row_2)
     assert torch.count_nonzero(by_select[[1, 3]]) == 0
+
+
+# ---- the hard-negative schedule ([D], issue 12) ---------------------------------------------------------
+
+
+def test_schedule_by_hand():
+    schedule = HardNegativeSchedule(uniform_steps=2, ramp_steps=4, final_hard_fraction=0.8)
+    fractions = [schedule.hard_fraction(step) for step in range(8)]
+    assert fractions == pytest.approx([0.0, 0.0, 0.2, 0.4, 0.6, 0.8, 0.8, 0.8])
+    assert HardNegativeSchedule().hard_fraction(0) == 1.0  # the default is ALBEF's, from step 0
+    assert HardNegativeSchedule(uniform_steps=3).hard_fraction(3) == 1.0  # no ramp: a switch
+    with pytest.raises(ValueError, match="final_hard_fraction"):
+        HardNegativeSchedule(final_hard_fraction=1.5)
+    with pytest.raises(ValueError, match="uniform_steps"):
+        HardNegativeSchedule(uniform_steps=-1)
+
+
+def test_full_hardness_is_albefs_draw_for_draw():
+    sim = torch.randn(6, 6) * 5
+    ids = torch.arange(6)
+    a = sample_negatives(sim, sim.T, ids, torch.Generator().manual_seed(3), hard_fraction=1.0)
+    b = sample_hard_negatives(sim, sim.T, ids, torch.Generator().manual_seed(3))
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_hardness_zero_draws_uniformly_and_excludes_the_same_image():
+    # Row 0's hard weights put (almost) all mass on column 1; uniform draws must ignore that.
+    sim = torch.zeros(4, 4)
+    sim[:, 1] = 50.0
+    ids = torch.tensor([0, 0, 1, 2])  # rows 0 and 1 show the same image
+    generator = torch.Generator().manual_seed(0)
+    draws = torch.stack(
+        [sample_negatives(sim, sim, ids, generator, hard_fraction=0.0)[0] for _ in range(3000)]
+    )
+    counts = torch.bincount(draws[:, 0], minlength=4)
+    assert counts[0] == counts[1] == 0  # never row 0's own image
+    assert abs(int(counts[2]) - 1500) < 150 and abs(int(counts[3]) - 1500) < 150
+
+
+def test_half_hardness_mixes_rows_at_that_rate():
+    sim = torch.full((8, 8), -50.0)
+    sim[:, 7] = 50.0  # the hard draw is always column 7 (for rows other than 7)
+    sim[7, 6] = 50.0
+    ids = torch.arange(8)
+    generator = torch.Generator().manual_seed(1)
+    hard_share = []
+    for _ in range(400):
+        negative_image, _ = sample_negatives(sim, sim, ids, generator, hard_fraction=0.5)
+        hard_share.append(float((negative_image[:7] == 7).float().mean()))
+    # Uniform rows hit column 7 with probability 1/7 too: expected share 0.5 + 0.5 / 7.
+    assert sum(hard_share) / len(hard_share) == pytest.approx(0.5 + 0.5 / 7, abs=0.03)

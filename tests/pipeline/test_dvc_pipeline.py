@@ -42,7 +42,8 @@ TINY = {
         }
     },
     "pretrain_stage2": {"train": {"max_steps_per_epoch": 1, "progress_bar": False}},
-    "finetune": {"seeds": [0, 1], "train": {"max_steps_per_epoch": 1, "progress_bar": False}},
+    "study": {"seeds": [0, 1], "resamples": 200},
+    "finetune": {"train": {"max_steps_per_epoch": 1, "progress_bar": False}},
     "evaluate": {"retrieval": {"k_test": 4}},
     "mug": {
         "loader": {"batch_size_per_gpu": 8},
@@ -108,6 +109,9 @@ def test_dvc_repro_small_profile(tmp_path):
 
     first = _run([str(DVC), "repro"], work, env)
     variants = sorted(params["variants"])
+    shared = params["study"]["stage1_of"]
+    owners = sorted(v for v in variants if shared.get(v, v) == v)
+    assert set(owners) < set(variants), "the default shares a stage 1 (NAS continues VD's)"
     expected = {"data", "report", "mug_pretrain", "mug_evaluate"}
     expected |= {"uta_teacher", "uta_pretrain", "uta_finetune", "uta_evaluate"}
     expected |= {
@@ -125,9 +129,9 @@ def test_dvc_repro_small_profile(tmp_path):
     assert _stages_run(first) == expected
     for v in variants:
         result = json.loads((work / "metrics" / "evaluate" / f"{v}.json").read_text())
-        assert sorted(result["models"]) == ["finetune", "pretrain_stage2"]
+        assert sorted(result["models"]) == sorted(params["evaluate"]["checkpoint_stages"])
         replicates = result["models"]["finetune"]["replicates"]
-        assert len(replicates) == 2, "one evaluation per fine-tuning seed"
+        assert len(replicates) == 2, "one evaluation per pretraining seed"
         for replicate in replicates:
             assert replicate["retrieval"]["n_images"] == 40
             assert replicate["fine_grained"], "no fine-grained probe was scored"
@@ -139,12 +143,30 @@ def test_dvc_repro_small_profile(tmp_path):
                 (work / "runs" / "finetune" / v / f"seed{seed}" / "config.json").read_text()
             )
             assert recorded["seed"] == params["seed"] + seed
-        assert (work / "runs" / "pretrain_stage2" / v / "checkpoint.pt").is_file()
+            assert (work / "runs" / "pretrain_stage2" / v / f"seed{seed}" / "checkpoint.pt").is_file()
+            # every pretraining replicate trains with its own seed
+            recorded = json.loads(
+                (work / "runs" / "pretrain_stage2" / v / f"seed{seed}" / "config.json").read_text()
+            )
+            assert recorded["seed"] == params["seed"] + seed
+    for v in sorted(shared):  # a shared stage 1 only records whose run it is
+        note = json.loads((work / "metrics" / "pretrain_stage1" / f"{v}.json").read_text())
+        assert note["shared_with"] == shared[v] and not (work / "runs/pretrain_stage1" / v / "seed0").exists()
+    for v in owners:
         sacred_runs = list((work / "runs" / "sacred" / "pretrain_stage1" / v).glob("*/config.json"))
         assert sacred_runs, "Sacred recorded no stage-1 run"
         recorded = json.loads(sacred_runs[0].read_text())
         assert recorded["pretrain_stage1"]["train"]["max_steps_per_epoch"] == 2
+    # NAS's stage 2 continued VD's stage-1 run of the same seed
+    nas_stage2 = json.loads((work / "metrics" / "pretrain_stage2" / "nas.json").read_text())
+    for seed, replicate in nas_stage2["replicates"].items():
+        assert replicate["init_checkpoint"].endswith(f"pretrain_stage1/vd/seed{seed}/checkpoint.pt")
+    findings = json.loads((work / "metrics" / "findings.json").read_text())
+    assert findings and all(
+        row["verdict"] in ("reproduced", "opposite", "inconclusive", "not run") for row in findings.values()
+    )
     report = (work / "reports" / "results.md").read_text()
+    assert report.index("Findings") < report.index("Zero-shot retrieval")
     assert "Zero-shot retrieval" in report and "chance" in report
     assert "Fine-grained probes" in report and "Hyperparameter audit" in report
     assert "## MUG" in report and "## UTA" in report
@@ -166,7 +188,7 @@ def test_dvc_repro_small_profile(tmp_path):
 
     # A model-code change (ITC's loss scaled by 10): DVC re-runs stage 1, and the stage trains afresh
     # instead of finding its old checkpoint "already done" (the run identity covers the code).
-    before = hashlib.md5((work / "runs/pretrain_stage1/albef/checkpoint.pt").read_bytes()).hexdigest()
+    before = hashlib.md5((work / "runs/pretrain_stage1/albef/seed0/checkpoint.pt").read_bytes()).hexdigest()
     itc = work / "nas" / "objectives" / "itc.py"
     source = itc.read_text()
     assert "return -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()" in source
@@ -175,10 +197,10 @@ def test_dvc_repro_small_profile(tmp_path):
     )
     fourth = _run([str(DVC), "repro", "--single-item", "pretrain_stage1@albef"], work, env)
     assert _stages_run(fourth) == {"pretrain_stage1@albef"}
-    after = hashlib.md5((work / "runs/pretrain_stage1/albef/checkpoint.pt").read_bytes()).hexdigest()
+    after = hashlib.md5((work / "runs/pretrain_stage1/albef/seed0/checkpoint.pt").read_bytes()).hexdigest()
     assert after != before
     assert (
-        len(list((work / "checkpoints/pretrain_stage1/albef").iterdir())) == 2
-    )  # old run kept, new one beside
+        len(list((work / "checkpoints/pretrain_stage1/albef").iterdir())) == 4
+    )  # old runs kept (one per replicate), new ones beside
     metrics = json.loads((work / "metrics/pretrain_stage1/albef.json").read_text())
     assert metrics["resumed_from"] is None and metrics["identity"]["code"]

@@ -151,8 +151,10 @@ def test_a_stage_run_record_names_versions_code_hash_and_source_state(tmp_path):
 
     from nas.config.stages import code_digest
 
-    (tmp_path / "params.yaml").write_text(  # a tiny data set; every other section at its defaults
+    (tmp_path / "params.yaml").write_text(  # a tiny data set and probes; every other section at its defaults
         "seed: 0\ndata:\n  root: data/synthetic\n  synthetic: {n_train: 20, n_val: 6, n_test: 6}\n"
+        "  probes: {vg_relation: 2, vg_attribution: 2, order_images: 2, winoground: 2,\n"
+        "           valse_per_instrument: 2, sugarcrepe_per_file: 2}\n"
     )
     (tmp_path / "dvc.lock").write_text("schema: '2.0'\n")
     argv = [sys.executable, "-m", "nas.cli", "data", "--runs-dir", "runs"]

@@ -13,18 +13,36 @@ from nas.config.data import DataConfig
 
 
 @pytest.mark.parametrize("seeds", [[], [0, 0], [-1]])
-def test_finetune_seeds_must_be_distinct_non_negative(seeds):
+def test_study_seeds_must_be_distinct_non_negative(seeds):
+    from nas.config.stages import StudyConfig
+
     with pytest.raises((ValueError, ConfigError), match="seeds"):
-        from_dict(FinetuneConfig, {"seeds": seeds}, "finetune")
+        from_dict(StudyConfig, {"seeds": seeds}, "study")
 
 
-def test_evaluate_scores_every_finetuning_replicate_and_the_pretrained_model():
-    cfg = {"finetune": {"seeds": [0, 2]}}
-    assert model_runs("finetune", "nas", cfg) == [
-        Path("runs/finetune/nas/seed0"),
-        Path("runs/finetune/nas/seed2"),
-    ]
-    assert model_runs("pretrain_stage2", "nas", cfg) == [Path("runs/pretrain_stage2/nas")]
+def test_a_shared_stage_1_must_name_a_variant_that_trains_its_own():
+    from nas.config.stages import StudyConfig
+
+    with pytest.raises((ValueError, ConfigError), match="stage1_of"):
+        from_dict(StudyConfig, {"stage1_of": {"nas": "vd", "vd": "albef"}}, "study")
+    assert from_dict(StudyConfig, {"stage1_of": {"nas": "vd"}}, "study").stage1_source("nas") == "vd"
+
+
+def test_replicate_k_runs_with_seed_plus_k_and_an_identity_blind_to_the_other_seeds():
+    from nas.config.stages import replicate_config
+
+    cfg = {"seed": 42, "study": {"seeds": [0, 1, 2], "level": 0.95}}
+    assert replicate_config(cfg, 2) == {"seed": 44, "study": {"seeds": [2], "level": 0.95}}
+    assert cfg["study"]["seeds"] == [0, 1, 2]  # not mutated
+
+
+def test_evaluate_scores_every_pretraining_replicate_of_every_stage():
+    cfg = {"study": {"seeds": [0, 2]}}
+    for stage in ("finetune", "pretrain_stage2"):
+        assert model_runs(stage, "nas", cfg) == [
+            Path(f"runs/{stage}/nas/seed0"),
+            Path(f"runs/{stage}/nas/seed2"),
+        ]
 
 
 def test_evaluation_input_size_comes_from_the_recorded_run_not_the_params():
@@ -46,7 +64,7 @@ def test_the_experiment_sections_are_checked_with_every_run():
     params = load_params(Path(__file__).resolve().parents[2] / "params.yaml")
     cases = {
         "finetune.model_overrides.mlm_weight=0.5": "finetune: model_overrides must not set mlm_weight",
-        "finetune.seeds=[0,0]": "finetune: seeds must be distinct non-negative offsets",
+        "study.seeds=[0,0]": "study: seeds must be distinct non-negative offsets",
         "finetune.model_overrides.nva_enabled=true": "unknown config key 'finetune.model_overrides.nva_enabled'",
         "evaluate.retrieval.k_tset=4": "unknown config key 'evaluate.retrieval.k_tset'",
         "evaluate.checkpoint_stages=[pretrain_stage2,finetuned]": "evaluate.checkpoint_stages[1]: 'finetuned'",
@@ -146,7 +164,7 @@ def test_an_ad_hoc_run_writes_no_path_dvc_tracks():
 
 def test_evaluate_scores_the_models_of_its_own_folder_else_the_pipelines(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    cfg = {"finetune": {"seeds": [0, 2]}, "output_root": str(ADHOC)}
+    cfg = {"study": {"seeds": [0, 2]}, "output_root": str(ADHOC)}
     assert model_runs("finetune", "nas", cfg) == [
         Path("runs/finetune/nas/seed0"),
         Path("runs/finetune/nas/seed2"),
@@ -157,7 +175,10 @@ def test_evaluate_scores_the_models_of_its_own_folder_else_the_pipelines(tmp_pat
         ADHOC / "runs/finetune/nas/seed0",
         ADHOC / "runs/finetune/nas/seed2",
     ]
-    assert model_runs("pretrain_stage2", "nas", cfg) == [Path("runs/pretrain_stage2/nas")]
+    assert model_runs("pretrain_stage2", "nas", cfg) == [
+        Path("runs/pretrain_stage2/nas/seed0"),
+        Path("runs/pretrain_stage2/nas/seed2"),
+    ]
 
 
 def test_an_ad_hoc_stage_run_writes_under_its_folder_only(tmp_path, monkeypatch):
@@ -172,9 +193,9 @@ def test_an_ad_hoc_stage_run_writes_under_its_folder_only(tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     stage(cfg, Recorder())
     written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
-    assert written == [
-        f"{ADHOC}/metrics/build_vd/albef.json",
-        f"{ADHOC}/runs/build_vd/albef/vd_init.json",
+    seeds = cfg["study"]["seeds"]
+    assert written == [f"{ADHOC}/metrics/build_vd/albef.json"] + [
+        f"{ADHOC}/runs/build_vd/albef/seed{k}/vd_init.json" for k in seeds
     ]
 
 

@@ -153,6 +153,21 @@ def load_vg_attribution(
     )
 
 
+def case_correct(case_scores: np.ndarray) -> bool:
+    """One VG case, scores `[[s(false caption), s(true caption)]]`: right iff the true caption scores
+    strictly higher (a tie is wrong: the official argmax picks index 0, the false caption)."""
+    false_score, true_score = case_scores[0]
+    return bool(true_score > false_score)
+
+
+def vg_outcomes(
+    cases: Sequence[BenchmarkCase], scores: Mapping[str, np.ndarray], config: AroConfig
+) -> list[float]:
+    """Per case, in case order: 1.0 if correct (`case_correct`), else 0.0. Their mean is `micro_all`
+    (the micro accuracy over all cases) as a fraction; the macro figure weights groups, not cases."""
+    return [float(case_correct(scores[case.case_id])) for case in cases]
+
+
 def grouped_accuracy(
     cases: Sequence[BenchmarkCase],
     scores: Mapping[str, np.ndarray],
@@ -168,7 +183,7 @@ def grouped_accuracy(
         ties += int(true_score == false_score)
         tally = counts.setdefault(case.meta["group"], [0, 0])
         tally[0] += 1
-        tally[1] += int(true_score > false_score)  # strict: a tie is wrong
+        tally[1] += int(case_correct(scores[case.case_id]))
     table = []
     for name in sorted(counts):
         count, correct = counts[name]

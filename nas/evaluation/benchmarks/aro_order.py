@@ -162,6 +162,30 @@ def load_flickr30k_order(
     return load_order(root, "flickr30k", config, **options)
 
 
+def original_first(case_scores: np.ndarray) -> bool:
+    """One Order case, scores `[[s(original), s(f1), ..., s(f4)]]`: right iff the original scores >=
+    every perturbation (== "the first argmax is option 0": a tie counts as RIGHT, fully, as in the
+    official script)."""
+    row = case_scores[0]
+    return bool(row[0] >= row[1:].max())
+
+
+def order_outcomes(
+    cases: Sequence[BenchmarkCase], scores: Mapping[str, np.ndarray], config: OrderConfig
+) -> list[float] | None:
+    """Per case (every seed's copy of a caption is its own case), in case order: 1.0 if
+    `original_first`, else 0.0 (a tie is a whole 1.0: the official rule counts it right, not as a
+    fraction). Their mean is `precision_at_1` as a fraction, because every seed holds the same number of
+    cases (`load_order` perturbs the same captions for each seed). None if the seeds hold different
+    numbers of cases (only a hand-edited score file can), where no per-case mean equals the figure."""
+    counts = {seed: 0 for seed in config.seeds}
+    for case in cases:
+        counts[case.meta["seed"]] += 1
+    if len(set(counts.values())) != 1:
+        return None
+    return [float(original_first(scores[case.case_id])) for case in cases]
+
+
 def order_metrics(
     cases: Sequence[BenchmarkCase], scores: Mapping[str, np.ndarray], config: OrderConfig
 ) -> dict[str, Any]:
@@ -169,11 +193,10 @@ def order_metrics(
     per_seed: dict[int, list[int]] = {seed: [0, 0, 0] for seed in config.seeds}  # n, correct, ties
     for case in cases:
         row = scores[case.case_id][0]
-        best_other = row[1:].max()
         tally = per_seed[case.meta["seed"]]
         tally[0] += 1
-        tally[1] += int(row[0] >= best_other)  # == "first argmax is option 0"
-        tally[2] += int(row[0] == best_other)
+        tally[1] += int(original_first(scores[case.case_id]))
+        tally[2] += int(row[0] == row[1:].max())
     table = {
         str(seed): {"precision_at_1": percent(correct, n), "n_cases": n, "n_ties": ties}
         for seed, (n, correct, ties) in per_seed.items()

@@ -2,7 +2,15 @@
 
 Both return the same result dict:
     {"benchmark", "scorer", "unit": "percent", "chance", "metrics", "n_cases", "config", "root",
-     "scores": {case_id: [[...]]}}   # scores[image][text] per test case
+     "scores": {case_id: [[...]]},   # scores[image][text] per test case
+     "outcomes": {"metric", "unit": "fraction", "case_ids", "outcomes"}}
+
+`outcomes` are the per-case results behind one figure of the metrics (`BenchmarkDefinition.headline`,
+a dotted path into `metrics`), in case order, each in [0, 1], computed by the benchmark's own
+per-case rule (the function its metric counts with), so that their mean is that figure as a
+fraction: what paired statistics over models need (two models' arrays are paired by position, as
+the case order of a benchmark is fixed by its files). `outcomes` is None where no per-case mean
+equals the figure (an Order score file whose seeds hold different numbers of cases).
 
 Names: vg_relation, vg_attribution, coco_order, flickr30k_order, winoground, valse, sugarcrepe.
 `root` is the folder with the user's files: images, and the annotations that are not shipped
@@ -19,6 +27,7 @@ official statistics script reads. The command-line front door is `nas score` (re
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +38,7 @@ import numpy as np
 from nas.config.base import from_dict, to_dict
 from nas.evaluation.benchmarks import aro, aro_order, score_files, sugarcrepe, valse, winoground
 from nas.evaluation.benchmarks.common import (
+    PAIRS_PER_CALL,
     BenchmarkCase,
     ImageRef,
     ScoreFileError,
@@ -43,6 +53,9 @@ ScoreFormat = Literal["harness", "winoground", "fge"]
 SCORE_FORMATS: tuple[ScoreFormat, ...] = ("harness", "winoground", "fge")
 
 
+Outcomes = Callable[[Sequence[BenchmarkCase], Mapping[str, np.ndarray], Any], list[float] | None]
+
+
 @dataclass(frozen=True)
 class BenchmarkDefinition:
     name: str
@@ -50,6 +63,10 @@ class BenchmarkDefinition:
     load: Callable[..., list[BenchmarkCase]]  # load(root, config, *, check_images, **options)
     metrics: Callable[[Sequence[BenchmarkCase], Mapping[str, np.ndarray], Any], dict[str, Any]]
     chance: Mapping[str, float]  # percent
+    # Per-case outcomes in [0, 1] (case order) whose mean is the figure at `headline` (a dotted path
+    # into the metrics, in percent) as a fraction.
+    outcomes: Outcomes
+    headline: str
     formats: tuple[ScoreFormat, ...] = ("harness",)
     # The official format written beside every harness score file (`official_score_path`).
     official_format: ScoreFormat | None = None
@@ -61,7 +78,13 @@ BENCHMARKS: dict[str, BenchmarkDefinition] = {
     definition.name: definition
     for definition in (
         BenchmarkDefinition(
-            "vg_relation", aro.AroConfig, aro.load_vg_relation, aro.vg_relation_metrics, {"macro": 50.0}
+            "vg_relation",
+            aro.AroConfig,
+            aro.load_vg_relation,
+            aro.vg_relation_metrics,
+            {"macro": 50.0},
+            outcomes=aro.vg_outcomes,
+            headline="micro_all",
         ),
         BenchmarkDefinition(
             "vg_attribution",
@@ -69,6 +92,8 @@ BENCHMARKS: dict[str, BenchmarkDefinition] = {
             aro.load_vg_attribution,
             aro.vg_attribution_metrics,
             {"macro": 50.0},
+            outcomes=aro.vg_outcomes,
+            headline="micro_all",
         ),
         BenchmarkDefinition(
             "coco_order",
@@ -76,6 +101,8 @@ BENCHMARKS: dict[str, BenchmarkDefinition] = {
             aro_order.load_coco_order,
             aro_order.order_metrics,
             {"precision_at_1": 20.0},
+            outcomes=aro_order.order_outcomes,
+            headline="precision_at_1",
             rescore_without_root=True,
         ),
         BenchmarkDefinition(
@@ -84,6 +111,8 @@ BENCHMARKS: dict[str, BenchmarkDefinition] = {
             aro_order.load_flickr30k_order,
             aro_order.order_metrics,
             {"precision_at_1": 20.0},
+            outcomes=aro_order.order_outcomes,
+            headline="precision_at_1",
             rescore_without_root=True,
         ),
         BenchmarkDefinition(
@@ -92,7 +121,9 @@ BENCHMARKS: dict[str, BenchmarkDefinition] = {
             winoground.load_winoground,
             winoground.winoground_metrics,
             {"text": 25.0, "image": 25.0, "group": 100.0 / 6.0},  # 6, 6 and 4 of the 24 orderings
-            ("harness", "winoground"),
+            outcomes=winoground.group_outcomes,
+            headline="group",
+            formats=("harness", "winoground"),
             official_format="winoground",
             rescore_without_root=True,
         ),
@@ -102,7 +133,9 @@ BENCHMARKS: dict[str, BenchmarkDefinition] = {
             valse.load_valse,
             valse.valse_metrics,
             {"acc_r": 50.0, "auroc": 50.0},
-            ("harness", "fge"),
+            outcomes=valse.pairwise_outcomes,
+            headline="micro.acc_r",
+            formats=("harness", "fge"),
         ),
         BenchmarkDefinition(
             "sugarcrepe",
@@ -110,6 +143,8 @@ BENCHMARKS: dict[str, BenchmarkDefinition] = {
             sugarcrepe.load_sugarcrepe,
             sugarcrepe.sugarcrepe_metrics,
             {"accuracy": 50.0},
+            outcomes=sugarcrepe.sugarcrepe_outcomes,
+            headline="pooled.accuracy",
         ),
     )
 }
@@ -133,6 +168,43 @@ def _config(definition: BenchmarkDefinition, config: Any) -> Any:
     )
 
 
+def metric_value(metrics: Mapping[str, Any], path: str) -> float:
+    """The figure at a dotted `path` of a benchmark's metrics (e.g. "micro.acc_r")."""
+    value: Any = metrics
+    for key in path.split("."):
+        value = value[key]
+    return float(value)
+
+
+def case_outcomes(
+    definition: BenchmarkDefinition,
+    config: Any,
+    cases: Sequence[BenchmarkCase],
+    scores: Mapping[str, np.ndarray],
+    metrics: Mapping[str, Any],
+) -> dict[str, Any] | None:
+    """`{"metric", "unit": "fraction", "case_ids", "outcomes"}` of the benchmark's per-case rule (see
+    the module docstring), checked against the figure it averages to; None where it has none."""
+    outcomes = definition.outcomes(cases, scores, config)
+    if outcomes is None:
+        return None
+    values = [float(v) for v in outcomes]
+    if len(values) != len(cases) or not all(0.0 <= v <= 1.0 for v in values):
+        raise RuntimeError(f"{definition.name}: per-case outcomes must be one value in [0, 1] per case")
+    figure = metric_value(metrics, definition.headline)
+    if not math.isclose(100.0 * math.fsum(values) / len(values), figure, rel_tol=1e-9, abs_tol=1e-9):
+        raise RuntimeError(
+            f"{definition.name}: the per-case outcomes average to {100.0 * math.fsum(values) / len(values)}"
+            f" %, but {definition.headline} is {figure} %"
+        )
+    return {
+        "metric": definition.headline,
+        "unit": "fraction",
+        "case_ids": [case.case_id for case in cases],
+        "outcomes": values,
+    }
+
+
 def _result(
     definition: BenchmarkDefinition,
     scorer_name: str,
@@ -141,16 +213,18 @@ def _result(
     cases: Sequence[BenchmarkCase],
     scores: Mapping[str, np.ndarray],
 ) -> dict[str, Any]:
+    metrics = definition.metrics(cases, scores, config)
     return {
         "benchmark": definition.name,
         "scorer": scorer_name,
         "unit": "percent",
         "chance": dict(definition.chance),
-        "metrics": definition.metrics(cases, scores, config),
+        "metrics": metrics,
         "n_cases": len(cases),
         "config": to_dict(config) if dataclasses.is_dataclass(config) else config,
         "root": None if root is None else str(root),
         "scores": {case.case_id: scores[case.case_id].tolist() for case in cases},
+        "outcomes": case_outcomes(definition, config, cases, scores, metrics),
     }
 
 
@@ -186,7 +260,7 @@ def evaluate_benchmark(
     scorer: PairScorer,
     config: Any = None,
     *,
-    batch_size: int = 64,
+    batch_size: int = PAIRS_PER_CALL,
     score_file: str | Path | None = None,
     score_file_format: ScoreFormat = "harness",
     official_score_file: bool = True,
@@ -194,7 +268,8 @@ def evaluate_benchmark(
 ) -> dict[str, Any]:
     """Load `name` from `root`, score every case with `scorer`, and compute the official metrics.
 
-    `config`: the benchmark's config dataclass or a dict of its keys. `load_options` go to the
+    `config`: the benchmark's config dataclass or a dict of its keys. `batch_size`: pairs per
+    `scorer.score` call (`score_cases`; the scorer batches its own forward passes). `load_options` go to the
     loader (Order: `tagger=`, `tokenizer=`). With `score_file`, the raw per-option scores are
     also written there; for a harness-format file of a benchmark with an official score format
     (Winoground), the same scores also go to `official_score_path(score_file)` unless

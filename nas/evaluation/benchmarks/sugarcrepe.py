@@ -7,7 +7,8 @@ loader iterates over the items. Images are COCO val2017 (`<root>/val2017/<filena
 Per file (official `main_eval.py`): accuracy = % of records with s(image, caption) >
 s(image, negative_caption), strict (a tie is wrong). Categories Replace / Swap / Add are pooled
 over their files (micro), which reproduces the published category numbers; the plain mean of the
-7 files is reported separately and labelled as such [D].
+7 files is reported separately and labelled as such [D], and so is the accuracy over every record
+of every file pooled (`pooled`, [D]), the mean of the per-record outcomes (`sugarcrepe_outcomes`).
 """
 
 from __future__ import annotations
@@ -102,6 +103,21 @@ def load_sugarcrepe(
     return cases
 
 
+def positive_wins(case_scores: np.ndarray) -> bool:
+    """One record, scores `[[s(caption), s(negative caption)]]`: right iff the caption scores strictly
+    higher (a tie is wrong, as in the official `main_eval.py`)."""
+    positive, negative = case_scores[0]
+    return bool(positive > negative)
+
+
+def sugarcrepe_outcomes(
+    cases: Sequence[BenchmarkCase], scores: Mapping[str, np.ndarray], config: SugarCrepeConfig
+) -> list[float]:
+    """Per record over all files, in case order: 1.0 if `positive_wins`, else 0.0; their mean is
+    `pooled.accuracy` as a fraction (`mean_of_files` weights files, not records)."""
+    return [float(positive_wins(scores[case.case_id])) for case in cases]
+
+
 def sugarcrepe_metrics(
     cases: Sequence[BenchmarkCase], scores: Mapping[str, np.ndarray], config: SugarCrepeConfig
 ) -> dict[str, Any]:
@@ -110,7 +126,7 @@ def sugarcrepe_metrics(
         positive, negative = scores[case.case_id][0]
         tally = tallies[case.meta["file"]]
         tally[0] += 1
-        tally[1] += int(positive > negative)  # strict: a tie is wrong
+        tally[1] += int(positive_wins(scores[case.case_id]))
         tally[2] += int(positive == negative)
     files = {
         stem: {"accuracy": percent(correct, n), "n": n, "n_ties": ties}
@@ -122,8 +138,11 @@ def sugarcrepe_metrics(
         category = pooled.setdefault(FILE_CATEGORIES.get(stem, stem), [0, 0])
         category[0] += tallies[stem][0]
         category[1] += tallies[stem][1]
+    n_all = sum(tally[0] for tally in tallies.values())
     return {
         "files": files,
         "categories": {name: {"accuracy": percent(c, n), "n": n} for name, (n, c) in pooled.items()},
         "mean_of_files": mean(row["accuracy"] for row in files.values()),
+        # [D] every record of every file pooled (micro): the figure the per-case outcomes average to.
+        "pooled": {"accuracy": percent(sum(t[1] for t in tallies.values()), n_all), "n": n_all},
     }

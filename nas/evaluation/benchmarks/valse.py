@@ -165,11 +165,26 @@ def auroc(positives: np.ndarray, negatives: np.ndarray) -> float:
     return 100.0 * u / (positives.size * negatives.size)
 
 
+def caption_wins(captions: np.ndarray, foils: np.ndarray) -> np.ndarray:
+    """The pairwise rule behind acc_r, elementwise: the caption scores strictly above its foil (a tie is
+    wrong)."""
+    return np.asarray(captions) > np.asarray(foils)
+
+
+def pairwise_outcomes(
+    cases: Sequence[BenchmarkCase], scores: Mapping[str, np.ndarray], config: ValseConfig
+) -> list[float]:
+    """Per sample, in case order: 1.0 if `caption_wins`, else 0.0. Their mean is the micro acc_r (over
+    all kept samples) as a fraction; the macro acc_r weights instruments, not samples."""
+    rows = np.array([scores[case.case_id][0] for case in cases], dtype=np.float64).reshape(-1, 2)
+    return caption_wins(rows[:, 0], rows[:, 1]).astype(np.float64).tolist()
+
+
 def _instrument_metrics(captions: np.ndarray, foils: np.ndarray, threshold: float | None) -> dict[str, Any]:
     n = captions.size
     out: dict[str, Any] = {
         "n": n,
-        "acc_r": percent(np.sum(captions > foils), n),
+        "acc_r": percent(np.sum(caption_wins(captions, foils)), n),
         "n_ties": int(np.sum(captions == foils)),
         "auroc": auroc(captions, foils),
     }

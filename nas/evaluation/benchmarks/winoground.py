@@ -114,6 +114,14 @@ def conditions(scores: np.ndarray) -> tuple[bool, bool, bool]:
     return bool(text), bool(image), bool(text and image)
 
 
+def group_outcomes(
+    cases: Sequence[BenchmarkCase], scores: Mapping[str, np.ndarray], config: WinogroundConfig
+) -> list[float]:
+    """Per example, in case order: 1.0 if its group condition holds (`conditions`), else 0.0; their
+    mean is the `group` score as a fraction."""
+    return [float(conditions(scores[case.case_id])[2]) for case in cases]
+
+
 def _summary(outcomes: Sequence[tuple[bool, bool, bool]]) -> dict[str, Any]:
     n = len(outcomes)
     return {

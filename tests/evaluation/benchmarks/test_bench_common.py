@@ -117,6 +117,40 @@ def test_score_cases_shapes_and_sends_each_distinct_pair_once(tmp_path: Path) ->
     assert scorer.calls == 3  # batches of 2
 
 
+def test_score_cases_sends_all_pairs_of_an_image_in_one_call(tmp_path: Path) -> None:
+    """Pairs go grouped by image, so a scorer that encodes a call's distinct images once encodes each
+    image once per benchmark, however the cases interleave them; an image is split over calls only
+    when its pairs alone exceed a call."""
+    a = ImageRef(write_image(tmp_path / "a.png", (4, 4)))
+    b = ImageRef(write_image(tmp_path / "b.png", (4, 4)))
+    c = ImageRef(write_image(tmp_path / "c.png", (4, 4)))
+    cases = [
+        BenchmarkCase("1", (a,), ("one", "two")),
+        BenchmarkCase("2", (b,), ("one", "two")),
+        BenchmarkCase("3", (a, c), ("three",)),
+        BenchmarkCase("4", (b,), ("three",)),
+    ]
+    calls: list[list[str]] = []
+
+    class Recording:
+        name = "recording"
+
+        def score(self, images, texts):
+            calls.append([f"{Path(im.info['path']).stem}-{t}" for im, t in zip(images, texts)])
+            return np.arange(len(texts), dtype=float)
+
+    scores = score_cases(cases, Recording(), benchmark="unit")
+    assert calls == [["a-one", "a-two", "a-three", "b-one", "b-two", "b-three", "c-three"]]
+    calls.clear()
+    again = score_cases(cases, Recording(), benchmark="unit", batch_size=4)
+    assert calls == [["a-one", "a-two", "a-three"], ["b-one", "b-two", "b-three", "c-three"]]
+    calls.clear()
+    score_cases(cases, Recording(), benchmark="unit", batch_size=2)
+    assert calls == [["a-one", "a-two"], ["a-three"], ["b-one", "b-two"], ["b-three", "c-three"]]
+    # the scores land on their cases whatever the grouping
+    assert scores["3"].tolist() == [[2.0], [6.0]] and again["3"].tolist() == [[2.0], [3.0]]
+
+
 def test_nan_score_names_benchmark_case_and_pair(tmp_path: Path) -> None:
     scorer = FunctionScorer(lambda image, text: float("nan") if image == "b.png" else 0.0, name="broken")
     with pytest.raises(ScoreError, match=r"unit: scorer 'broken' returned NaN for case 'y' \(image b.png"):

@@ -61,6 +61,7 @@ def test_result_layout_from_a_harness_file(tmp_path: Path) -> None:
         "config",
         "root",
         "scores",
+        "outcomes",
         "score_file",
     }
     assert result["score_file"] == {"path": str(tmp_path / "scores.jsonl"), "format": "harness"}
@@ -77,6 +78,12 @@ def test_result_layout_from_a_harness_file(tmp_path: Path) -> None:
         "n": 245,
         "n_ties": 62,
     }
+    # one outcome per record, a tie wrong, averaging to the pooled accuracy
+    outcomes = result["outcomes"]
+    assert (outcomes["metric"], outcomes["unit"]) == ("pooled.accuracy", "fraction")
+    assert outcomes["case_ids"] == list(result["scores"])
+    assert outcomes["outcomes"][:5] == [0.0, 1.0, 1.0, 1.0, 0.0]
+    assert result["metrics"]["pooled"] == {"accuracy": pytest.approx(100 * 183 / 245), "n": 245}
 
 
 def test_unknown_benchmark_and_bad_config() -> None:
