@@ -255,7 +255,7 @@ def test_report_writes_findings_json_and_puts_the_table_first(planted, tmp_path)
         nva_variants={"nas"},
     )
     payload = json.loads(findings_path.read_text())
-    for claim in ("nas_vs_albef", "nas_vs_vd"):
+    for claim in ("nas_vs_albef", "nas_vs_vd", "vd_vs_albef"):  # the paper's three-way component ablation
         assert {f"{claim}.pooled", *(f"{claim}.{b}" for b in FINE_GRAINED)} <= set(payload)
     assert {"vd_vs_albef.retrieval_i2t_r1", "vd_vs_albef.retrieval_t2i_r1"} <= set(payload)
     assert "sanity.nas.trained_vs_untrained.pooled" in payload
