@@ -34,6 +34,7 @@ from experiments.common import Recorder, parse_stage_args, run_stage
 from nas.config import from_dict
 from nas.config.data import DataConfig
 from nas.config.params import PIPELINE_ROOT, input_root, output_root
+from nas.config.stages import study_seeds
 from nas.engine.checkpoint import atomic_write_text
 from nas.engine.launch import LaunchConfig
 from nas.evaluation.model_scorers import ScorerConfig
@@ -195,15 +196,6 @@ def nva_picture(model, data: DataConfig, images, out_dir: Path, count: int = 4) 
         captions=captions,
         max_images=count,
     )
-
-
-def study_seeds(cfg: dict[str, Any]) -> list[int]:
-    """The study's seed offsets (`study.seeds`, added to `seed`): one model per offset and stage.
-    [0] when the params have no `study` section."""
-    seeds = list(cfg["study"]["seeds"]) if "study" in cfg else [0]
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"study.seeds must be distinct offsets, at least one; got {seeds}")
-    return [int(k) for k in seeds]
 
 
 def model_runs(stage_name: str, variant: str, cfg: dict[str, Any]) -> list[Path]:

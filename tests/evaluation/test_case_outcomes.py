@@ -18,11 +18,11 @@ from experiments.evaluate import (
     EvaluateConfig,
     evaluate_model,
     model_runs,
-    study_seeds,
     untrained_model,
 )
 from nas.config import from_dict
 from nas.config.data import DataConfig
+from nas.config.stages import study_seeds
 from nas.data.probes import ProbeConfig, probe_benchmarks, write_probes
 from nas.data.synthetic import SyntheticConfig, generate
 from nas.evaluation.benchmarks import BENCHMARKS
@@ -136,7 +136,7 @@ def test_retrieval_hits_average_to_recall_at_1():
 
 def test_model_runs_one_folder_per_study_seed():
     cfg = {"study": {"seeds": [0, 2]}}
-    assert study_seeds(cfg) == [0, 2] and study_seeds({}) == [0]
+    assert study_seeds(cfg) == (0, 2) and study_seeds({}) == (0,)
     assert model_runs("pretrain_stage2", "nas", cfg) == [
         Path("runs/pretrain_stage2/nas/seed0"),
         Path("runs/pretrain_stage2/nas/seed2"),
