@@ -333,7 +333,14 @@ def _run_on_rank(
     if idist.get_rank() != 0:
         main(cfg, Recorder(None))
         return
-    from sacred import SETTINGS
+    import warnings
+
+    with warnings.catch_warnings():
+        # sacred 0.8.7 imports pkg_resources at import time (sacred/dependencies.py), which warns that
+        # pkg_resources is deprecated; pyproject pins setuptools < 81, where it still exists. Not ours to fix
+        # and nothing a stage's user can act on: silenced for this one import, and only this warning.
+        warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+        from sacred import SETTINGS
     from sacred.observers import FileStorageObserver
 
     SETTINGS.CAPTURE_MODE = "sys"  # "fd" tees through a pipe that breaks progress bars and children
@@ -377,7 +384,15 @@ RESULT_PACKAGES = (
 )
 # What decides a stage's result in the repository: the code, the params and the pipeline. DVC's outputs
 # (data/, runs/, checkpoints/, metrics/, reports/) and dvc.lock change while `dvc repro` runs: not sources.
-SOURCE_PATHS = ("nas", "experiments", "params.yaml", "params", "dvc.yaml")
+# A profile's params.yaml and dvc.yaml are sources; its outputs (data/, runs/, metrics/, ...) are not.
+SOURCE_PATHS = (
+    "nas",
+    "experiments",
+    "params.yaml",
+    "dvc.yaml",
+    ":(glob)profiles/*/params.yaml",
+    ":(glob)profiles/*/dvc.yaml",
+)
 # Environment variables that change kernels, thread counts or devices (README, Reproducibility).
 CAPTURED_ENV = (
     "OMP_NUM_THREADS",

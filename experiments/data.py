@@ -18,7 +18,16 @@ from nas.config.data import DataConfig
 from nas.config.params import PIPELINE_ROOT, output_root
 
 METRICS = Path("metrics/data.json")
-DVC_OUTS = (Path("data/synthetic"), Path("data/probes"))  # dvc.yaml: this stage's data folders
+
+
+def dvc_outs() -> tuple[Path, ...]:
+    """This stage's data folders as dvc.yaml names them: `${data.root}` and `${data.probes_root}` of the
+    params.yaml beside it (the working folder: the repository root or a profile's folder)."""
+    from nas.config.params import TRACKED_PARAMS, load_params
+
+    defaults = DataConfig()
+    data = load_params(TRACKED_PARAMS).get("data", {}) if Path(TRACKED_PARAMS).is_file() else {}
+    return (Path(data.get("root", defaults.root)), Path(data.get("probes_root", defaults.probes_root)))
 
 
 def stage(cfg: dict, record: Recorder) -> None:
@@ -29,7 +38,7 @@ def stage(cfg: dict, record: Recorder) -> None:
     if root != PIPELINE_ROOT:  # an ad-hoc run (--set, --params): its data set never replaces the pipeline's
         for key, folder in (("data.root", data.root), ("data.probes_root", data.probes_root)):
             here = Path(folder).resolve()
-            if any(here == out.resolve() or out.resolve() in here.parents for out in DVC_OUTS):
+            if any(here == out.resolve() or out.resolve() in here.parents for out in dvc_outs()):
                 raise ValueError(
                     f"an ad-hoc data run would overwrite {folder} ({key}), a DVC output: give it a folder of "
                     f"its own (--set {key}={root.as_posix()}/{folder}) and the same --set to the stages that "
@@ -38,10 +47,13 @@ def stage(cfg: dict, record: Recorder) -> None:
     if data.source == "files":
         from nas.data.real import prepare_files
 
-        summary = prepare_files(data)
+        summary = prepare_files(data)  # also lists the real benchmark folders in data.probes_root
         if summary.get("dry_run"):
             return  # a plan, not a data set: nothing to record
         atomic_write_text(root / METRICS, json.dumps(summary, indent=2) + "\n")
+        for key, value in summary.items():
+            if key.startswith("probe_") and isinstance(value, int):
+                record.log_scalar(f"data.{key}", value)
         return
     from nas.data.synthetic import generate
 

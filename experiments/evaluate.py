@@ -243,6 +243,7 @@ def evaluate_paths(variant: str, root: Path = PIPELINE_ROOT) -> dict[str, Path]:
     return {
         "run": root / "runs" / "evaluate" / variant,
         "metrics": root / "metrics" / "evaluate" / f"{variant}.json",
+        "tensorboard": root / "runs" / "tensorboard" / "evaluate" / variant,  # per checkpoint stage and seed
     }
 
 
@@ -362,6 +363,21 @@ def stage(cfg: dict[str, Any], record: Recorder) -> None:
             replicates.append(
                 evaluate_model(model, model_data, eval_cfg, local_images, scores_dir, label, cases_file)
             )
+            if main_rank:
+                from nas.evaluation.tensorboard import log_evaluation
+
+                log_evaluation(
+                    paths["tensorboard"] / stage_name / run_name,
+                    replicates[-1],
+                    {
+                        "variant": variant,
+                        "checkpoint": stage_name,
+                        "seed": cfg["seed"] + offset,
+                        "model": recorded.get("model", {}).get("name", "")
+                        if isinstance(recorded, dict)
+                        else "",
+                    },
+                )
             final_stage = stage_name == eval_cfg.checkpoint_stages[-1]
             if (
                 main_rank

@@ -13,13 +13,14 @@ spread over replicates includes pretraining's (issue 12).
 Outputs (paths fixed for dvc.yaml; an ad-hoc run, with `--set` or another `--params`, writes the same
 tree under its own runs/adhoc/<tag>/ instead), per replicate `s`:
   runs/finetune/<variant>/seed<s>/train_nta.json   the NTA annotation file the run trained on
-  runs/finetune/<variant>/seed<s>/checkpoint.pt    the final weights ({"model": state dict})
+  runs/finetune/<variant>/seed<s>/checkpoint.pt    the run's last.pt (a hard link; "model": the weights)
   runs/finetune/<variant>/seed<s>/config.json      the resolved config, with the EFFECTIVE model
                                                    overrides and image size (fine-tuning size in
                                                    `model.overrides.vision.img_size` and
                                                    `data.transform.image_size`), so evaluation rebuilds
                                                    exactly this model and its input size
-  checkpoints/finetune/<variant>/<digest>/         resumable epoch checkpoints (digest per replicate)
+  checkpoints/finetune/<variant>/<digest>/         resumable checkpoints (digest per replicate; last.pt
+                                                   only once the run is done: train.prune_when_done)
   metrics/finetune/<variant>.json                  per-replicate losses and NTA counts
 """
 
@@ -48,7 +49,7 @@ from nas.config.data import DataConfig
 from nas.config.params import PIPELINE_ROOT, input_root, output_root
 from nas.config.stages import LoaderConfig, ModelSpec, replicate_config, study_seeds
 from nas.data.nta import NTAConfig
-from nas.engine.checkpoint import atomic_save, atomic_write_text, read_checkpoint
+from nas.engine.checkpoint import atomic_link, atomic_write_text
 from nas.engine.identity import identity_digest, run_identity
 from nas.engine.trainer import TrainConfig
 
@@ -258,12 +259,13 @@ def finetune_replicate(
         on_epoch_end=on_epoch_end,
         on_log_step=on_log_step,
         identity=identity,
+        tensorboard_dir=stage_paths(STAGE, variant, root)["tensorboard"] / f"seed{offset}",
     )
     if idist.get_rank() != 0:
         return None
-    # Evaluation needs the weights only (momentum copies and queues included); the complete state
-    # stays in the stage's resumable checkpoints. Half the bytes for DVC to hash and cache.
-    atomic_save({"model": read_checkpoint(result["last_checkpoint"])["model"]}, run_dir / "checkpoint.pt")
+    # The run's last.pt, a hard link (no second copy): with `final_state: weights` it holds the model
+    # (momentum copies and queues included) and the run's records, no optimizer moments.
+    atomic_link(result["last_checkpoint"], run_dir / "checkpoint.pt")
     recorded = replicate_cfg  # the replicate's config as it ran: its seed, sizes and model overrides
     recorded["model"]["overrides"] = effective_overrides(spec, ft, image_size=ft.image_size)
     recorded["data"].setdefault("transform", {})["image_size"] = ft.image_size

@@ -10,7 +10,7 @@ Pretraining replicates: the stage trains once per `study.seeds` offset k, with s
 Outputs (paths fixed so dvc.yaml can name them; an ad-hoc run, with `--set` or another `--params`,
 writes the same tree under its own runs/adhoc/<tag>/ instead: nas.config.params.decide_output_root):
   checkpoints/<stage>/<variant>/<config digest>/        resumable epoch checkpoints (DVC persist)
-  runs/<stage>/<variant>/seed<k>/checkpoint.pt          the final complete checkpoint, for the next stage
+  runs/<stage>/<variant>/seed<k>/checkpoint.pt          the run's last.pt (a hard link), for the next stage
   runs/<stage>/<variant>/seed<k>/config.json            the resolved config the replicate used
   metrics/<stage>/<variant>.json                        per-replicate epoch losses (report input)
 """
@@ -26,7 +26,7 @@ from nas.config import from_dict
 from nas.config.data import DataConfig
 from nas.config.params import PIPELINE_ROOT, input_root, output_root
 from nas.config.stages import LoaderConfig, ModelSpec, TrainStageConfig
-from nas.engine.checkpoint import atomic_copy, atomic_write_text
+from nas.engine.checkpoint import atomic_link, atomic_write_text
 from nas.engine.identity import identity_digest, run_identity
 
 STAGES = ("pretrain_stage1", "pretrain_stage2")
@@ -38,6 +38,9 @@ def stage_paths(stage: str, variant: str, root: Path = PIPELINE_ROOT) -> dict[st
     return {
         "run": root / "runs" / stage / variant,
         "checkpoints": root / "checkpoints" / stage / variant,
+        # TensorBoard events, one folder per replicate (`tensorboard --logdir runs/tensorboard`); not a DVC
+        # output, so a rerun that resumes keeps the curves it had.
+        "tensorboard": root / "runs" / "tensorboard" / stage / variant,
         "metrics": root / "metrics" / stage / f"{variant}.json",
     }
 
@@ -236,11 +239,12 @@ def train_replicate(cfg: dict[str, Any], offset: int, record: Recorder) -> dict[
         on_epoch_end=on_epoch_end,
         on_log_step=on_log_step,
         identity=identity,
+        tensorboard_dir=paths["tensorboard"] / f"seed{offset}",
     )
     if idist.get_rank() != 0:
         return None
     # The next stage reads these: written atomically (never a truncated copy beside an older config).
-    atomic_copy(result["last_checkpoint"], run_dir / "checkpoint.pt")
+    atomic_link(result["last_checkpoint"], run_dir / "checkpoint.pt")  # one copy on disk: a hard link
     atomic_write_text(run_dir / "config.json", json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     record.add_artifact(run_dir / "config.json", name=f"resolved_config_seed{offset}.json")
     history = result["history"]

@@ -3,13 +3,18 @@
 `uta_teacher` trains the tiny open_clip CLIP on the synthetic pairs through the one Ignite engine and
 freezes it (paper scale: loads an open_clip EVA-CLIP checkpoint from `uta.teacher.checkpoint`
 instead), and records its zero-shot attribute accuracy. `uta_pretrain` trains the student of every
-masking arm (`uta.arms`) for every seed (`uta.seeds`) in one process, equal steps, each run in its
-own resumable folder: a killed stage resumes the run it was in and skips the finished ones.
-`uta_finetune` (optional, `uta.finetune.enabled`) fine-tunes the main arm's students with the
-teacher's text tower contrastively (fixed temperature, timm's LAMB with layer-wise lr decay).
-`uta_evaluate` measures every run: zero-shot attribute accuracy through the frozen text tower next to
-the teacher's own, linear probes per attribute, held-out 1 - cos (full view and masked view, and per
-grid position), and the fine-grained probes under the student-text cosine scorer.
+masking arm (`uta.arms`) for every seed (`uta.seeds`; a context arm, `uta.context_arms`, only its
+first `uta.context_seeds`) in one process, equal steps, each run in its own resumable folder: a killed
+stage resumes the run it was in and skips the finished ones. `uta_finetune` (optional,
+`uta.finetune.enabled`) fine-tunes the main arm's students with the teacher's text tower contrastively
+(fixed temperature, timm's LAMB with layer-wise lr decay) and marks each seed converged or diverged
+(`convergence`). `uta_evaluate` measures the teacher, the untrained student of every seed (the
+baseline) and every run: zero-shot attribute accuracy through the frozen text tower on the
+single-object test scenes, linear probes per attribute on the test scenes, held-out 1 - cos (full
+view, masked view, CLS, per grid position) and whether the CLS is aligned
+(`uta.evaluation.alignment_threshold`), and the fine-grained probes under the student-text cosine
+scorer; then judges the claims with intervals over seeds and scenes (`uta_findings`), writes the
+per-case outcomes to runs/uta_evaluate/cases/ and the findings into metrics/uta/evaluate.json.
 
 Outputs (fixed paths, named in dvc.yaml):
   checkpoints/uta_teacher/<config digest>/          the tiny CLIP's resumable checkpoints (persist)
@@ -72,6 +77,16 @@ def read_context(cfg: dict[str, Any]) -> Context:
             f"data.transform.image_size={data.transform.image_size} (the images the loader produces)"
         )
     return Context(cfg, data, section, int(cfg["seed"]))
+
+
+def stage_context(cfg: dict[str, Any]) -> Context:
+    """`read_context` for a stage: also sets torch's intra-op threads (uta.torch_threads)."""
+    ctx = read_context(cfg)
+    if ctx.section.torch_threads is not None:
+        import torch
+
+        torch.set_num_threads(ctx.section.torch_threads)
+    return ctx
 
 
 def write_json(path: Path, value: Any) -> None:
@@ -174,7 +189,7 @@ def stage_teacher(cfg: dict[str, Any], record: Recorder) -> None:
     from nas.models.clip_teacher import ClipTrainer, load_teacher
     from nas.models.registry import create_model
 
-    ctx = read_context(cfg)
+    ctx = stage_context(cfg)
     root = output_root(cfg)
     spec = ctx.section.teacher
     dim = effective_student(ctx.section.student.model)["teacher_dim"]
@@ -270,7 +285,7 @@ def stage_pretrain(cfg: dict[str, Any], record: Recorder) -> None:
     from nas.evaluation.seeds import mean_std
     from nas.models.uta import UTAPretrainer
 
-    ctx = read_context(cfg)
+    ctx = stage_context(cfg)
     root = output_root(cfg)
     section = ctx.section
     teacher = load_stage_teacher(ctx)
@@ -280,9 +295,9 @@ def stage_pretrain(cfg: dict[str, Any], record: Recorder) -> None:
     runs: dict[str, dict[str, Any]] = {}
     # Memoized images never change, so neither do the frozen teacher's tokens: one forward per image.
     token_cache: dict[int, Any] | None = {} if section.memoize_images else None
-    for arm in section.arms:
+    for arm in section.trained_arms:
         masking = section.arm_masking(arm)
-        for seed in section.seeds:
+        for seed in section.arm_seeds(arm):
             name = f"{arm}/seed{seed}"
             manual_seed(seed + idist.get_rank())
             model = UTAPretrainer(build_student(ctx), teacher, masking, token_cache)
@@ -331,6 +346,33 @@ def stage_pretrain(cfg: dict[str, Any], record: Recorder) -> None:
 # ---- optional contrastive fine-tuning -------------------------------------------------------------
 
 
+def loader_batch(ctx: Context, overrides: dict[str, Any]) -> int:
+    """The global batch of a UTA part's loader (per-process batch x processes)."""
+    import ignite.distributed as idist
+
+    return effective_loader(ctx.raw, overrides, "uta.finetune.loader").batch_size_per_gpu * max(
+        1, idist.get_world_size()
+    )
+
+
+def convergence(run: dict[str, Any], batch: int) -> dict[str, Any]:
+    """The convergence guard of a contrastive run: its last logged loss must be below chance, ln(batch)
+    (the loss of a model that ranks the batch's captions at random), and below its first logged loss
+    (falling). A run that fails is reported as diverged and left out of the fine-tuned averages,
+    never averaged in."""
+    import math
+
+    chance = math.log(batch)
+    first = run.get("first_logged_loss")
+    last = (
+        run.get("last_logged_loss")
+        if run.get("last_logged_loss") is not None
+        else run.get("final_epoch_loss")
+    )
+    converged = first is not None and last is not None and last < chance and last < first
+    return {"chance_loss": chance, "converged": bool(converged)}
+
+
 def finetune_train_config(ft, seed: int):
     """The fine-tuning TrainConfig: LAMB with layer-wise lr decay [P], from timm's optimizer factory
     (the engine's `OptimConfig.name` / `layer_decay`; its schedule multiplies each group's lr_scale)."""
@@ -347,11 +389,12 @@ def stage_finetune(cfg: dict[str, Any], record: Recorder) -> None:
     from nas.engine.fit import fit
     from nas.models.uta import UTAContrastive
 
-    ctx = read_context(cfg)
+    ctx = stage_context(cfg)
     section = ctx.section
     ft = section.finetune
     root = output_root(cfg)
     (root / FINETUNE_RUN).mkdir(parents=True, exist_ok=True)
+    (root / FINETUNE_CHECKPOINTS).mkdir(parents=True, exist_ok=True)  # a DVC output, trained or not
     summary: dict[str, Any] = {
         "stage": "uta_finetune",
         "enabled": ft.enabled,
@@ -383,13 +426,15 @@ def stage_finetune(cfg: dict[str, Any], record: Recorder) -> None:
             atomic_save(model.student.state_dict(), out_dir / "student.pt")
             atomic_save(model.text.clip.state_dict(), out_dir / "text.pt")
             steps = [row["clip"] for row in result["steps"] if "clip" in row]
-            summary["runs"][str(seed)] = {
+            run = {
                 "first_logged_loss": steps[0] if steps else None,
+                "last_logged_loss": steps[-1] if steps else None,
                 "final_epoch_loss": result["history"][-1]["clip"] if result["history"] else None,
                 "steps": sum(epoch.get("steps", 0) for epoch in result["history"]),
                 "config_digest": digest,
                 "resumed_from": result["resumed_from"],
             }
+            summary["runs"][str(seed)] = run | convergence(run, loader_batch(ctx, ft.loader))
             print(f"uta_finetune seed {seed}: {summary['runs'][str(seed)]}")
     # The stage's output exists whether or not it trained.
     write_json(root / FINETUNE_RUN / "config.json", cfg)
@@ -443,29 +488,62 @@ def classifier_of(text_model):
     return build_classifier(lambda texts: text_model.encode_text(tokenizer.encode(texts).input_ids))
 
 
-def teacher_zero_shot(teacher, data: HeldOut, batch_size: int) -> dict[str, Any]:
+def teacher_zero_shot(teacher, data: HeldOut, batch_size: int, outcomes: bool = False) -> dict[str, Any]:
     from nas.evaluation.zero_shot import zero_shot_accuracy
 
     embeddings = batched(teacher.encode_image, data.images, batch_size)
-    return zero_shot_accuracy(embeddings, data.labels, classifier_of(teacher), rows=data.zero_shot_rows)
+    return zero_shot_accuracy(
+        embeddings, data.labels, classifier_of(teacher), rows=data.zero_shot_rows, outcomes=outcomes
+    )
 
 
-def probes(features, data: HeldOut, ctx: Context, batch_size: int) -> dict[str, Any]:
-    """Linear probes per scene attribute on frozen features `features(images) -> [B, D]`."""
-    from nas.evaluation.linear_probe import probe_attributes
+def probe_features_of(ctx: Context) -> dict[str, str]:
+    """The feature each scene attribute is probed on (uta.evaluation.probe_feature / spatial_probe_feature)."""
+    from nas.evaluation.scene_attributes import ATTRIBUTES, SPATIAL_ATTRIBUTES
 
-    train_x = batched(features, data.probe_images, batch_size).numpy()
-    test_x = batched(features, data.images, batch_size).numpy()
-    return probe_attributes(train_x, data.probe_labels, test_x, data.labels, ctx.section.evaluation.probe)
+    ev = ctx.section.evaluation
+    return {a: ev.spatial_probe_feature if a in SPATIAL_ATTRIBUTES else ev.probe_feature for a in ATTRIBUTES}
+
+
+def pooled_of(tokens, kinds, grid: int) -> dict[str, Any]:
+    from nas.evaluation.linear_probe import pooled_features
+
+    return {kind: pooled_features(tokens, kind, grid).numpy() for kind in kinds}
+
+
+def probes(tokens_fn, data: HeldOut, ctx: Context, test_tokens=None) -> dict[str, Any]:
+    """Linear probes per scene attribute on frozen tokens `tokens_fn(images) -> [B, 1 + N, D]` (CLS
+    first), each attribute on its own feature; with per-case outcomes ("_correct")."""
+    from nas.evaluation.linear_probe import probe_by_feature
+
+    ev = ctx.section.evaluation
+    feature_of = probe_features_of(ctx)
+    kinds = sorted(set(feature_of.values()))
+    train = pooled_of(batched(tokens_fn, data.probe_images, ev.batch_size), kinds, ev.probe_grid)
+    if test_tokens is None:
+        test_tokens = batched(tokens_fn, data.images, ev.batch_size)
+    test = pooled_of(test_tokens, kinds, ev.probe_grid)
+    return probe_by_feature(train, data.probe_labels, test, data.labels, feature_of, ev.probe, outcomes=True)
+
+
+def _cases_of(zero_shot: dict[str, Any], probe: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "zero_shot": {a: {"rows": r["_rows"], "correct": r["_correct"]} for a, r in zero_shot.items()},
+        "probes": {
+            a: {"rows": r["_rows"], "correct": r["_correct"]} for a, r in probe.items() if "_correct" in r
+        },
+    }
 
 
 def measure_student(
     student, ctx: Context, arm: str, data: HeldOut, classifier, teacher_tokens
-) -> dict[str, Any]:
-    """Zero-shot, linear probes, held-out 1 - cos (full view, own masking, per position) of one student."""
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(result, per-case outcomes) of one student: zero-shot, linear probes, held-out 1 - cos (full
+    view, own masking, CLS, per position) and whether its CLS is aligned (alignment_threshold)."""
     import torch
     import torch.nn.functional as F
 
+    from nas.evaluation.linear_probe import public
     from nas.evaluation.zero_shot import mean_accuracy, zero_shot_accuracy
     from nas.models.block_masking import sample_visible
     from nas.objectives.uta import gather_tokens, token_cosine
@@ -477,22 +555,29 @@ def measure_student(
         projected = student.head(tokens)
     full = token_cosine(projected, teacher_tokens)  # [N, 1 + P]
     embeddings = F.normalize(projected[:, 0], dim=-1)
-    zero_shot = zero_shot_accuracy(embeddings, data.labels, classifier, rows=data.zero_shot_rows)
+    zero_shot = zero_shot_accuracy(
+        embeddings, data.labels, classifier, rows=data.zero_shot_rows, outcomes=True
+    )
     generator = torch.Generator().manual_seed(ev.mask_seed)
     keep = sample_visible(len(data.images), student.grid, ctx.section.arm_masking(arm), generator=generator)
     with torch.no_grad():
         masked = token_cosine(student(data.images, keep), gather_tokens(teacher_tokens, keep))
     position = full[:, 1:].mean(dim=0)
-    return {
-        "zero_shot": zero_shot,
+    probe = probes(student.forward_features, data, ctx, test_tokens=tokens)
+    cls = float(1 - full[:, 0].mean())
+    result = {
+        "zero_shot": public(zero_shot),
         "zero_shot_mean": mean_accuracy(zero_shot),
-        "probes": probes(student.features, data, ctx, ev.batch_size),
+        "probes": public(probe),
         "heldout_1mcos": float(1 - full.mean()),
         "heldout_1mcos_masked": float(1 - masked.mean()),
-        "heldout_1mcos_cls": float(1 - full[:, 0].mean()),
+        "heldout_1mcos_cls": cls,
+        "aligned": cls <= ev.alignment_threshold,
         "position_cos_std": float(position.std()),  # spatial (non-)uniformity of the heatmap
         "_heatmap": position.reshape(student.grid).tolist(),
     }
+    cases = _cases_of(zero_shot, probe) | {"cls_1mcos": (1 - full[:, 0]).numpy()}
+    return result, cases
 
 
 def fine_grained_row(scorer_for, seeds, probes_root, benchmarks, scores_dir: Path) -> dict[str, Any]:
@@ -514,7 +599,7 @@ def figure_data(ctx: Context, heatmaps: dict[str, list], grid: tuple[int, int]) 
 
     ev = ctx.section.evaluation
     out: dict[str, Any] = {"grid": list(grid), "heatmaps": heatmaps, "visibility": {}, "example_masks": {}}
-    for arm in ctx.section.arms:
+    for arm in ctx.section.arms:  # every scheme's masks; heatmaps for the trained ones
         masking = ctx.section.arm_masking(arm)
         generator = torch.Generator().manual_seed(ev.mask_seed)
         out["visibility"][arm] = visibility_frequency(
@@ -543,18 +628,43 @@ def load_finetuned(ctx: Context, seed: int):
     return student, ClipTeacher(clip).freeze()
 
 
-def evaluate_finetuned(ctx: Context, data: HeldOut) -> dict[str, Any]:
-    """Zero-shot of the fine-tuned students through their fine-tuned text towers."""
+def finetune_record(ctx: Context) -> dict[str, Any]:
+    """metrics/uta/finetune.json of the fine-tuning stage whose runs are evaluated ({} if absent)."""
+    root = output_root(ctx.raw)
+    path = input_root(root, FINETUNE_RUN, "uta_finetune") / METRICS / "finetune.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def evaluate_finetuned(ctx: Context, data: HeldOut) -> tuple[dict[str, Any], list[dict[str, Any]], list[int]]:
+    """Zero-shot of the fine-tuned students through their fine-tuned text towers: (result, per-seed
+    cases, converged seeds). Seeds whose fine-tuning diverged (finetune.json) are scored and listed
+    but left out of the mean."""
+    from nas.evaluation.linear_probe import public
     from nas.evaluation.seeds import aggregate
     from nas.evaluation.zero_shot import mean_accuracy, zero_shot_accuracy
 
-    per_seed = []
+    runs = finetune_record(ctx).get("runs", {})
+    per_seed, cases, converged = [], [], []
     for seed in ctx.section.seeds:
         student, text = load_finetuned(ctx, seed)
         embeddings = batched(student.encode_image, data.images, ctx.section.evaluation.batch_size)
-        zs = zero_shot_accuracy(embeddings, data.labels, classifier_of(text), rows=data.zero_shot_rows)
-        per_seed.append({"zero_shot": zs, "zero_shot_mean": mean_accuracy(zs)})
-    return {"seeds": list(ctx.section.seeds), "mean_std": aggregate(per_seed), "per_seed": per_seed}
+        zs = zero_shot_accuracy(
+            embeddings, data.labels, classifier_of(text), rows=data.zero_shot_rows, outcomes=True
+        )
+        ok = bool(runs.get(str(seed), {}).get("converged", False))
+        per_seed.append({"zero_shot": public(zs), "zero_shot_mean": mean_accuracy(zs), "converged": ok})
+        cases.append(_cases_of(zs, {}))
+        if ok:
+            converged.append(seed)
+    kept = [run for seed, run in zip(ctx.section.seeds, per_seed) if seed in converged]
+    result = {
+        "seeds": list(ctx.section.seeds),
+        "converged_seeds": converged,
+        "diverged_seeds": [s for s in ctx.section.seeds if s not in converged],
+        "mean_std": aggregate(kept) if kept else None,
+        "per_seed": per_seed,
+    }
+    return result, cases, converged
 
 
 def fine_grained_rows(ctx: Context, teacher, finetuned: bool) -> dict[str, Any]:
@@ -596,14 +706,223 @@ def fine_grained_rows(ctx: Context, teacher, finetuned: bool) -> dict[str, Any]:
     return rows
 
 
+# ---- findings -------------------------------------------------------------------------------------
+
+TEACHER, UNTRAINED, FINETUNED = "teacher", "untrained", "finetuned"
+
+
+def _outcomes(runs: list[dict[str, Any]] | None, kind: str, attribute: str):
+    """[S, N] outcomes of `kind` ("zero_shot" / "probes") on `attribute` over `runs`, or None."""
+    from nas.reporting.recipe_findings import as_cases
+
+    rows = [run[kind].get(attribute) for run in runs or []]
+    if not rows or any(r is None for r in rows):
+        return None
+    return as_cases([r["correct"] for r in rows])
+
+
+def uta_findings(
+    cases: dict[str, list[dict[str, Any]]],
+    seeds: dict[str, list[int]],
+    aligned: dict[str, list[int]],
+    chance: dict[str, float],
+    ctx: Context,
+) -> tuple[list[Any], dict[str, bool]]:
+    """The claims of MUG_UTA.md §2 in miniature, judged with intervals (recipe_findings), and the
+    zero-shot attributes the teacher learned (above chance by its interval):
+
+    - the student's zero-shot through the teacher's text tower approaches the teacher's (per attribute
+      and pooled; non-inferiority, margin uta.evaluation.findings.margin points), judged on the main
+      arm's aligned seeds only (held-out CLS 1 - cos <= alignment_threshold);
+    - reversed block-wise beats no masking at equal steps (zero-shot, on the seeds both trained);
+    - every student aligns: per-image held-out CLS 1 - cos below the threshold (interval below it);
+    - sanity: the student beats its untrained self; fine-tuning (converged seeds) keeps the zero-shot.
+    `seeds[model]` lists the seeds of `cases[model]` in order."""
+    from nas.reporting.recipe_findings import (
+        above_level,
+        as_cases,
+        difference,
+        not_judged,
+        pooled_difference,
+    )
+
+    section, ev = ctx.section, ctx.section.evaluation
+    settings = ev.findings
+    main = section.main_arm
+    learned: dict[str, bool] = {}
+    for attribute, level in chance.items():
+        x = _outcomes(cases.get(TEACHER), "zero_shot", attribute)
+        learned[attribute] = x is not None and above_level(x, level / 100.0, settings)[0]
+    judged = [a for a in chance if learned[a]]
+
+    def pick(model: str, keep: list[int]) -> list[dict[str, Any]]:
+        return [run for seed, run in zip(seeds.get(model, []), cases.get(model, [])) if seed in keep]
+
+    def compare(key, claim, comparison, a_runs, b_runs, threshold, b_single=False):
+        out, pairs = [], []
+        for attribute in chance:
+            rkey = f"{key}.{attribute}"
+            if not learned[attribute]:
+                out.append(
+                    not_judged(
+                        rkey, claim, comparison, attribute, "teacher not above chance", threshold=threshold
+                    )
+                )
+                continue
+            a = _outcomes(a_runs, "zero_shot", attribute)
+            b = _outcomes(b_runs, "zero_shot", attribute)
+            if a is None or b is None:
+                out.append(not_judged(rkey, claim, comparison, attribute, "no outcomes", threshold=threshold))
+                continue
+            if b_single:
+                b = as_cases(b, seeds=a.shape[0])
+            out.append(difference(rkey, claim, comparison, attribute, a, b, settings, threshold=threshold))
+            pairs.append((a, b))
+        if pairs:
+            out.append(
+                pooled_difference(f"{key}.pooled", claim, comparison, pairs, settings, threshold=threshold)
+            )
+        else:
+            out.append(
+                not_judged(
+                    f"{key}.pooled", claim, comparison, "pooled", "no attribute judged", threshold=threshold
+                )
+            )
+        return out
+
+    rows: list[Any] = []
+    claim = "The student's zero-shot through the teacher's text tower approaches the teacher's"
+    ok = aligned.get(main, [])
+    comparison = f"student ({main}, {len(ok)}/{len(seeds.get(main, []))} seeds aligned) − teacher"
+    if not ok:
+        why = f"no aligned seed (held-out CLS 1 − cos > {ev.alignment_threshold})"
+        rows.append(
+            not_judged(
+                "student_vs_teacher.pooled", claim, comparison, "pooled", why, threshold=-settings.margin
+            )
+        )
+    else:
+        rows += compare(
+            "student_vs_teacher",
+            claim,
+            comparison,
+            pick(main, ok),
+            cases.get(TEACHER),
+            -settings.margin,
+            b_single=True,
+        )
+    claim = "Reversed block-wise beats no masking at equal steps"
+    if main in cases and "none" in cases and main != "none":
+        common = [s for s in seeds[main] if s in seeds["none"]]
+        rows += compare(
+            "reversed_vs_none",
+            claim,
+            f"{main} − none (zero-shot)",
+            pick(main, common),
+            pick("none", common),
+            0.0,
+        )
+    else:
+        rows.append(not_judged("reversed_vs_none.pooled", claim, "reversed − none", "pooled", "arm not run"))
+    claim = f"The student aligns: held-out CLS 1 − cos below {ev.alignment_threshold}"
+    for arm in seeds:
+        if arm in (TEACHER, UNTRAINED, FINETUNED):
+            continue
+        x = as_cases([run["cls_1mcos"] for run in cases[arm]])
+        rows.append(
+            difference(
+                f"aligned.{arm}",
+                claim,
+                f"{arm}: CLS 1 − cos − {ev.alignment_threshold}",
+                "held-out images",
+                x,
+                ev.alignment_threshold,
+                settings,
+                expected="negative",
+                unit="1−cos",
+            )
+        )
+    if UNTRAINED in cases and main in cases and judged:
+        common = [s for s in seeds[main] if s in seeds[UNTRAINED]]
+        pairs = [
+            (
+                _outcomes(pick(main, common), "zero_shot", a),
+                _outcomes(pick(UNTRAINED, common), "zero_shot", a),
+            )
+            for a in judged
+        ]
+        rows.append(
+            pooled_difference(
+                "student_vs_untrained.pooled",
+                "Training helps: the student beats its untrained self",
+                f"{main} − untrained (zero-shot)",
+                pairs,
+                settings,
+            )
+        )
+    if FINETUNED in cases:
+        ok = [s for s in aligned.get(FINETUNED, [])]
+        claim = "Zero-shot holds after contrastive fine-tuning"
+        comparison = f"fine-tuned − pretrained ({len(ok)}/{len(seeds[FINETUNED])} seeds converged)"
+        if ok and judged:
+            pairs = [
+                (_outcomes(pick(FINETUNED, ok), "zero_shot", a), _outcomes(pick(main, ok), "zero_shot", a))
+                for a in judged
+            ]
+            rows.append(
+                pooled_difference(
+                    "finetuned_vs_student.pooled",
+                    claim,
+                    comparison,
+                    pairs,
+                    settings,
+                    threshold=-settings.margin,
+                )
+            )
+        else:
+            rows.append(
+                not_judged("finetuned_vs_student.pooled", claim, comparison, "pooled", "no converged seed")
+            )
+    return rows, learned
+
+
+def zero_shot_intervals(cases: dict[str, list[dict[str, Any]]], attributes, settings) -> dict[str, Any]:
+    """{model: {attribute: seed x case bootstrap interval of the zero-shot accuracy (fractions)}}."""
+    from nas.evaluation.stats import seed_case_bootstrap
+
+    out: dict[str, Any] = {}
+    for model, runs in cases.items():
+        for attribute in attributes:
+            x = _outcomes(runs, "zero_shot", attribute)
+            if x is not None:
+                out.setdefault(model, {})[attribute] = seed_case_bootstrap(x, **settings.kwargs).to_dict()
+    return out
+
+
+def _jsonable(value: Any) -> Any:
+    import numpy as np
+
+    if isinstance(value, np.ndarray):
+        return [round(float(v), 5) for v in value.tolist()]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    return value
+
+
 def stage_evaluate(cfg: dict[str, Any], record: Recorder) -> None:
+    import time
+
     import torch
 
+    from nas.evaluation.linear_probe import public
+    from nas.evaluation.scene_attributes import KIND
     from nas.evaluation.seeds import aggregate
     from nas.models.uta import UTAPretrainer
-    from nas.objectives.uta import token_cosine
 
-    ctx = read_context(cfg)
+    clock, seconds = time.perf_counter(), {}
+    ctx = stage_context(cfg)
     root = output_root(cfg)
     trained = input_root(root, PRETRAIN_RUN, "uta_pretrain")
     section, ev = ctx.section, ctx.section.evaluation
@@ -611,23 +930,56 @@ def stage_evaluate(cfg: dict[str, Any], record: Recorder) -> None:
     data = held_out(ctx)
     reference = UTAPretrainer(build_student(ctx), teacher, section.masking)  # the teacher on the student grid
     teacher_tokens = batched(reference.teacher_tokens, data.images, ev.batch_size)
+    teacher_zs = teacher_zero_shot(teacher, data, ev.batch_size, outcomes=True)
+    teacher_probes = probes(teacher.image_tokens, data, ctx)
+    cases: dict[str, list[dict[str, Any]]] = {TEACHER: [_cases_of(teacher_zs, teacher_probes)]}
+    seeds: dict[str, list[int]] = {TEACHER: [section.seeds[0]]}
     result: dict[str, Any] = {
         "split": ev.split,
         "zero_shot_images": len(data.zero_shot_rows),
-        "teacher": {
-            "zero_shot": teacher_zero_shot(teacher, data, ev.batch_size),
-            "probes": probes(lambda x: teacher.image_tokens(x)[:, 0], data, ctx, ev.batch_size),
-        },
+        "probe_train_images": len(data.probe_images),
+        "probe_test_images": len(data.images),
+        "alignment_threshold": ev.alignment_threshold,
+        "attributes": {a: {"kind": KIND[a], "feature": f} for a, f in probe_features_of(ctx).items()},
+        "teacher": {"zero_shot": public(teacher_zs), "probes": public(teacher_probes)},
     }
-    # The spec's "falls from ~1": 1 - cos of an untrained student (the first seed's initialisation).
-    torch.manual_seed(section.seeds[0])
-    untrained = batched(build_student(ctx).eval(), data.images, ev.batch_size)
-    result["heldout_1mcos_initial"] = float(1 - token_cosine(untrained, teacher_tokens).mean())
+    seconds["teacher"] = time.perf_counter() - clock
     classifier = classifier_of(teacher)
+    aligned: dict[str, list[int]] = {}
+    if ev.untrained:
+        clock = time.perf_counter()
+        per_seed = []
+        for seed in section.seeds:
+            torch.manual_seed(seed)  # the student every arm of this seed starts from (manual_seed(seed))
+            run, run_cases = measure_student(
+                build_student(ctx), ctx, section.main_arm, data, classifier, teacher_tokens
+            )
+            run.pop("_heatmap")
+            per_seed.append(run)
+            cases.setdefault(UNTRAINED, []).append(run_cases)
+        seeds[UNTRAINED] = list(section.seeds)
+        result[UNTRAINED] = {
+            "seeds": list(section.seeds),
+            "mean_std": aggregate(per_seed),
+            "per_seed": per_seed,
+        }
+        # The spec's "falls from ~1": 1 - cos of the untrained students.
+        result["heldout_1mcos_initial"] = sum(r["heldout_1mcos"] for r in per_seed) / len(per_seed)
+        seconds[UNTRAINED] = time.perf_counter() - clock
+    else:
+        torch.manual_seed(section.seeds[0])
+        from nas.objectives.uta import token_cosine
+
+        untrained = batched(build_student(ctx).eval(), data.images, ev.batch_size)
+        result["heldout_1mcos_initial"] = float(1 - token_cosine(untrained, teacher_tokens).mean())
     result["arms"], heatmaps = {}, {}
-    for arm in section.arms:
-        per_seed = [
-            measure_student(
+    result["context_arms"] = [a for a in section.arms if a not in section.trained_arms]  # masks only
+    for arm in section.trained_arms:
+        clock = time.perf_counter()
+        arm_seeds = list(section.arm_seeds(arm))
+        per_seed = []
+        for seed in arm_seeds:
+            run, run_cases = measure_student(
                 load_student(ctx, student_file(arm, seed, trained)),
                 ctx,
                 arm,
@@ -635,24 +987,57 @@ def stage_evaluate(cfg: dict[str, Any], record: Recorder) -> None:
                 classifier,
                 teacher_tokens,
             )
-            for seed in section.seeds
-        ]
+            per_seed.append(run)
+            cases.setdefault(arm, []).append(run_cases)
+        seeds[arm] = arm_seeds
+        aligned[arm] = [s for s, run in zip(arm_seeds, per_seed) if run["aligned"]]
         heatmaps[arm] = torch.tensor([run.pop("_heatmap") for run in per_seed]).mean(dim=0).tolist()
         summary = aggregate(per_seed)
-        result["arms"][arm] = {"seeds": list(section.seeds), "mean_std": summary, "per_seed": per_seed}
+        result["arms"][arm] = {
+            "seeds": arm_seeds,
+            "aligned_seeds": aligned[arm],
+            "mean_std": summary,
+            "per_seed": per_seed,
+        }
         print(
-            f"uta_evaluate[{arm}]: zero-shot mean {summary['zero_shot_mean']['mean']:.1f}, "
-            f"held-out 1-cos {summary['heldout_1mcos']['mean']:.3f}"
+            f"uta_evaluate[{arm}]: zero-shot mean {summary['zero_shot_mean']['mean']:.1f}, held-out 1-cos "
+            f"{summary['heldout_1mcos']['mean']:.3f}, CLS 1-cos {summary['heldout_1mcos_cls']['mean']:.3f} "
+            f"(aligned seeds {aligned[arm]} of {arm_seeds})"
         )
         record.log_scalar(f"{arm}.zero_shot_mean", summary["zero_shot_mean"]["mean"])
         record.log_scalar(f"{arm}.heldout_1mcos", summary["heldout_1mcos"]["mean"])
+        seconds[arm] = time.perf_counter() - clock
     tuned = input_root(root, FINETUNE_RUN, "uta_finetune") if section.finetune.enabled else root
     finetuned = section.finetune.enabled and all(
         (tuned / FINETUNE_RUN / f"seed{seed}" / "student.pt").is_file() for seed in section.seeds
     )
+    result["finetune_enabled"] = section.finetune.enabled
     if finetuned:
-        result["finetuned"] = evaluate_finetuned(ctx, data)
+        result[FINETUNED], cases[FINETUNED], aligned[FINETUNED] = evaluate_finetuned(ctx, data)
+        seeds[FINETUNED] = list(section.seeds)
+    clock = time.perf_counter()
+    chance = {a: r["chance"] for a, r in teacher_zs.items()}
+    findings, learned = uta_findings(cases, seeds, aligned, chance, ctx)
+    result["findings"] = [row.to_json() for row in findings]
+    result["findings_settings"] = {
+        "level": ev.findings.level,
+        "resamples": ev.findings.resamples,
+        "margin": ev.findings.margin,
+    }
+    result["teacher_learned"] = learned
+    result["zero_shot_intervals"] = zero_shot_intervals(cases, list(chance), ev.findings)
+    for name, runs in cases.items():
+        for seed, run_cases in zip(seeds[name], runs):
+            write_json(root / EVAL_RUN / "cases" / name / f"seed{seed}.json", _jsonable(run_cases))
+    for row in findings:
+        print(
+            f"uta_evaluate finding [{row.key}]: {row.estimate} [{row.low}, {row.high}] {row.unit} -> {row.verdict}"
+        )
+    seconds["findings"] = time.perf_counter() - clock
+    clock = time.perf_counter()
     rows = fine_grained_rows(ctx, teacher, finetuned) if ev.fine_grained else {}
+    seconds["fine_grained"] = time.perf_counter() - clock
+    result["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
     write_json(root / METRICS / "evaluate.json", result)
     write_json(root / METRICS / "figure.json", figure_data(ctx, heatmaps, reference.student.grid))
     write_json(root / FINE_GRAINED, {"recipe": "uta", "rows": rows})

@@ -69,6 +69,28 @@ def atomic_copy(source: str | Path, path: str | Path) -> None:
         atomic_write(path, lambda handle: shutil.copyfileobj(src, handle, 1 << 20))
 
 
+def atomic_link(source: str | Path, path: str | Path) -> None:
+    """`path` becomes a hard link to `source` (the same bytes on disk once, e.g. a stage's hand-off
+    checkpoint and the run's own last.pt), atomically; a byte copy where the file system has no hard
+    links or the two paths are on different devices. Safe because no writer here changes a file in place:
+    every write replaces the name with a new file, which leaves the other name's bytes as they were."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}link.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        atomic_copy(source, path)
+        return
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """A text file (configs, metrics) through `atomic_write`."""
     atomic_write(path, lambda handle: handle.write(text.encode()))

@@ -144,6 +144,61 @@ def _score_command(argv: Sequence[str]) -> int:
     return 0
 
 
+def _profile_command(argv: Sequence[str]) -> int:
+    from nas.config import profiles
+
+    parser = argparse.ArgumentParser(
+        prog="nas profile",
+        description="Profiles: the root is the embedded default; profiles/<name>/ holds another params.yaml "
+        "and a dvc.yaml that differs from the root's in `code` only. Run one with "
+        "`cd profiles/<name> && dvc repro`: its outputs stay in its folder.",
+    )
+    sub = parser.add_subparsers(dest="action", metavar="<action>", required=True)
+    sub.add_parser("list", help="the profiles of this repository")
+    new = sub.add_parser("new", help="profiles/NAME/ from another profile's params (default: embedded)")
+    new.add_argument("name", metavar="NAME")
+    new.add_argument(
+        "--from", dest="source", default=profiles.EMBEDDED, help="a profile (default: %(default)s)"
+    )
+    sync = sub.add_parser("sync", help="rewrite every profile's dvc.yaml from the root dvc.yaml")
+    sync.add_argument("--check", action="store_true", help="change nothing; exit 1 if a profile is stale")
+    args = parser.parse_args(argv)
+    try:
+        if args.action == "list":
+            print("\n".join(profiles.list_profiles()))
+        elif args.action == "new":
+            folder = profiles.new_profile(args.name, args.source)
+            print(
+                f"wrote {folder}/params.yaml (from {args.source}) and {folder}/dvc.yaml; "
+                f"edit the params, then `cd {folder} && dvc repro`"
+            )
+        else:
+            changed = profiles.sync_profiles(check=args.check)
+            verb = "stale" if args.check else "rewrote"
+            print(f"{verb}: {', '.join(changed)}" if changed else "every profile's dvc.yaml is up to date")
+            return 1 if (args.check and changed) else 0
+    except (profiles.ProfileError, OSError) as exc:
+        print(f"nas profile: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _bench_command(argv: Sequence[str]) -> int:
+    # The benchmarks live in the checkout (benchmarks/, beside nas/), not in the installed package.
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "benchmarks" / "__main__.py").is_file():
+        print(
+            f"nas bench: error: no benchmarks/ beside {root / 'nas'} (a source checkout has it)",
+            file=sys.stderr,
+        )
+        return 2
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from benchmarks.__main__ import main as bench_main
+
+    return bench_main(list(argv), prog="nas bench")
+
+
 def _audit_command(argv: Sequence[str]) -> int:
     from nas.reporting.audit import main as audit_main
 
@@ -156,8 +211,17 @@ TOOLS = {
         "compare a run's (or a params file's) hyperparameters with the paper card; exit 1 on an "
         "unexplained deviation",
     ),
+    "bench": (
+        _bench_command,
+        "run the step benchmarks (ALBEF, NVA, MUG, UTA, paper size, evaluation) and print a table of "
+        "ratios; `nas bench startup` times each stage process's start-up",
+    ),
     "config": (_config_command, "print the resolved params of a variant (params.yaml + overlay + --set)"),
     "models": (_models_command, "list the registered model entrypoints"),
+    "profile": (
+        _profile_command,
+        "list, create or sync profiles (profiles/<name>/: another scale, its own outputs)",
+    ),
     "score": (
         _score_command,
         "rescore a per-example score file (harness, official Winoground, FGE VALSE) and print the "

@@ -83,6 +83,24 @@ ALLOWED: dict[tuple[str, str, str], str] = {
     ("benchmarks/reproducibility.py", "run_setting", "subprocess.run"): (
         "developer benchmark re-running its own file as a worker ([sys.executable, __file__, ...]); no shell"
     ),
+    ("benchmarks/__main__.py", "run_worker", "subprocess.run"): (
+        "the benchmark entry point's worker: [sys.executable, -c, <fixed source>, paths], a timeout, no shell"
+    ),
+    ("benchmarks/machine.py", "git_commit", "subprocess.run"): (
+        "read-only `git rev-parse HEAD`: a literal argument list, a timeout, no shell"
+    ),
+    ("benchmarks/machine.py", "add_worktree", "subprocess.run"): (
+        "`git worktree add --detach` of the revision the user asked to compare, into a new temporary folder"
+    ),
+    ("benchmarks/machine.py", "remove_worktree", "subprocess.run"): (
+        "`git worktree remove` of the temporary folder add_worktree made"
+    ),
+    ("benchmarks/startup.py", "time_process", "subprocess.run"): (
+        "starts one stage process ([sys.executable, -c, <fixed bootstrap>, module, args]) to time its start-up"
+    ),
+    ("benchmarks/startup.py", "time_bare_python", "subprocess.run"): (
+        "[sys.executable, -c, pass]: the interpreter's own start-up, the baseline"
+    ),
 }
 
 TORCH_LOAD = {"torch.load", "torch.serialization.load"}

@@ -23,6 +23,7 @@ from nas.config.stages import ModelSpec
 from nas.engine.trainer import TrainConfig
 from nas.evaluation.captioning import GenerationConfig
 from nas.evaluation.linear_probe import LinearProbeConfig
+from nas.reporting.recipe_findings import FindingsConfig
 
 # ---- the params section ---------------------------------------------------------------------------
 
@@ -34,26 +35,41 @@ def _default_arms() -> dict[str, dict[str, Any]]:
 
 @dataclass
 class MUGEvaluateConfig:
-    """`mug.evaluate`: what `mug_evaluate` measures on every arm x seed."""
+    """`mug.evaluate`: what `mug_evaluate` measures on every arm x seed (and the untrained model)."""
 
     heldout: Literal["val", "test"] = "val"  # split of the held-out masked-patch MSE and caption CE
     mask_seed: int = 0  # one fixed masking draw for the held-out MSE, the same for every run
     batch_size: int = 100
     probe: LinearProbeConfig = field(default_factory=LinearProbeConfig)
-    probe_feature: Literal["mean", "cls"] = "mean"  # pooled patch tokens (MAE's linear probe: [CLS])
+    # Features of the frozen, unmasked encoder: `probe_feature` for the attributes about what is in
+    # the image (count, colour, shape, size), `spatial_probe_feature` for those about where (relation,
+    # hpos, vpos; scene_attributes.SPATIAL_ATTRIBUTES): mean pooling discards position by construction.
+    probe_feature: Literal["mean", "cls", "grid"] = "mean"
+    spatial_probe_feature: Literal["mean", "cls", "grid"] = "grid"
+    probe_grid: int = 2  # "grid": patch tokens average-pooled to probe_grid x probe_grid cells
+    probe_train_images: int | None = None  # the first N training images fit the probes (None: all)
+    untrained: bool = True  # score the untrained model of every seed: same architecture, probes, seeds
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     caption_images: int | None = None  # test images captioned (None: all)
+    beam_seeds: int | None = None  # beam-search captions for the first N seeds only (None: every seed)
     benchmarks: tuple[str, ...] = ()  # fine-grained probes to score; empty = all
     figure_arm: str = "mug"  # the arm (first seed) whose samples the report shows
     figure_images: int = 4
+    findings: FindingsConfig = field(default_factory=FindingsConfig)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.caption_images is not None and self.caption_images < 1:
             raise ValueError(f"caption_images must be >= 1 or null, got {self.caption_images}")
+        if self.beam_seeds is not None and self.beam_seeds < 0:
+            raise ValueError(f"beam_seeds must be >= 0 or null, got {self.beam_seeds}")
         if self.figure_images < 0:
             raise ValueError(f"figure_images must be >= 0, got {self.figure_images}")
+        if self.probe_grid < 1:
+            raise ValueError(f"probe_grid must be >= 1, got {self.probe_grid}")
+        if self.probe_train_images is not None and self.probe_train_images < 2:
+            raise ValueError(f"probe_train_images must be >= 2 or null, got {self.probe_train_images}")
 
 
 @dataclass
@@ -257,7 +273,7 @@ CARD: tuple[CardEntry, ...] = (
         "[B] MAE stand-in",
         (),
         note="the harness warms up in steps: 40 x (pairs / 4096) steps, which depends on how many CC3M "
-        "pairs the download yields; params/paper.yaml states the count it assumes",
+        "pairs the download yields; profiles/paper/params.yaml states the count it assumes",
     ),
     CardEntry(
         "augmentation",

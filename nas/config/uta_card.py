@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from nas.config.base import ConfigError, from_dict, merge, to_dict
 from nas.config.paper_card import CardEntry, Equals, NotNull, _check_card
@@ -25,6 +25,7 @@ from nas.engine.trainer import TrainConfig
 from nas.evaluation.linear_probe import LinearProbeConfig
 from nas.models.block_masking import MaskingConfig
 from nas.models.clip_teacher import TinyClipConfig
+from nas.reporting.recipe_findings import FindingsConfig
 
 # ---- the params section ---------------------------------------------------------------------------
 
@@ -105,13 +106,29 @@ class EvaluationSection:
     batch_size: int = 200
     probe_train_images: int | None = 600  # first N training images fit the probes (None: all)
     probe: LinearProbeConfig = field(default_factory=LinearProbeConfig)
+    # Probe features: `probe_feature` for count, colour, shape, size; `spatial_probe_feature` for
+    # relation, hpos, vpos (linear_probe.pooled_features; "grid" keeps position, pooled to probe_grid^2).
+    probe_feature: Literal["mean", "cls", "grid"] = "cls"
+    spatial_probe_feature: Literal["mean", "cls", "grid"] = "grid"
+    probe_grid: int = 2
+    untrained: bool = True  # the untrained student of every seed: zero-shot, probes, 1 - cos (the baseline)
+    # A student's zero-shot is compared with the teacher's only once it is aligned: held-out CLS
+    # 1 - cos at most this (a run above it is reported as unaligned and left out of that claim).
+    alignment_threshold: float = 0.1
     mask_seed: int = 0  # one fixed masking draw for the held-out masked-view 1 - cos
     visibility_draws: int = 2000  # masks drawn for the P(visible) maps (spec §2: 2,000 draws)
     example_masks: int = 3  # example masks per scheme in the figure
     fine_grained: bool = True  # the ARO / Winoground / VALSE / SugarCrepe probes
     benchmarks: tuple[str, ...] = ()  # empty = every probe benchmark
+    # Verdicts (nas/reporting/recipe_findings.py); margin: "approaches the teacher" = the interval of
+    # student - teacher lies above -margin points ("within a few points", MUG_UTA.md §2).
+    findings: FindingsConfig = field(default_factory=lambda: FindingsConfig(margin=5.0))
 
     def __post_init__(self) -> None:
+        if self.probe_grid < 1:
+            raise ValueError(f"probe_grid must be >= 1, got {self.probe_grid}")
+        if not self.alignment_threshold > 0:
+            raise ValueError(f"alignment_threshold must be > 0, got {self.alignment_threshold}")
         if self.split not in ("val", "test"):
             raise ValueError(f"split must be 'val' or 'test', got {self.split!r}")
         if self.batch_size < 1:
@@ -132,6 +149,13 @@ class UTASection:
     arms: dict[str, dict[str, Any]] = field(default_factory=_default_arms)
     main_arm: str = "reversed_blockwise"  # UTA's own masking: the row the fine-grained tables show
     seeds: tuple[int, ...] = (0, 1, 2)
+    # Arms shown for context, not judged: they train only the first `context_seeds` seeds (None: every
+    # seed; 0: none, the figure still shows their masks). Every trained arm trains the same steps.
+    context_arms: tuple[str, ...] = ()
+    context_seeds: int | None = None
+    # Intra-op threads of the UTA stages (None: torch's default, one per core). The tiny models gain
+    # little from a second thread and slow down several-fold when the cores are shared.
+    torch_threads: int | None = None
     # Decode every training image once (evaluation transform, no augmentation) and keep it in
     # memory for all runs: on the CPU profile decoding + RandAugment costs more than a student step.
     # Paper scale: false (ImageNet-21K does not fit in memory; data.transform's augmentation applies).
@@ -150,6 +174,26 @@ class UTASection:
             raise ValueError(f"main_arm {self.main_arm!r} is not among arms {sorted(self.arms)}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be a non-empty list of distinct integers, got {list(self.seeds)}")
+        unknown = sorted(set(self.context_arms) - set(self.arms))
+        if unknown:
+            raise ValueError(f"context_arms names arms {unknown} not among arms {sorted(self.arms)}")
+        if self.main_arm in self.context_arms:
+            raise ValueError(f"main_arm {self.main_arm!r} must train every seed (it is in context_arms)")
+        if self.context_seeds is not None and self.context_seeds < 0:
+            raise ValueError(f"context_seeds must be >= 0 or null, got {self.context_seeds}")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise ValueError(f"torch_threads must be >= 1 or null, got {self.torch_threads}")
+
+    def arm_seeds(self, arm: str) -> tuple[int, ...]:
+        """The seeds `arm` trains: every seed, or the first `context_seeds` for a context arm."""
+        if arm in self.context_arms and self.context_seeds is not None:
+            return self.seeds[: self.context_seeds]
+        return self.seeds
+
+    @property
+    def trained_arms(self) -> list[str]:
+        """The arms with at least one trained seed, in `arms` order."""
+        return [arm for arm in self.arms if self.arm_seeds(arm)]
 
     def arm_masking(self, arm: str) -> MaskingConfig:
         """`masking` with the arm's overlay, validated (a ratio outside (0, 1) names the arm)."""

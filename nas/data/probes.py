@@ -903,13 +903,48 @@ def write_probes(
     return manifest
 
 
+# The Order text tools a manifest's "load_options" may name: the synthetic probes' own (built from the
+# probe folder), or the real ones (spaCy, NLTK), which the loader builds itself when none is passed.
+SYNTHETIC_TAGGER = "caption_tags.json (order_tagger)"
+SYNTHETIC_TOKENIZER = "whitespace_tokenizer"
+REAL_TAGGER, REAL_TOKENIZER = "spacy_tagger", "nltk_tokenizer"
+
+
+def _order_options(path: Path, name: str, root: Path, named: dict[str, Any]) -> dict[str, Any]:
+    # Unnamed: the synthetic probes' for coco_order (as write_probes has always named them), else the real.
+    synthetic = name == "coco_order"
+    tagger = named.get("tagger", SYNTHETIC_TAGGER if synthetic else REAL_TAGGER)
+    tokenizer = named.get("tokenizer", SYNTHETIC_TOKENIZER if synthetic else REAL_TOKENIZER)
+    options: dict[str, Any] = {}
+    if tagger == SYNTHETIC_TAGGER:
+        options["tagger"] = order_tagger(root)
+    elif tagger != REAL_TAGGER:
+        raise ProbeError(
+            f"{path}: {name}: unknown tagger {tagger!r} ({SYNTHETIC_TAGGER!r} or {REAL_TAGGER!r})"
+        )
+    if tokenizer == SYNTHETIC_TOKENIZER:
+        options["tokenizer"] = whitespace_tokenizer
+    elif tokenizer != REAL_TOKENIZER:
+        raise ProbeError(
+            f"{path}: {name}: unknown tokenizer {tokenizer!r} ({SYNTHETIC_TOKENIZER!r} or {REAL_TOKENIZER!r})"
+        )
+    return options
+
+
 def probe_benchmarks(out_root: str | Path) -> dict[str, dict[str, Any]]:
     """`{benchmark: {"root", "config", "load_options"}}` for `evaluate_benchmark`, from the manifest
-    of a probe folder: config paths resolved, the Order tagger and tokenizer built."""
+    of a probe folder (write_probes) or of real benchmark folders
+    (nas.data.benchmark_folders.write_benchmark_manifest): config paths resolved, the Order tagger
+    and tokenizer built. A root is relative to the manifest's folder (a root with `..` is resolved
+    through the real paths) or absolute; an "annotation_dir" is relative to its root."""
     out = Path(out_root)
     path = out / "manifest.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: write the probes with write_probes first")
+        raise FileNotFoundError(
+            f"{path} not found: write the probes with write_probes (data.source: synthetic), or the real "
+            "benchmark folders' manifest with nas.data.benchmark_folders.write_benchmark_manifest (the "
+            "`data` stage with data.source: files and benchmarks in data.download.selection) first"
+        )
     manifest = json.loads(path.read_text(encoding="utf-8"))
     if manifest.get("format_version") != FORMAT_VERSION:
         raise ProbeError(
@@ -918,11 +953,13 @@ def probe_benchmarks(out_root: str | Path) -> dict[str, dict[str, Any]]:
     suite = {}
     for name, spec in manifest["benchmarks"].items():
         root = out / spec["root"]
+        if ".." in Path(spec["root"]).parts:
+            root = root.resolve()
         config = dict(spec["config"])
         if "annotation_dir" in config:
             config["annotation_dir"] = str(root / config["annotation_dir"])
         options: dict[str, Any] = {}
-        if name == "coco_order":
-            options = {"tagger": order_tagger(root), "tokenizer": whitespace_tokenizer}
+        if name in ("coco_order", "flickr30k_order"):
+            options = _order_options(path, name, root, dict(spec.get("load_options") or {}))
         suite[name] = {"root": root, "config": config, "load_options": options}
     return suite

@@ -15,10 +15,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from torchvision.transforms import InterpolationMode, v2
-from torchvision.transforms.v2 import functional as TF
+# torch and torchvision are imported where an image is transformed, not here: reading TransformConfig
+# (nas.config.data, every stage's params check) then costs no torchvision import, which takes about a
+# second (it pulls in torch._dynamo and sympy through torchvision.ops).
+if TYPE_CHECKING:
+    import torch
 
 # ALBEF's (= CLIP's) normalisation constants (salesforce/ALBEF, dataset/__init__.py).
 ALBEF_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -95,6 +98,8 @@ class AlbefRandAugment:
         return f"{type(self).__name__}(n={self.n}, m={self.m})"
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        import torch
+
         if image.dtype != torch.uint8:
             raise TypeError(f"AlbefRandAugment expects a uint8 image tensor, got {image.dtype}")
         for _ in range(self.n):
@@ -106,6 +111,10 @@ class AlbefRandAugment:
 
     def apply(self, op: str, image: torch.Tensor) -> torch.Tensor:
         """Apply one named op at this instance's magnitude (random sign drawn from torch)."""
+        import torch
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms.v2 import functional as TF
+
         level = self.m / _MAX_LEVEL
         sign = -1.0 if float(torch.rand(())) < 0.5 else 1.0
         side = image.shape[-1]
@@ -135,6 +144,9 @@ class AlbefRandAugment:
     def _affine(
         image: torch.Tensor, *, angle: float, translate: list[float], shear: list[float]
     ) -> torch.Tensor:
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms.v2 import functional as TF
+
         return TF.affine(
             image,
             angle=angle,
@@ -148,6 +160,9 @@ class AlbefRandAugment:
 
 def build_train_transform(cfg: TransformConfig) -> Callable:
     """PIL image -> normalised float32 tensor [3, S, S] with ALBEF's pretraining augmentation."""
+    import torch
+    from torchvision.transforms import InterpolationMode, v2
+
     steps: list[Callable] = [
         v2.ToImage(),
         v2.RandomResizedCrop(
@@ -172,6 +187,9 @@ def build_train_transform(cfg: TransformConfig) -> Callable:
 
 def build_eval_transform(cfg: TransformConfig) -> Callable:
     """PIL image -> normalised float32 tensor [3, S, S]: bicubic resize, no randomness."""
+    import torch
+    from torchvision.transforms import InterpolationMode, v2
+
     return v2.Compose(
         [
             v2.ToImage(),

@@ -30,6 +30,7 @@ from torch import nn
 from nas.atomic import (  # noqa: F401  (re-exported: the engine's writers)
     ORPHAN_PATTERNS,
     atomic_copy,
+    atomic_link,
     atomic_write,
     atomic_write_text,
     fsync_dir,

@@ -22,6 +22,7 @@ import contextlib
 import itertools
 import logging
 import os
+import shutil
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from nas.engine.checkpoint import (
     atomic_save,
     collect_state,
     epoch_checkpointer,
+    list_checkpoints,
     load_objects,
     newest_readable_checkpoint,
     read_checkpoint,
@@ -148,6 +150,7 @@ def fit(
     on_epoch_end: EpochCallback | None = None,
     on_log_step: EpochCallback | None = None,
     identity: Mapping[str, str] | None = None,
+    tensorboard_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train `model` (a plain nn.Module honouring the engine contract) for `cfg.epochs` epochs.
 
@@ -160,6 +163,9 @@ def fit(
     it is written into every checkpoint, and a checkpoint in `output_dir` whose identity differs (or
     that has none) is refused by name instead of resumed. Rank 0 holds `output_dir/run.lock` for the
     whole call: a second writer of the same folder is refused.
+
+    TensorBoard scalars go to `tensorboard_dir` (default `output_dir/tb`); a run that starts afresh
+    (no checkpoint to resume) clears that folder first, so it never mixes two runs' curves.
 
     Returns, on every rank: {"history": [per-epoch metrics...], "last_checkpoint": path,
     "resumed_from": path or None, "init_report": {"missing": [...], "unexpected": [...]} or None}.
@@ -178,6 +184,7 @@ def fit(
             on_epoch_end,
             on_log_step,
             identity,
+            Path(tensorboard_dir) if tensorboard_dir is not None else output_dir / "tb",
         )
 
     if idist.get_rank() != 0:
@@ -199,6 +206,7 @@ def _fit(
     on_epoch_end: EpochCallback | None,
     on_log_step: EpochCallback | None,
     identity: Mapping[str, str] | None,
+    tensorboard_dir: Path,
 ) -> dict[str, Any]:
     rank, world = idist.get_rank(), idist.get_world_size()
     manual_seed(cfg.seed + rank)
@@ -230,11 +238,19 @@ def _fit(
         "identity": RunIdentity(identity),
     }
     checkpoint_dir = output_dir / "checkpoints"
+    last = output_dir / "last.pt"
     readable = newest_readable_checkpoint(checkpoint_dir)
+    if readable is None and last.is_file():  # a finished run whose epoch checkpoints were pruned
+        try:
+            readable = (last, read_checkpoint(last))
+        except (RuntimeError, ValueError) as exc:
+            logger.warning("skipping unreadable %s: %s", last, exc)
     resumed_from = None if readable is None else readable[0]
     init_report = None
     if readable is not None:
-        _resume(to_save, *readable, epoch_length)
+        finished = _epochs_done(readable[1].get("trainer", {})) >= cfg.epochs
+        # A finished run's last.pt may hold no optimizer state (final_state: weights): nothing is trained.
+        _resume(to_save, *readable, epoch_length, optional=("optimizer",) if finished else ())
         if init_checkpoint is not None:
             logger.info(
                 "init_checkpoint %s ignored: the stage resumes from its own checkpoint", init_checkpoint
@@ -265,8 +281,8 @@ def _fit(
         raise ValueError(f"the loaded trainer state is at epoch {done}, beyond train.epochs={cfg.epochs}")
     if done == cfg.epochs:
         logger.info("all %d epochs already done (%s): nothing to train", cfg.epochs, resumed_from)
-        if not (output_dir / "last.pt").is_file():
-            _write_last(to_save, output_dir / "last.pt")
+        if not last.is_file():
+            _write_last(to_save, last, weights_only=cfg.final_state == "weights")
         return result()
 
     checkpointer = epoch_checkpointer(to_save, checkpoint_dir, keep=cfg.keep_checkpoints)
@@ -275,14 +291,16 @@ def _fit(
         lambda engine: history.log_step(engine.state.iteration, dict(engine.state.output)),
     )
     _attach_epoch_handlers(trainer, cfg, train_loader, history, checkpointer, on_epoch_end, data_order)
-    trainer.add_event_handler(Events.COMPLETED, lambda _: _write_last(to_save, output_dir / "last.pt"))
+    trainer.add_event_handler(Events.COMPLETED, lambda _: _finish(to_save, last, checkpoint_dir, cfg))
     tensorboard = None
     if rank == 0:
         if cfg.progress_bar:
-            attach_progress_bar(trainer)
+            attach_progress_bar(trainer, desc="train " + "/".join(tensorboard_dir.parts[-3:]))
+        if resumed_from is None and tensorboard_dir.is_dir():
+            shutil.rmtree(tensorboard_dir)  # a fresh run: another run's events would mix with its curves
         # A resumed run purges the events logged after its checkpoint: no duplicate steps.
         tensorboard = attach_tensorboard(
-            trainer, output_dir / "tb", every=cfg.log_every_steps, purge_step=trainer.state.iteration + 1
+            trainer, tensorboard_dir, every=cfg.log_every_steps, purge_step=trainer.state.iteration + 1
         )
         if on_log_step is not None:
             trainer.add_event_handler(
@@ -340,11 +358,24 @@ class RunIdentity:
             raise RunIdentityError(f"checkpoint {path} belongs to another run ({detail}); it is not resumed")
 
 
-def _resume(to_save: dict[str, Any], path: Path, state: dict[str, Any], epoch_length: int) -> None:
+def _resume(
+    to_save: dict[str, Any],
+    path: Path,
+    state: dict[str, Any],
+    epoch_length: int,
+    *,
+    optional: Sequence[str] = (),
+) -> None:
     to_save["identity"].check(state.get("identity"), path)
-    missing = [name for name in to_save if name not in state]
+    missing = [name for name in to_save if name not in state and name not in optional]
     if missing:
-        raise KeyError(f"checkpoint {path} lacks {missing}; it holds {sorted(state)}")
+        hint = (
+            " (a finished run saved with train.final_state: weights cannot be trained further: train a new run)"
+            if "optimizer" in missing and "trainer" in state
+            else ""
+        )
+        raise KeyError(f"checkpoint {path} lacks {missing}; it holds {sorted(state)}{hint}")
+    to_save = {name: obj for name, obj in to_save.items() if name in state}
     saved_length = state["trainer"].get("epoch_length")
     if saved_length != epoch_length:
         raise ValueError(
@@ -422,8 +453,20 @@ def _attach_epoch_handlers(
                 on_epoch_end(epoch, dict(metrics))
 
 
-def _write_last(to_save: dict[str, Any], path: Path) -> None:
+def _finish(to_save: dict[str, Any], last: Path, checkpoint_dir: Path, cfg: TrainConfig) -> None:
+    """At COMPLETED: last.pt, then (prune_when_done) the epoch checkpoints go; last.pt resumes the run."""
+    _write_last(to_save, last, weights_only=cfg.final_state == "weights")
+    if cfg.prune_when_done and idist.get_rank() == 0:
+        for _, path in list_checkpoints(checkpoint_dir):
+            path.unlink(missing_ok=True)
+    if idist.get_world_size() > 1:
+        idist.barrier()
+
+
+def _write_last(to_save: dict[str, Any], path: Path, *, weights_only: bool = False) -> None:
     state = collect_state(to_save)  # collective: every rank takes part
+    if weights_only:
+        state.pop("optimizer", None)
     if idist.get_rank() == 0:
         atomic_save(state, path)
     if idist.get_world_size() > 1:

@@ -83,10 +83,34 @@ def _scalars(output: dict[str, float]) -> dict[str, float]:
     return {name: value for name, value in output.items() if name not in COUNTS}
 
 
-def attach_progress_bar(trainer: Engine) -> ProgressBar:
-    bar = ProgressBar(persist=False)
-    bar.attach(trainer, output_transform=lambda out: {k: v for k, v in _scalars(out).items() if k != ALPHA})
-    return bar
+def attach_progress_bar(trainer: Engine, desc: str = "train") -> Any:
+    """Ignite's tqdm ProgressBar on a terminal; plain lines every 10 s elsewhere (`nas.progress`: a log
+    file or CI holds no carriage-return frames); nothing with NAS_PROGRESS=off."""
+    from nas import progress
+
+    chosen = progress.mode()
+    if chosen == "off":
+        return None
+    if chosen == "bar":
+        bar = ProgressBar(persist=False)
+        bar.attach(
+            trainer, output_transform=lambda out: {k: v for k, v in _scalars(out).items() if k != ALPHA}
+        )
+        return bar
+    lines = progress.LineProgress(None, desc)
+
+    @trainer.on(Events.STARTED)
+    def _start(engine: Engine) -> None:
+        lines.total = engine.state.max_epochs * (engine.state.epoch_length or 0) or None
+        lines.n = engine.state.iteration  # a resumed run counts on from its checkpoint
+
+    @trainer.on(Events.ITERATION_COMPLETED)
+    def _step(engine: Engine) -> None:
+        total = _scalars(engine.state.output).get("total")
+        lines.update(postfix="" if total is None else f"loss {total:.4f}")
+
+    trainer.add_event_handler(Events.COMPLETED, lambda _: lines.close())
+    return lines
 
 
 def attach_tensorboard(

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from timm.optim import param_groups_weight_decay
 from torch import nn
 
 
@@ -66,6 +65,8 @@ def build_optimizer(
             betas=cfg.betas,
             eps=cfg.eps,
         )
+    from timm.optim import param_groups_weight_decay  # here: reading OptimConfig needs no timm import
+
     groups = param_groups_weight_decay(model, cfg.weight_decay, no_weight_decay_list=no_weight_decay)
     params = [p for group in groups for p in group["params"]]
     if not params:

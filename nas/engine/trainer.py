@@ -56,10 +56,20 @@ class TrainConfig:
     # another (NAS stage 2) may want the full α from its first step: set false.
     alpha_ramp: bool = True
     grad_clip_norm: float | None = None  # ALBEF does not clip
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 = autocast; weights and optimizer stay fp32
+    # bf16 = autocast (weights and optimizer stay fp32); auto = bf16 where the device computes it natively
+    # (CUDA with bf16, a CPU with AVX-512-BF16 or AMX), fp32 elsewhere: `resolve_precision`. The default
+    # stays fp32: bf16 numbers differ from fp32 ones, and auto would make them differ between machines.
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"
     compile: bool = False  # torch.compile the model (first compile takes ~70 s on CPU)
     checkpoint_every_epochs: int = 1  # ALBEF saves after every epoch
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = 2  # epoch checkpoints kept while the run trains (a damaged newest falls back)
+    # True: once the run completes, last.pt is all that is kept (the epoch checkpoints are deleted; a rerun
+    # of the finished run resumes from last.pt, with nothing left to train). The pipeline's stages set it.
+    prune_when_done: bool = False
+    # What last.pt keeps: "full" (everything: a later stage can take over the optimizer, as NAS stage 2
+    # does from stage 1) or "weights" (no optimizer moments: half the bytes; the finished run can be read,
+    # scored and initialise another stage's model, but not trained further).
+    final_state: Literal["full", "weights"] = "full"
     log_every_steps: int = 10  # TensorBoard scalars
     progress_bar: bool = True
     image_key: str = "image"  # batch entry whose leading dimension counts the images
@@ -84,6 +94,8 @@ class TrainConfig:
             raise ValueError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         if self.log_every_steps < 1:
             raise ValueError(f"log_every_steps must be >= 1, got {self.log_every_steps}")
+        if self.final_state not in ("full", "weights"):
+            raise ValueError(f"final_state must be 'full' or 'weights', got {self.final_state!r}")
 
 
 _ADVICE = (
@@ -122,12 +134,31 @@ def first_non_finite(named: list[tuple[str, torch.Tensor]]) -> str:
     return next((name for name, t in named if not bool(torch.isfinite(t).all())), "?")
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bf16 natively: CUDA with bf16 support, or a CPU with AVX-512-BF16 or AMX
+    tiles (oneDNN's bf16 kernels; without them bf16 is emulated and slower than fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`train.precision` as the run uses it: 'auto' becomes 'bf16' where `native_bf16(device)`, else 'fp32'."""
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision
+
+
 def autocast_context(precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
     """A factory of the forward's autocast context; bf16 where the device supports it, else an error."""
+    precision = resolve_precision(precision, device)
     if precision == "fp32":
         return contextlib.nullcontext
     if precision != "bf16":
-        raise ValueError(f"train.precision must be 'fp32' or 'bf16', got {precision!r}")
+        raise ValueError(f"train.precision must be 'fp32', 'bf16' or 'auto', got {precision!r}")
     supported = torch.amp.is_autocast_available(device.type) and (
         device.type != "cuda" or torch.cuda.is_bf16_supported()
     )

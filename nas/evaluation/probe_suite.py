@@ -1,6 +1,11 @@
 """Every fine-grained probe benchmark under a list of pair scorers, through the official-format
 loaders (ARO, Winoground, VALSE, SugarCrepe; BENCHMARKS.md). Recipe-agnostic: ALBEF/NAS (ITM, ITC),
-MUG (caption likelihood) and UTA (student-teacher cosine) all come through here."""
+MUG (caption likelihood) and UTA (student-teacher cosine) all come through here.
+
+The probe folder's manifest says what is scored: the synthetic probes (`nas.data.probes.write_probes`,
+`data.source: synthetic`) or the real, downloaded benchmark folders
+(`nas.data.benchmark_folders.write_benchmark_manifest`, `data.source: files`); both are read by
+`nas.data.probes.probe_benchmarks` and scored by the same loaders and metrics."""
 
 from __future__ import annotations
 
@@ -38,22 +43,24 @@ def run_probe_suite(
         raise ValueError(f"benchmarks {unknown} are not among the probes {sorted(suite)} in {probes_root}")
     if scores_dir is not None:
         Path(scores_dir).mkdir(parents=True, exist_ok=True)
+    from nas.progress import progress
+
     results: dict[str, dict[str, Any]] = {}
-    for scorer in scorers:
-        for name in names:
-            spec = suite[name]
-            config = {**spec["config"], **(config_for(scorer, name) if config_for else {})}
-            result = evaluate_benchmark(
-                name,
-                spec["root"],
-                scorer,
-                config,
-                score_file=None if scores_dir is None else Path(scores_dir) / f"{name}.{scorer.name}.jsonl",
-                **spec["load_options"],
-            )
-            result.pop("scores", None)  # kept in the score file, not in the metrics JSON
-            per_case = result.pop("outcomes", None)  # one value per case: not for the metrics JSON either
-            if outcomes is not None and per_case is not None:
-                outcomes.setdefault(name, {})[scorer.name] = per_case
-            results.setdefault(name, {})[scorer.name] = result
+    pairs = [(scorer, name) for scorer in scorers for name in names]
+    for scorer, name in progress(pairs, desc="fine-grained probes (benchmark x scorer)"):
+        spec = suite[name]
+        config = {**spec["config"], **(config_for(scorer, name) if config_for else {})}
+        result = evaluate_benchmark(
+            name,
+            spec["root"],
+            scorer,
+            config,
+            score_file=None if scores_dir is None else Path(scores_dir) / f"{name}.{scorer.name}.jsonl",
+            **spec["load_options"],
+        )
+        result.pop("scores", None)  # kept in the score file, not in the metrics JSON
+        per_case = result.pop("outcomes", None)  # one value per case: not for the metrics JSON either
+        if outcomes is not None and per_case is not None:
+            outcomes.setdefault(name, {})[scorer.name] = per_case
+        results.setdefault(name, {})[scorer.name] = result
     return results

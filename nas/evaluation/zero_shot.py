@@ -7,7 +7,7 @@ embedding. The same frozen text tower serves the teacher's own image embeddings 
 student's, so the two accuracies are directly comparable.
 
 The prompts name one object, so the figures are computed on single-object scenes (where "the
-object" is unambiguous; `scene_attributes` labels a scene by its largest object).
+object" is unambiguous; there `scene_attributes`' colour, shape and size are that object's).
 """
 
 from __future__ import annotations
@@ -55,11 +55,14 @@ def zero_shot_accuracy(
     labels: dict[str, Sequence[str | None]],
     classifier: Classifier,
     rows: Sequence[int] | None = None,
+    outcomes: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """{attribute: {"accuracy", "chance" (percent), "n", "n_classes"}} over `rows` (default: all).
 
     `image_embeddings` [N, D] are L2-normalised, one per labelled image; rows labelled None are
     skipped; a label outside the prompt classes is an error (the prompts do not cover the data).
+    `outcomes=True` adds "_correct" (0/1 per evaluated row, in order) and "_rows" (their indices):
+    the per-case data of the bootstrap intervals (`nas.evaluation.linear_probe.public` drops them).
     """
     n = image_embeddings.shape[0]
     rows = list(range(n)) if rows is None else list(rows)
@@ -77,13 +80,15 @@ def zero_shot_accuracy(
             raise ValueError(f"{attribute}: no labelled image among the evaluated rows")
         logits = image_embeddings[kept].float() @ classes.to(image_embeddings.device).T
         predicted = [names[j] for j in logits.argmax(dim=1).tolist()]
-        correct = sum(p == labels[attribute][i] for p, i in zip(predicted, kept, strict=True))
+        hits = [float(p == labels[attribute][i]) for p, i in zip(predicted, kept, strict=True)]
         out[attribute] = {
-            "accuracy": 100.0 * correct / len(kept),
+            "accuracy": 100.0 * sum(hits) / len(kept),
             "chance": 100.0 / len(names),
             "n": len(kept),
             "n_classes": len(names),
         }
+        if outcomes:
+            out[attribute] |= {"_correct": hits, "_rows": kept}
     return out
 
 

@@ -27,13 +27,13 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
+# bert-base-uncased WordPiece ids: defined once, by the data layer that produces them (re-exported here).
+from nas.data.tokenizer import CLS_ID, MASK_ID, PAD_ID, SEP_ID  # noqa: F401
+from nas.data.tokenizer import VOCAB_SIZE as BERT_VOCAB_SIZE
 from nas.models.pretrained import LoadReport, PretrainedWeightsError, load_checked, read_state_dict
 
 logger = logging.getLogger(__name__)
 
-# bert-base-uncased WordPiece ids (the contract with the data layer).
-PAD_ID, CLS_ID, SEP_ID, MASK_ID = 0, 101, 102, 103
-BERT_VOCAB_SIZE = 30522
 _BERT_INIT_STD = 0.02  # BERT's initializer_range; used for the new (cross-attention) weights too [B]
 
 

@@ -127,3 +127,52 @@ class ContrastiveLoss(nn.Module):
         gathered_ids = self.gather(ids) if self.match_ids else None
         self.image_queue.enqueue(self.gather(image_feat_m), gathered_ids)
         self.text_queue.enqueue(self.gather(text_feat_m), gathered_ids)
+
+
+def itc_with_negative_texts(
+    itc: ContrastiveLoss,
+    image_feat: torch.Tensor,
+    text_feat: torch.Tensor,
+    image_feat_m: torch.Tensor,
+    text_feat_m: torch.Tensor,
+    negative_text_feat_m: torch.Tensor,
+    *,
+    alpha: float,
+    ids: torch.Tensor | None = None,
+) -> ITCOutput:
+    """ITC of `itc` (its temperature and queues) with one extra negative text per image (NTA, §5).
+
+    Image→text scores `[B, 2B + K]`: columns are the batch's momentum texts, the NTA captions' momentum
+    texts, then the text queue; the NTA columns get target 0 except through momentum distillation (their
+    share of `softmax(s_m / τ)`), like every other negative. Text→image is exactly `itc`'s. As in ALBEF,
+    the columns are momentum features, so the gradient of the i2t term reaches the image side only.
+    The queues are not touched here (the caller enqueues the batch's own features).
+    """
+    batch_size = image_feat.shape[0]
+    if negative_text_feat_m.shape != text_feat_m.shape:
+        raise ValueError(
+            f"negative_text_feat_m must match text_feat_m {tuple(text_feat_m.shape)} (one negative caption per "
+            f"pair), got {tuple(negative_text_feat_m.shape)}"
+        )
+    if itc.match_ids and ids is None:
+        raise ValueError("ContrastiveLoss(match_ids=True) needs the batch's image ids")
+    with torch.no_grad():
+        itc.temp.clamp_(TEMP_MIN, TEMP_MAX)
+        image_queue, text_queue = itc.image_queue.features.clone(), itc.text_queue.features.clone()
+        image_all = torch.cat([image_feat_m, image_queue])
+        text_all = torch.cat([text_feat_m, negative_text_feat_m, text_queue])
+        match = itc.match_ids
+        # Both queues hold the same ids (they are enqueued together), so one positive mask serves both sides.
+        all_ids = torch.cat([ids, itc.image_queue.ids.clone()]) if match else None
+        positives = positive_targets(
+            batch_size, image_all.shape[0], ids if match else None, all_ids, device=image_feat.device
+        ).to(image_feat.dtype)
+        # The NTA columns never hold a positive, with or without id matching.
+        no_match = positives.new_zeros(batch_size, batch_size)
+        positives_i2t = torch.cat([positives[:, :batch_size], no_match, positives[:, batch_size:]], dim=1)
+        targets_i2t = distillation_targets(image_feat_m @ text_all.t() / itc.temp, positives_i2t, alpha)
+        targets_t2i = distillation_targets(text_feat_m @ image_all.t() / itc.temp, positives, alpha)
+    sim_i2t = image_feat @ text_all.t() / itc.temp
+    sim_t2i = text_feat @ image_all.t() / itc.temp
+    loss = (soft_cross_entropy(sim_i2t, targets_i2t) + soft_cross_entropy(sim_t2i, targets_t2i)) / 2
+    return ITCOutput(loss, sim_i2t, sim_t2i)

@@ -1,11 +1,13 @@
 """The MUG section of reports/results.md (MUG_UTA.md §1) and its sample figure.
 
 `section(metrics_dir, reports_dir)` reads `metrics/mug/{pretrain,evaluate}.json` (written by
-experiments/mug.py) and returns markdown: the ablation table (linear probes per scene attribute with
-chance levels, caption exact match, held-out losses, mean ± std over seeds), caption exact match per
-attribute, held-out losses against initialisation and the trivial baselines, and sample captions.
-It copies the figure `mug_evaluate` drew (test images, masked view, reconstruction, caption) into
-`reports_dir/figures`. The fine-grained probe rows go into the shared tables from
+experiments/mug.py) and returns markdown: the findings (each claim's effect, 95 % interval over seeds
+and cases, verdict; nas/reporting/recipe_findings.py), the linear probes per scene attribute of every
+arm beside the untrained encoder, chance and the majority rate, with intervals; whether the caption
+branch uses the image (held-out caption cross-entropy given the own vs a shuffled image); caption
+exact match per attribute; held-out losses against initialisation and the trivial baselines; sample
+captions. It copies the figure `mug_evaluate` drew (test images, masked view, reconstruction,
+caption) into `reports_dir/figures`. The fine-grained probe rows go into the shared tables from
 `metrics/fine_grained/mug.json` (nas/reporting/results.py).
 """
 
@@ -18,14 +20,18 @@ from typing import Any
 
 import torch
 
-from nas.evaluation.scene_attributes import ATTRIBUTES, CAPTION_ATTRIBUTES, PIXEL_ATTRIBUTES
+from nas.evaluation.scene_attributes import ATTRIBUTES, KIND
 from nas.evaluation.seeds import fmt_mean_std
 from nas.reporting.atomic import copy_file, save_figure
+from nas.reporting.recipe_findings import FindingsConfig, interval_cell
+from nas.reporting.recipe_findings import legend as findings_legend
+from nas.reporting.recipe_findings import table as findings_table
 
 ARM_LABELS = {
     "mae_only": "MAE only (cap_weight 0)",
     "caption_only": "caption only (recon_weight 0)",
     "mug": "MUG",
+    "untrained": "untrained encoder (same seeds)",
 }
 MATCH_COLUMNS = ("count", "colour", "shape", "size", "objects", "relation", "all", "caption")
 UNTRAINED = "— (not trained)"
@@ -45,47 +51,118 @@ def _ms(stats: dict[str, Any] | None, digits: int = 1) -> str:
     return "n/a" if stats is None else fmt_mean_std(stats, digits)
 
 
-def ablation_table(evaluation: dict[str, Any]) -> list[str]:
-    arms = evaluation["arms"]
-    first = next(iter(arms.values()))
-    chance = {a: first["per_seed"][0]["probes"][a]["chance"] for a in ATTRIBUTES}
-    majority = {a: first["per_seed"][0]["probes"][a]["majority"] for a in ATTRIBUTES}
-    header = " | ".join(
-        f"{a} {'(caption)' if a in CAPTION_ATTRIBUTES else '(pixel)' if a in PIXEL_ATTRIBUTES else ''}".strip()
-        for a in ATTRIBUTES
-    )
+def _models(evaluation: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(name, block) of the untrained baseline (when scored) and every arm."""
+    out = [("untrained", evaluation["untrained"])] if "untrained" in evaluation else []
+    return out + list(evaluation["arms"].items())
+
+
+def _first_probes(evaluation: dict[str, Any]) -> dict[str, Any]:
+    name, block = _models(evaluation)[0]
+    return block["per_seed"][0]["probes"]
+
+
+def probe_table(evaluation: dict[str, Any]) -> list[str]:
+    """Probe accuracy per attribute: mean [95 % interval over seeds and cases] (mean ± std over seeds
+    where no interval was stored), every model, then chance, the majority rate and the test rows."""
+    attributes = [a for a in ATTRIBUTES if a in _first_probes(evaluation)]
+    info = evaluation.get("attributes", {})
+    intervals = evaluation.get("probe_intervals", {})
+    learned = evaluation.get("learned_attributes", {})
+
+    def head(a: str) -> str:
+        kind = info.get(a, {}).get("kind", KIND.get(a, ""))
+        feature = info.get(a, {}).get("feature")
+        mark = "" if learned.get(a, True) else " †"
+        return f"{a} ({kind}{', ' + feature if feature else ''}){mark}"
+
     lines = [
-        f"| arm | seeds | {header} | greedy caption: all attributes | held-out MSE | held-out caption CE |",
-        "|---|---:|" + "---:|" * len(ATTRIBUTES) + "---:|---:|---:|",
+        "| model | seeds | " + " | ".join(head(a) for a in attributes) + " |",
+        "|---|---:|" + "---:|" * len(attributes),
     ]
-    for arm, block in arms.items():
+    for name, block in _models(evaluation):
+        cells = []
+        for a in attributes:
+            if a in intervals.get(name, {}):
+                cells.append(interval_cell(intervals[name][a]))
+            else:
+                stats = block["summary"]["probes"].get(a, {}).get("accuracy")
+                cells.append(_ms(stats) if isinstance(stats, dict) else "skipped")
+        lines.append(f"| {_label(name)} | {len(block['seeds'])} | " + " | ".join(cells) + " |")
+    first = _first_probes(evaluation)
+
+    def row(label: str, key: str, digits: int = 1) -> str:
+        values = [first[a].get(key) for a in attributes]
+        shown = [
+            "—" if v is None else (f"{v:.{digits}f}" if isinstance(v, float) else str(v)) for v in values
+        ]
+        return f"| {label} | | " + " | ".join(shown) + " |"
+
+    lines += [
+        row("chance (1 / classes)", "chance"),
+        row("majority class", "majority"),
+        row("test rows", "n_test"),
+    ]
+    return lines
+
+
+def ablation_table(evaluation: dict[str, Any]) -> list[str]:
+    """One line per arm: greedy caption exact match and the held-out losses (mean ± std over seeds)."""
+    lines = [
+        "| arm | seeds | greedy caption: all attributes | held-out MSE | held-out caption CE |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for arm, block in _models(evaluation):
         s = block["summary"]
-        probes = " | ".join(_ms(s["probes"][a]["accuracy"]) for a in ATTRIBUTES)
-        captions = (
-            _ms(s["captions"]["greedy"]["all"]["accuracy"]) if _trains(block, "cap_weight") else UNTRAINED
-        )
+        greedy = s.get("captions", {}).get("greedy", {}).get("all", {}).get("accuracy")
+        captions = _ms(greedy) if _trains(block, "cap_weight") and greedy else UNTRAINED
+        if arm == "untrained" and greedy:
+            captions = _ms(greedy)
         mse = _ms(s["heldout"]["recon_mse"], 3) if _trains(block, "recon_weight") else UNTRAINED
         ce = _ms(s["heldout"]["caption_ce"], 3) if _trains(block, "cap_weight") else UNTRAINED
-        lines.append(f"| {_label(arm)} | {len(block['seeds'])} | {probes} | {captions} | {mse} | {ce} |")
-    lines.append(
-        "| chance (1 / classes) | | " + " | ".join(f"{chance[a]:.1f}" for a in ATTRIBUTES) + " | | | |"
-    )
-    lines.append("| majority class | | " + " | ".join(f"{majority[a]:.1f}" for a in ATTRIBUTES) + " | | | |")
+        if arm == "untrained":
+            mse, ce = _ms(s["heldout"]["recon_mse"], 3), _ms(s["heldout"]["caption_ce"], 3)
+        lines.append(f"| {_label(arm)} | {len(block['seeds'])} | {captions} | {mse} | {ce} |")
+    return lines
+
+
+def image_use_table(evaluation: dict[str, Any]) -> list[str]:
+    """Held-out caption CE given the own image vs a shuffled one (masked view and full image)."""
+    lines = [
+        "| arm | masked view: own image | shuffled image | full image: own image | shuffled image |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for arm, block in _models(evaluation):
+        if arm != "untrained" and not _trains(block, "cap_weight"):
+            continue
+        h = block["summary"]["heldout"]
+        if "caption_ce_shuffled_image" not in h:
+            continue
+        lines.append(
+            f"| {_label(arm)} | {_ms(h['caption_ce'], 3)} | {_ms(h['caption_ce_shuffled_image'], 3)} | "
+            f"{_ms(h['caption_ce_full_image'], 3)} | {_ms(h['caption_ce_full_image_shuffled'], 3)} |"
+        )
     return lines
 
 
 def caption_table(evaluation: dict[str, Any]) -> list[str]:
     lines = [
-        "| arm | decoding | " + " | ".join(MATCH_COLUMNS) + " |",
-        "|---|---|" + "---:|" * len(MATCH_COLUMNS),
+        "| model | decoding | seeds | " + " | ".join(MATCH_COLUMNS) + " |",
+        "|---|---|---:|" + "---:|" * len(MATCH_COLUMNS),
     ]
-    for arm, block in evaluation["arms"].items():
-        if not _trains(block, "cap_weight"):
+    for arm, block in _models(evaluation):
+        if arm != "untrained" and not _trains(block, "cap_weight"):
             continue  # its caption decoder never trained
         for method in ("greedy", "beam"):
-            match = block["summary"]["captions"][method]
+            match = block["summary"].get("captions", {}).get(method)
+            if not match:
+                continue
+            seeds = next(
+                iter(v["accuracy"]["n"] for v in match.values() if isinstance(v, dict) and "accuracy" in v),
+                "",
+            )
             cells = " | ".join(_ms(match[k]["accuracy"]) if k in match else "n/a" for k in MATCH_COLUMNS)
-            lines.append(f"| {_label(arm)} | {method} | {cells} |")
+            lines.append(f"| {_label(arm)} | {method} | {seeds} | {cells} |")
     return lines
 
 
@@ -127,12 +204,25 @@ def section(metrics_dir: Path, reports_dir: Path) -> list[str]:
     pretrain = json.loads(pretrain_file.read_text()) if pretrain_file.is_file() else {}
     arms = list(evaluation["arms"])
     seeds = next(iter(evaluation["arms"].values()))["seeds"]
+    settings = evaluation.get("findings_settings", {})
+    cfg = FindingsConfig(
+        level=settings.get("level", 0.95),
+        resamples=settings.get("resamples", 2000),
+        margin=settings.get("margin", 2.0),
+    )
+    percent = f"{100 * cfg.level:g} %"
     lines = [
         "## MUG: masked image reconstruction + captioning (MUG_UTA.md §1)",
         "",
-        f"Arms {', '.join(_label(a) for a in arms)}; equal steps; seeds {seeds}; mean ± std (sample std) "
-        "over seeds. Linear probes: logistic regression on frozen, unmasked encoder features, test "
-        "accuracy in percent. (caption) = attributes the captions name, (pixel) = only pixels carry them.",
+        f"Arms {', '.join(_label(a) for a in arms)}; equal steps; seeds {seeds}; beside them the untrained "
+        "encoder of the same seeds (same architecture, same probes). Linear probes: logistic regression on "
+        "frozen, unmasked encoder features; every label is a function of the rendered image "
+        "(nas/evaluation/scene_attributes.py: the main object is the unique largest one, the relation is "
+        "that of a two-object scene's pair, tested over the generator). (caption) = attributes every "
+        "caption states in words, (pixel) = attributes no caption states (absolute position). Attributes "
+        "about *where* (relation, position) are probed on patch tokens pooled to a grid, the others on "
+        f"mean-pooled tokens. Cells: test accuracy in percent, mean over seeds [{percent} interval over seeds "
+        "and test scenes]; † = the full model is not above chance there (the claims do not judge it).",
     ]
     captions = pretrain.get("captions")
     if captions:
@@ -142,7 +232,28 @@ def section(metrics_dir: Path, reports_dir: Path) -> list[str]:
             f"{captions['empty_skipped']} empty ones skipped; decoder vocabulary {pretrain.get('vocabulary_size')} "
             "slots (the CLIP BPE ids of the training captions, SOT, EOT, UNK).",
         ]
-    lines += ["", "### Ablation", "", *ablation_table(evaluation)]
+    if evaluation.get("findings"):
+        lines += [
+            "",
+            "### Findings",
+            "",
+            findings_legend(cfg) + f" Non-inferiority margin: {cfg.margin:g} points.",
+            "",
+            *findings_table(evaluation["findings"], cfg),
+        ]
+    lines += ["", "### Linear probes per scene attribute", "", *probe_table(evaluation)]
+    lines += ["", "### Captions and held-out losses", "", *ablation_table(evaluation)]
+    image_use = image_use_table(evaluation)
+    if len(image_use) > 2:
+        lines += [
+            "",
+            "### Does the caption branch use the image?",
+            "",
+            "Held-out caption cross-entropy (nats per token) of each caption given its own image and given "
+            "another scene's image (a fixed derangement); mean ± std over seeds:",
+            "",
+            *image_use,
+        ]
     lines += [
         "",
         "### Caption exact match per attribute (test images, % of scenes)",

@@ -102,7 +102,7 @@ def _error(params, *overrides, variant=None, source="params.yaml") -> str:
     return message
 
 
-@pytest.mark.parametrize("profile", ["params.yaml", "params/paper.yaml"])
+@pytest.mark.parametrize("profile", ["params.yaml", "profiles/paper/params.yaml"])
 def test_shipped_params_validate_clean_for_every_variant(profile, shipped):
     from nas.config.schema import check_params
 

@@ -35,7 +35,7 @@ def run_kind(stage="pretrain_stage1", variant="nas", params="params.yaml", overr
         ({}, [], "./params.yaml", True),
         ({}, [], str(ROOT / "params.yaml"), True),
         ({}, ["pretrain_stage1.train.epochs=2"], "params.yaml", False),
-        ({}, [], "params/paper.yaml", False),
+        ({}, [], "profiles/paper/params.yaml", False),
         # DVC 3 sets DVC_STAGE (and DVC_ROOT) for every stage command: `<stage>@<foreach key>`.
         ({"DVC_STAGE": "pretrain_stage1@nas", "DVC_ROOT": str(ROOT)}, [], "params.yaml", True),
         ({"DVC_STAGE": "pretrain_stage1@nas"}, ["seed=1"], "params.yaml", True),  # the stage's own command
@@ -57,7 +57,7 @@ def test_stages_without_a_variant_match_their_dvc_name():
 
 def test_the_reason_names_what_made_a_run_ad_hoc():
     assert run_kind(overrides=["a.b=1", "c=x y"])[1] == "--set a.b=1 --set 'c=x y'"
-    assert run_kind(params="params/paper.yaml")[1] == "--params params/paper.yaml"
+    assert run_kind(params="profiles/paper/params.yaml")[1] == "--params profiles/paper/params.yaml"
     assert "DVC_STAGE=report" in run_kind(env={"DVC_STAGE": "report"})[1]
 
 
@@ -77,8 +77,8 @@ def test_different_override_sets_get_different_folders():
         tag("seed=1"),
         tag("seed=2"),
         tag("seed=1", "loader.num_workers=1"),
-        tag("seed=1", params="params/paper.yaml"),
-        tag(params="params/paper.yaml"),
+        tag("seed=1", params="profiles/paper/params.yaml"),
+        tag(params="profiles/paper/params.yaml"),
         tag("a={x: 1}", "a.y=2"),
         tag("a.y=2", "a={x: 1}"),  # the later item replaces the earlier: another result
     }

@@ -1,4 +1,4 @@
-"""The paper card as data, and the paper profile (params/paper.yaml) that must satisfy it."""
+"""The paper card as data, and the paper profile (profiles/paper/params.yaml) that must satisfy it."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from nas.config.paper_card import (
 from nas.config.params import load_params, resolve
 
 ROOT = Path(__file__).resolve().parents[2]
-PAPER = ROOT / "params" / "paper.yaml"
+PAPER = ROOT / "profiles" / "paper" / "params.yaml"
 DEFAULT = ROOT / "params.yaml"
 
 # NAS_METHOD.md §1, one entry per table row.

@@ -13,7 +13,7 @@ from nas.config import ConfigError, merge
 from nas.config.params import load_params, resolve, variant_chain, variant_lineage, variants_of
 
 ROOT = Path(__file__).resolve().parents[2]
-PROFILES = ["params.yaml", "params/paper.yaml"]
+PROFILES = ["params.yaml", "profiles/paper/params.yaml"]
 SHIPPED = ("albef", "vd", "nas")
 K32 = {"base": "nas", "model": {"overrides": {"vd": {"num_codes": 32}}}}
 

@@ -488,3 +488,43 @@ def test_a_size_the_scenes_cannot_supply_names_the_benchmark_and_writes_nothing(
 def test_count_cases_agrees_with_the_written_manifest(probes: Path, data_root: Path) -> None:
     scenes = json.loads((data_root / "test_scenes.json").read_text())
     assert count_cases(scenes, SYNTHETIC, SMALL) == _read(probes / "manifest.json")["counts"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The manifest's roots and text tools, as real benchmark folders (nas.data.benchmark_folders) use them
+
+
+def test_manifest_roots_may_be_absolute_or_lead_out_of_its_folder_and_name_the_text_tools(
+    probes: Path, tmp_path: Path
+) -> None:
+    import os
+
+    manifest = _read(probes / "manifest.json")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    specs = manifest["benchmarks"]
+    specs["valse"]["root"] = str((probes / "valse").resolve())  # absolute
+    specs["sugarcrepe"]["root"] = os.path.relpath((probes / "sugarcrepe").resolve(), elsewhere.resolve())
+    specs["vg_relation"]["root"] = "../missing"  # resolved, not checked here
+    specs["coco_order"]["root"] = str(probes / "coco_order")
+    (elsewhere / "manifest.json").write_text(json.dumps(manifest))
+    suite = probe_benchmarks(elsewhere)
+    assert specs["sugarcrepe"]["root"].startswith("..")
+    assert suite["valse"]["root"] == (probes / "valse").resolve()
+    assert suite["sugarcrepe"]["root"] == (probes / "sugarcrepe").resolve()
+    assert suite["sugarcrepe"]["config"]["annotation_dir"] == str((probes / "sugarcrepe").resolve())
+    assert suite["vg_relation"]["root"] == (tmp_path / "missing").resolve()
+    oracle = _oracle(probes)
+    for name in ("valse", "sugarcrepe"):
+        moved = evaluate_benchmark(name, suite[name]["root"], oracle, suite[name]["config"])
+        here = probe_benchmarks(probes)[name]
+        assert moved["metrics"] == evaluate_benchmark(name, here["root"], oracle, here["config"])["metrics"]
+    # The synthetic manifest names its own tools; real folders name spaCy / NLTK (the loader's defaults).
+    assert set(suite["coco_order"]["load_options"]) == {"tagger", "tokenizer"}
+    specs["coco_order"]["load_options"] = {"tagger": "spacy_tagger", "tokenizer": "nltk_tokenizer"}
+    (elsewhere / "manifest.json").write_text(json.dumps(manifest))
+    assert probe_benchmarks(elsewhere)["coco_order"]["load_options"] == {}
+    specs["coco_order"]["load_options"] = {"tagger": "stanza"}
+    (elsewhere / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ProbeError, match="unknown tagger 'stanza'"):
+        probe_benchmarks(elsewhere)

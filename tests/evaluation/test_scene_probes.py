@@ -16,33 +16,39 @@ def _obj(shape, colour, size, x, y, radius):
     return {"shape": shape, "colour": colour, "size": size, "x": x, "y": y, "radius": radius}
 
 
-def test_main_object_is_the_largest_and_relation_is_first_pair():
+def test_main_object_is_the_unique_largest_and_relation_is_the_pair_by_palette():
     scene = {
         "image": "a.png",
         "image_size": 64,
-        "objects": [_obj("circle", "red", "small", 50, 10, 6), _obj("square", "blue", "large", 10, 40, 11)],
+        "objects": [_obj("circle", "blue", "small", 50, 10, 6), _obj("square", "red", "large", 10, 40, 11)],
     }
     assert scene_attributes(scene) == {
         "count": "2",
-        "colour": "blue",
+        "colour": "red",
         "shape": "square",
-        "size": "large",
+        "size": "mixed",
+        "relation": "left of",  # red (first in the palette, x 10) is left of blue (x 50): |dx| 40 > |dy| 30
         "hpos": "left",  # x 10 of 64: first third
         "vpos": "middle",  # y 40 of 64: second third
-        "relation": "right of",  # object 0 (x 50) is right of object 1 (x 10): |dx| 40 > |dy| 30
     }
+    swapped = dict(scene, objects=scene["objects"][::-1])  # the same image
+    assert scene_attributes(swapped) == scene_attributes(scene)
 
 
-def test_single_object_has_no_relation_and_ties_take_the_first():
+def test_single_object_has_no_relation_and_a_tie_has_no_main_object():
     scene = {"image": "b.png", "image_size": 64, "objects": [_obj("cross", "green", "small", 60, 63, 6)]}
-    assert scene_attributes(scene)["relation"] is None
+    assert scene_attributes(scene)["relation"] is None and scene_attributes(scene)["size"] == "small"
     assert scene_attributes(scene)["hpos"] == "right" and scene_attributes(scene)["vpos"] == "bottom"
     two = {
         "image": "c.png",
         "image_size": 64,
         "objects": [_obj("cross", "green", "small", 5, 5, 6), _obj("circle", "red", "small", 50, 50, 6)],
     }
-    assert scene_attributes(two)["colour"] == "green"
+    labels = scene_attributes(two)
+    assert labels["colour"] is labels["shape"] is labels["hpos"] is None and labels["size"] == "small"
+    assert (
+        labels["relation"] == "right of"
+    )  # red (x 50) is right of green (x 5): |dx| 45 = |dy| 45, horizontal
 
 
 def test_malformed_scene_file_names_file_and_record(tmp_path):

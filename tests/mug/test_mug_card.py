@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_paper_profile_passes_and_every_card_path_exists():
-    view = mug_view(resolve(load_params(ROOT / "params/paper.yaml"), None))
+    view = mug_view(resolve(load_params(ROOT / "profiles/paper/params.yaml"), None))
     assert [p for p in card_paths(CARD) if lookup(view, p) is MISSING] == []
     rows = audit(view, CARD)
     assert exit_code(rows) == 0, [r for r in rows if r.verdict == DEVIATION]

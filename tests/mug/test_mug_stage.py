@@ -149,13 +149,30 @@ def test_stages_end_to_end_resume_and_report(tiny_project, monkeypatch, keep_tor
         "caption-ll" in b for b in per_seed.values()
     )
     config = json.loads(Path("runs/mug_pretrain/mae_only/seed1/config.json").read_text())
-    assert config["mug"]["model"]["overrides"] == {"cap_weight": 0.0} and config["run"] == {
+    # the untrained baseline: same seeds, same probes, its held-out losses are every arm's "initial"
+    untrained = result["untrained"]
+    assert untrained["seeds"] == [0, 1] and set(untrained["per_seed"][0]["probes"]) == set(
+        mug["per_seed"][0]["probes"]
+    )
+    assert mug["per_seed"][1]["initial"] == untrained["per_seed"][1]["heldout"]
+    assert "caption_ce_shuffled_image" in mug["per_seed"][0]["heldout"]
+    assert result["findings"] and all(
+        row["verdict"] in ("reproduced", "opposite", "inconclusive", "not judged")
+        for row in result["findings"]
+    )
+    assert {"mae_only", "mug", "untrained"} <= set(result["probe_intervals"])
+    assert Path("runs/mug_evaluate/cases/untrained/seed1.json").is_file()
+    assert result["arms"]["mae_only"]["per_seed"][0]["captions"] == {}  # no trained captioner: not captioned
+    assert config["mug"]["model"]["overrides"] == {"mask_ratio": 0.5, "cap_weight": 0.0} and config[
+        "run"
+    ] == {
         "arm": "mae_only",
         "seed": 1,
     }
 
     lines = section(Path("metrics"), Path("reports"))
     text = "\n".join(lines)
-    assert "### Ablation" in text and "MAE only (cap_weight 0)" in text and "chance (1 / classes)" in text
+    assert "### Findings" in text and "MAE only (cap_weight 0)" in text and "chance (1 / classes)" in text
+    assert "| untrained encoder (same seeds) | 2 |" in text
     assert Path("reports/figures/mug_samples.png").is_file()
     assert section(Path("nowhere"), Path("reports")) == []

@@ -173,6 +173,22 @@ def test_dvc_repro_small_profile(tmp_path):
     # the recipes' rows join the shared fine-grained tables (MUG: 1 seed, UTA: 2 seeds)
     assert "| mug | caption-ll | 1 |" in report and "| uta | uta | 2 |" in report
     assert (work / "reports" / "figures" / "loss_curves.png").stat().st_size > 1000
+    # The DVC metric is the curated summary alone: a screenful, not every per-case file.
+    shown = json.loads(_run([str(DVC), "metrics", "show", "--json"], work, env).strip().splitlines()[-1])
+    files = next(iter(shown.values()))["data"]
+    assert sorted(files) == ["metrics/summary.json"], sorted(files)
+    summary = files["metrics/summary.json"]["data"]
+    assert sorted(summary["probes"]) == variants and sorted(summary["retrieval_r1"]) == variants
+    assert set(summary["claims"]) == {"nas_vs_albef", "nas_vs_vd", "vd_vs_albef"}
+    # Loss plots: one file per stage, one column per variant that trains it (the plots of dvc.yaml).
+    declared = {
+        next(iter(entry)): next(iter(entry.values()))["y"]
+        for entry in yaml.safe_load((work / "dvc.yaml").read_text())["plots"]
+        if isinstance(entry, dict)
+    }
+    for path, columns in declared.items():
+        header = (work / path).read_text().splitlines()[0].split(",")
+        assert header[0] == "step" and sorted(header[1:]) == sorted(columns), (path, header, columns)
 
     second = _run([str(DVC), "repro"], work, env)
     assert _stages_run(second) == set(), second

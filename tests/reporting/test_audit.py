@@ -28,7 +28,7 @@ from nas.reporting.audit import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-PAPER = ROOT / "params" / "paper.yaml"
+PAPER = ROOT / "profiles" / "paper" / "params.yaml"
 DEFAULT = ROOT / "params.yaml"
 
 

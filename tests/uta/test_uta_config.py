@@ -1,4 +1,4 @@
-"""The `uta:` params section (typed, bad values named) and its paper card (params/paper.yaml passes)."""
+"""The `uta:` params section (typed, bad values named) and its paper card (profiles/paper/params.yaml passes)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def _lookup(view, path):
 
 
 def test_the_paper_profile_matches_every_check_of_the_card():
-    view = uta_view(resolve(load_params(ROOT / "params" / "paper.yaml")))
+    view = uta_view(resolve(load_params(ROOT / "profiles" / "paper" / "params.yaml")))
     failures = [
         (path, _lookup(view, path))
         for entry in CARD

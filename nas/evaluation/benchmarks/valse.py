@@ -66,7 +66,8 @@ MIN_CAPTION_VOTES = 2  # official filter: at least 2 of 3 annotators chose the c
 
 IMAGES_HINT = (
     "VALSE ships no images. Put them in one flat folder (default <root>/images/) or map each "
-    "record's `dataset` to a folder with image_dirs_by_dataset. Sources: visual7w -> "
+    "record's `dataset` (image_dirs_by_dataset) or image-file prefix (image_dirs_by_prefix) to a "
+    "folder. Sources: visual7w -> "
     "http://vision.stanford.edu/yukezhu/visual7w_images.zip; coco2017/coco_2017 -> COCO val2017 "
     "(http://images.cocodataset.org/zips/val2017.zip); SWiG -> SWiG/imSitu images_512; "
     "VisDial_v1.0 -> COCO train2014 + val2014 (coreference-standard) and VisDial v1.0 val images "
@@ -83,6 +84,10 @@ class ValseConfig:
     files: tuple[str, ...] = VALSE_FILES
     image_dir: str = "images"  # [D] one flat folder, as FGE does (relative to the root)
     image_dirs_by_dataset: dict[str, str] = field(default_factory=dict)  # optional `dataset` -> folder
+    # Optional `image_file` prefix -> folder, before `image_dirs_by_dataset` (the longest prefix wins):
+    # one `dataset` can span folders, e.g. VisDial_v1.0 = COCO_train2014_*, COCO_val2014_* and
+    # VisualDialog_val2018_* images (coreference-standard / -hard).
+    image_dirs_by_prefix: dict[str, str] = field(default_factory=dict)
     valid_only: bool = True  # [D] official filter on; switching it off is explicit and reported
     # None: no p_c/p_f. 0.5 for an ITM match probability (the VALSE paper's binary head rule).
     match_threshold: float | None = None
@@ -98,6 +103,15 @@ class ValseConfig:
 
 def annotation_folder(config: ValseConfig) -> Path:
     return Path(config.annotation_dir) if config.annotation_dir else resource_path("valse")
+
+
+def image_folder(config: ValseConfig, dataset: str, image_file: str) -> str:
+    """The folder (relative to the root) of one record's image: the longest matching
+    `image_dirs_by_prefix` key, else `image_dirs_by_dataset[dataset]`, else `image_dir`."""
+    prefixes = [p for p in config.image_dirs_by_prefix if image_file.startswith(p)]
+    if prefixes:
+        return config.image_dirs_by_prefix[max(prefixes, key=len)]
+    return config.image_dirs_by_dataset.get(dataset, config.image_dir)
 
 
 def load_valse(
@@ -130,7 +144,7 @@ def load_valse(
             piece = field_of(record, "linguistic_phenomena", str, where)
             if config.valid_only and votes < MIN_CAPTION_VOTES:
                 continue
-            image_dir = config.image_dirs_by_dataset.get(dataset, config.image_dir)
+            image_dir = image_folder(config, dataset, image_file)
             cases.append(
                 BenchmarkCase(
                     case_id=f"{stem}/{sample_id}",
@@ -152,17 +166,15 @@ def load_valse(
 
 
 def auroc(positives: np.ndarray, negatives: np.ndarray) -> float:
-    """Area under the ROC curve in percent (Mann-Whitney U; tied scores count one half)."""
+    """Area under the ROC curve in percent (scikit-learn's roc_auc_score: tied scores count one half, the
+    Mann-Whitney U statistic the VALSE/FGE evaluation reports)."""
+    from sklearn.metrics import roc_auc_score
+
     positives, negatives = np.asarray(positives, float), np.asarray(negatives, float)
     if positives.size == 0 or negatives.size == 0:
         raise ValueError("AUROC needs at least one positive and one negative")
-    values, inverse, counts = np.unique(
-        np.concatenate([positives, negatives]), return_inverse=True, return_counts=True
-    )
-    average_rank = np.cumsum(counts) - (counts - 1) / 2.0  # 1-based mean rank of each tie block
-    ranks = average_rank[inverse]
-    u = ranks[: positives.size].sum() - positives.size * (positives.size + 1) / 2.0
-    return 100.0 * u / (positives.size * negatives.size)
+    labels = np.concatenate([np.ones(positives.size), np.zeros(negatives.size)])
+    return 100.0 * float(roc_auc_score(labels, np.concatenate([positives, negatives])))
 
 
 def caption_wins(captions: np.ndarray, foils: np.ndarray) -> np.ndarray:

@@ -1,0 +1,67 @@
+"""train.precision: 'auto' resolves by the device; a short bf16 run of the tiny ALBEF tracks fp32.
+
+Tolerance (stated): over 4 steps on the same batches from the same initial weights, every step's total
+loss under bf16 autocast is within 3 % of fp32's (bf16 keeps 8 bits of mantissa; the weights and the
+optimizer stay fp32, so the runs drift apart slowly, not at once)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from ignite.engine import Events
+
+from nas.engine import ScheduleConfig, TrainConfig, build_optimizer, create_trainer
+from nas.engine.trainer import native_bf16, resolve_precision
+from nas.models import create_model
+
+B, T = 4, 12
+
+
+def _batch(seed: int) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1000, 30000, (B, T), generator=g)
+    ids[:, 0], ids[:, -1] = 101, 102
+    return {
+        "image": torch.randn(B, 3, 64, 64, generator=g),
+        "input_ids": ids,
+        "attention_mask": torch.ones(B, T, dtype=torch.long),
+        "index": torch.arange(B),
+        "image_id": torch.arange(B),
+        "num_skipped": 0,
+    }
+
+
+def _losses(model, precision: str) -> list[float]:
+    cfg = TrainConfig(
+        precision=precision, schedule=ScheduleConfig(lr=1e-3, warmup_steps=0), progress_bar=False
+    )
+    optimizer = build_optimizer(model, cfg.optim, lr=cfg.schedule.lr)
+    trainer = create_trainer(model, optimizer, cfg, epoch_length=4)
+    totals: list[float] = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: totals.append(e.state.output["total"]))
+    torch.manual_seed(0)
+    trainer.run([_batch(i) for i in range(4)], max_epochs=1)
+    return totals
+
+
+def test_auto_is_bf16_only_where_native(monkeypatch):
+    cpu = torch.device("cpu")
+    assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
+    assert resolve_precision("auto", cpu) == ("bf16" if native_bf16(cpu) else "fp32")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert resolve_precision("auto", cpu) == "fp32"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert resolve_precision("auto", cpu) == "bf16"
+
+
+def test_a_short_bf16_run_tracks_fp32():
+    torch.manual_seed(0)
+    model = create_model("albef_tiny")
+    fp32 = _losses(copy.deepcopy(model), "fp32")
+    bf16 = _losses(copy.deepcopy(model), "bf16")
+    assert all(torch.isfinite(torch.tensor(bf16)))
+    assert bf16 == pytest.approx(fp32, rel=0.03)
+    assert bf16 != fp32  # autocast did run in bf16
