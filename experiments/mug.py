@@ -215,6 +215,7 @@ def pretrain(cfg: dict[str, Any], record: Recorder) -> None:
                 output_dir=output_dir,
                 on_epoch_end=on_epoch_end,
                 on_log_step=on_log_step,
+                tensorboard_dir=root / "runs" / "tensorboard" / "mug_pretrain" / arm / f"seed{seed}",
             )
             if idist.get_rank() != 0:
                 continue

@@ -48,6 +48,7 @@ PRETRAIN_RUN = Path("runs/uta_pretrain")
 FINETUNE_RUN = Path("runs/uta_finetune")
 EVAL_RUN = Path("runs/uta_evaluate")
 TEACHER_CHECKPOINTS = Path("checkpoints/uta_teacher")
+TENSORBOARD = Path("runs") / "tensorboard"  # training curves per stage, arm and seed
 STUDENT_CHECKPOINTS = Path("checkpoints/uta")
 FINETUNE_CHECKPOINTS = Path("checkpoints/uta_finetune")
 METRICS = Path("metrics/uta")
@@ -228,6 +229,7 @@ def stage_teacher(cfg: dict[str, Any], record: Recorder) -> None:
             output_dir=root / TEACHER_CHECKPOINTS / digest,
             on_epoch_end=on_epoch_end,
             on_log_step=on_log_step,
+            tensorboard_dir=root / TENSORBOARD / "uta_teacher",
         )
         if idist.get_rank() != 0:
             return
@@ -321,6 +323,7 @@ def stage_pretrain(cfg: dict[str, Any], record: Recorder) -> None:
                 output_dir=root / STUDENT_CHECKPOINTS / arm / f"seed{seed}" / digest,
                 on_epoch_end=on_epoch_end,
                 on_log_step=on_log_step,
+                tensorboard_dir=root / TENSORBOARD / "uta_pretrain" / arm / f"seed{seed}",
             )
             if idist.get_rank() == 0:
                 atomic_save(model.student.state_dict(), student_file(arm, seed, root))
@@ -419,6 +422,7 @@ def stage_finetune(cfg: dict[str, Any], record: Recorder) -> None:
                 output_dir=root / FINETUNE_CHECKPOINTS / f"seed{seed}" / digest,
                 on_epoch_end=on_epoch_end,
                 on_log_step=on_log_step,
+                tensorboard_dir=root / TENSORBOARD / "uta_finetune" / f"seed{seed}",
             )
             if idist.get_rank() != 0:
                 continue

@@ -204,12 +204,7 @@ def section(metrics_dir: Path, reports_dir: Path) -> list[str]:
     pretrain = json.loads(pretrain_file.read_text()) if pretrain_file.is_file() else {}
     arms = list(evaluation["arms"])
     seeds = next(iter(evaluation["arms"].values()))["seeds"]
-    settings = evaluation.get("findings_settings", {})
-    cfg = FindingsConfig(
-        level=settings.get("level", 0.95),
-        resamples=settings.get("resamples", 2000),
-        margin=settings.get("margin", 2.0),
-    )
+    cfg = FindingsConfig.from_settings(evaluation.get("findings_settings"), margin=2.0)
     percent = f"{100 * cfg.level:g} %"
     lines = [
         "## MUG: masked image reconstruction + captioning (MUG_UTA.md §1)",

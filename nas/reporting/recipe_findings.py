@@ -66,6 +66,16 @@ class FindingsConfig:
     def kwargs(self) -> dict[str, Any]:
         return {"level": self.level, "resamples": self.resamples, "seed": self.bootstrap_seed}
 
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any] | None, *, margin: float) -> FindingsConfig:
+        """From the `findings_settings` an evaluation recorded (defaults where a key is absent)."""
+        settings = settings or {}
+        return cls(
+            level=settings.get("level", 0.95),
+            resamples=settings.get("resamples", 2000),
+            margin=settings.get("margin", margin),
+        )
+
 
 Settings = FindingsConfig
 

@@ -40,6 +40,8 @@ def _mean(block: Any) -> float | None:
 
 
 def _dotted(metrics: Mapping[str, Any], path: str) -> Any:
+    """The node at a dotted path of a benchmark's metrics (a figure, or a {"mean", ...} summary cell),
+    None where it is absent."""
     node: Any = metrics
     for part in path.split("."):
         if not isinstance(node, Mapping) or part not in node:

@@ -205,12 +205,7 @@ def section(metrics_dir: Path, reports_dir: Path) -> list[str]:
     finetune = _read(uta / "finetune.json") or {}
     figure = _read(uta / "figure.json")
     main_seeds = max(len(block["seeds"]) for block in evaluation["arms"].values())
-    settings = evaluation.get("findings_settings", {})
-    cfg = FindingsConfig(
-        level=settings.get("level", 0.95),
-        resamples=settings.get("resamples", 2000),
-        margin=settings.get("margin", 5.0),
-    )
+    cfg = FindingsConfig.from_settings(evaluation.get("findings_settings"), margin=5.0)
     percent = f"{100 * cfg.level:g} %"
     threshold = evaluation.get("alignment_threshold")
     lines = [
