@@ -16,18 +16,17 @@ from typing import Any
 
 def headline_figures(replicate: Mapping[str, Any]) -> dict[str, float]:
     """{tag: value} of one evaluated replicate (percent)."""
-    from nas.evaluation.benchmarks.runner import BENCHMARKS
-    from nas.reporting.summary import _dotted
+    from nas.evaluation.benchmarks.runner import headline_node
 
     out: dict[str, float] = {}
     for key, value in ((replicate.get("retrieval") or {}).get("metrics") or {}).items():
         if isinstance(value, (int, float)):
             out[f"retrieval/{key}"] = float(value)
     for name, by_scorer in sorted((replicate.get("fine_grained") or {}).items()):
-        if not by_scorer or name not in BENCHMARKS:
+        if not by_scorer:
             continue
         result = next(iter(by_scorer.values()))  # the headline scorer comes first
-        value = _dotted(result.get("metrics") or {}, BENCHMARKS[name].headline)
+        value = headline_node(name, result.get("metrics") or {})
         if isinstance(value, (int, float)):
             out[f"probes/{name}"] = float(value)
     return out

@@ -24,8 +24,7 @@ from nas.evaluation.scene_attributes import ATTRIBUTES, KIND
 from nas.evaluation.seeds import fmt_mean_std
 from nas.reporting.atomic import copy_file, save_figure
 from nas.reporting.recipe_findings import FindingsConfig, interval_cell
-from nas.reporting.recipe_findings import legend as findings_legend
-from nas.reporting.recipe_findings import table as findings_table
+from nas.reporting.recipe_findings import section as findings_section
 
 ARM_LABELS = {
     "mae_only": "MAE only (cap_weight 0)",
@@ -227,15 +226,7 @@ def section(metrics_dir: Path, reports_dir: Path) -> list[str]:
             f"{captions['empty_skipped']} empty ones skipped; decoder vocabulary {pretrain.get('vocabulary_size')} "
             "slots (the CLIP BPE ids of the training captions, SOT, EOT, UNK).",
         ]
-    if evaluation.get("findings"):
-        lines += [
-            "",
-            "### Findings",
-            "",
-            findings_legend(cfg) + f" Non-inferiority margin: {cfg.margin:g} points.",
-            "",
-            *findings_table(evaluation["findings"], cfg),
-        ]
+    lines += findings_section(evaluation.get("findings"), cfg)
     lines += ["", "### Linear probes per scene attribute", "", *probe_table(evaluation)]
     lines += ["", "### Captions and held-out losses", "", *ablation_table(evaluation)]
     image_use = image_use_table(evaluation)

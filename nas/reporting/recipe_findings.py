@@ -336,3 +336,17 @@ def interval_cell(interval: Mapping[str, Any] | None, scale: float = 100.0, digi
         f"{scale * interval['estimate']:.{digits}f} "
         f"[{scale * interval['low']:.{digits}f}, {scale * interval['high']:.{digits}f}]"
     )
+
+
+def section(findings: Sequence[Mapping[str, Any]] | None, settings: Settings) -> list[str]:
+    """A recipe report's "### Findings" block (legend, margin, table); nothing without findings."""
+    if not findings:
+        return []
+    return [
+        "",
+        "### Findings",
+        "",
+        legend(settings) + f" Non-inferiority margin: {settings.margin:g} points.",
+        "",
+        *table(findings, settings),
+    ]

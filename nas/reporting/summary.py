@@ -39,22 +39,11 @@ def _mean(block: Any) -> float | None:
     return None if block is None else round(float(block), 4)
 
 
-def _dotted(metrics: Mapping[str, Any], path: str) -> Any:
-    """The node at a dotted path of a benchmark's metrics (a figure, or a {"mean", ...} summary cell),
-    None where it is absent."""
-    node: Any = metrics
-    for part in path.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 def headline_numbers(
     findings: Mapping[str, Mapping[str, Any]], evaluations: Mapping[str, Mapping[str, Any]]
 ) -> dict[str, Any]:
     """The summary dict from metrics/findings.json's content and {variant: metrics/evaluate/<v>.json}."""
-    from nas.evaluation.benchmarks.runner import BENCHMARKS
+    from nas.evaluation.benchmarks.runner import headline_node
 
     out: dict[str, Any] = {"claims": {}, "retrieval_r1": {}, "probes": {}}
     for claim in HEADLINE_CLAIMS:
@@ -76,10 +65,10 @@ def headline_numbers(
             out["retrieval_r1"][variant] = round(sum(r1) / 2, 4)
         probes = {}
         for name, by_scorer in sorted((summary.get("fine_grained") or {}).items()):
-            if not by_scorer or name not in BENCHMARKS:
+            if not by_scorer:
                 continue
             result = next(iter(by_scorer.values()))  # the headline scorer comes first (evaluate's order)
-            value = _mean(_dotted(result.get("metrics") or {}, BENCHMARKS[name].headline))
+            value = _mean(headline_node(name, result.get("metrics") or {}))
             if value is not None:
                 probes[name] = value
         if probes:
@@ -113,13 +102,13 @@ def loss_by_step(run: Mapping[str, Any]) -> dict[int, float]:
 def write_loss_plots(stages: Mapping[str, Mapping[str, Mapping[str, Any]]], out_dir: Path) -> list[Path]:
     """reports/plots/loss_<stage>.csv for every stage of `{stage: {variant: stage metrics}}`; a variant
     without a logged step at some step has an empty cell there."""
+    from nas.reporting.results import variant_colours
+
     written = []
     Path(out_dir).mkdir(parents=True, exist_ok=True)  # a DVC output even before any step is logged
     for stage, runs in stages.items():
         if not runs:
             continue
-        from nas.reporting.results import variant_colours
-
         # A variant that shares another's run (NAS continues VD's stage 1: study.stage1_of) has that run's curve.
         curves = {
             variant: loss_by_step(runs.get(run.get("shared_with"), run)) for variant, run in runs.items()

@@ -22,8 +22,7 @@ from nas.evaluation.scene_attributes import KIND
 from nas.evaluation.seeds import fmt_mean_std, mean_std
 from nas.reporting.atomic import save_figure
 from nas.reporting.recipe_findings import FindingsConfig, interval_cell
-from nas.reporting.recipe_findings import legend as findings_legend
-from nas.reporting.recipe_findings import table as findings_table
+from nas.reporting.recipe_findings import section as findings_section
 
 ARM_LABELS = {
     "none": "no masking",
@@ -224,15 +223,7 @@ def section(metrics_dir: Path, reports_dir: Path) -> list[str]:
             else ""
         ),
     ]
-    if evaluation.get("findings"):
-        lines += [
-            "",
-            "### Findings",
-            "",
-            findings_legend(cfg) + f" Non-inferiority margin: {cfg.margin:g} points.",
-            "",
-            *findings_table(evaluation["findings"], cfg),
-        ]
+    lines += findings_section(evaluation.get("findings"), cfg)
     lines += [
         "",
         "### Zero-shot attribute accuracy (%): student through the teacher's text tower vs the teacher",

@@ -176,6 +176,20 @@ def metric_value(metrics: Mapping[str, Any], path: str) -> float:
     return float(value)
 
 
+def headline_node(name: str, metrics: Mapping[str, Any]) -> Any:
+    """What stands at benchmark `name`'s headline path in `metrics`: its figure, or the summary cell
+    ({"mean", ...}) of an aggregated result; None where the benchmark or the path is absent."""
+    definition = BENCHMARKS.get(name)
+    if definition is None:
+        return None
+    node: Any = metrics
+    for key in definition.headline.split("."):
+        if not isinstance(node, Mapping) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
 def case_outcomes(
     definition: BenchmarkDefinition,
     config: Any,
