@@ -1,6 +1,6 @@
 """Where the evaluate stage's time goes: phase by phase, and how often it encodes the same input again.
 
-Runs `python -m experiments.evaluate --variant V [--set ...]` in this process, unchanged except for
+Runs `python -m nas.recipes.evaluate --variant V [--set ...]` in this process, unchanged except for
 timers wrapped around its phases (model build or load, test images, retrieval, each probe benchmark,
 the NVA figure) and counters on the model's encoders (`encode_image`, `encode_text`, `itm_image_tokens`,
 `fused_itm_logits` / `itm_logits`): rows in, and rows that were already seen in the same phase of the
@@ -76,9 +76,9 @@ def _row_keys(*tensors) -> list[bytes]:
 
 def instrument(phases: Phases, count: bool) -> None:
     """Wrap the stage's phases and the model's encoders (module attributes, looked up at call time)."""
-    import experiments.evaluate as ev
+    import nas.engine.run as run_layer
     import nas.evaluation.benchmarks as bench
-    import nas.evaluation.encode as encode
+    import nas.recipes.evaluate as ev
 
     def timed(module, name: str, label, new_model: bool = False) -> None:
         original = getattr(module, name)
@@ -93,7 +93,7 @@ def instrument(phases: Phases, count: bool) -> None:
         setattr(module, name, wrapper)
 
     timed(ev, "untrained_model", "model: build untrained", new_model=True)
-    timed(encode, "load_trained_model", "model: load checkpoint", new_model=True)
+    timed(run_layer, "load_run", "model: load checkpoint", new_model=True)
     timed(ev, "load_split_images", "test images: read + transform")
     timed(ev, "evaluate_model", lambda *a, **k: f"score model ({a[5] if len(a) > 5 else k.get('label')})")
     timed(ev, "retrieval_on_split", "retrieval")
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     phases = Phases()
     instrument(phases, count=not args.no_count)
-    import experiments.evaluate as ev
+    import nas.recipes.evaluate as ev
 
     stage_argv = ["--variant", args.variant, "--runs-dir", str(folder / "sacred")]
     for item in args.overrides:

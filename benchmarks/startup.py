@@ -3,7 +3,7 @@
 Every process the main command (`dvc repro`) starts is measured as DVC starts it: the commands of
 dvc.yaml, each `foreach` stage once per variant of params.yaml. A stage process is started through a
 small probe that runs `python -m experiments.<stage> ...` unchanged (runpy, `__main__`) except that the
-stage function handed to `experiments.common.run_stage` is replaced by one that stamps the time and
+stage function handed to `nas.recipes.stage.run_stage` is replaced by one that stamps the time and
 exits at once: so the figure covers the interpreter, every import, the params check, the run record
 (git state, source hashes) and Sacred's set-up, and none of the stage's work. Sacred writes its record
 to a temporary `--runs-dir`; no output of the pipeline is touched. `variant_params` (not a Sacred stage:
@@ -78,7 +78,7 @@ def _emit(kind):
     os._exit(0)
 module, args = sys.argv[1], sys.argv[2:]
 if module.startswith("experiments."):
-    import experiments.common as _common
+    import nas.recipes.stage as _common
     _run_stage = _common.run_stage
     def run_stage(stage, main, *a, **k):
         _stamps["imports"] = time.time()

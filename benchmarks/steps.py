@@ -1,7 +1,7 @@
 """The step benchmarks, each run in a fresh worker process against one source tree (benchmarks/__main__.py).
 
 A case builds its models through the project's own code (params.yaml resolved per variant by
-`experiments.common.load_config`, models by `nas.models.registry` via `experiments.pretrain.build_model`,
+`nas.recipes.stage.load_config`, models by `nas.models.registry` via `nas.recipes.pretrain.build_model`,
 the optimizer by `nas.engine.optim.build_optimizer`, training batches by the stage's own loader) and
 times its arms' training steps. Arms of a case share the batches and start from the same seed; they are
 timed in alternating blocks (arm A `steps` steps, arm B `steps` steps, A, B, ...) after `warmup`
@@ -119,10 +119,10 @@ def _training_batches(cfg: dict[str, Any], batch: int, count: int) -> tuple[list
     tokenizer, the collate); and the seconds per batch it took (data loading, timed apart)."""
     import torch
 
-    from experiments.pretrain import build_train_loader
     from nas.config import from_dict
     from nas.config.data import DataConfig
     from nas.config.stages import LoaderConfig
+    from nas.recipes.pretrain import build_train_loader
 
     data = from_dict(DataConfig, cfg["data"], "data")
     loader_cfg = from_dict(
@@ -142,7 +142,7 @@ def _training_batches(cfg: dict[str, Any], batch: int, count: int) -> tuple[list
 
 
 def _load_config(variant: str, params: str = "params.yaml") -> dict[str, Any]:
-    from experiments.common import load_config
+    from nas.recipes.stage import load_config
 
     return load_config(params, variant, [])
 
@@ -150,9 +150,9 @@ def _load_config(variant: str, params: str = "params.yaml") -> dict[str, Any]:
 def _model_for(cfg: dict[str, Any], stage: str):
     import torch
 
-    from experiments.pretrain import build_model
     from nas.config import from_dict
     from nas.config.stages import ModelSpec
+    from nas.recipes.pretrain import build_model
 
     stage_cfg = _stage_cfg(cfg, stage)
     torch.manual_seed(cfg["seed"])
@@ -425,16 +425,16 @@ def case_paper(
 def case_eval(
     variant: str = "albef", max_images: int | None = None, benchmarks: list[str] | None = None, **_: Any
 ) -> dict[str, Any]:
-    """Evaluation of one model as the evaluate stage scores it (`experiments.evaluate.evaluate_model`):
+    """Evaluation of one model as the evaluate stage scores it (`nas.recipes.evaluate.evaluate_model`):
     the variant's untrained model (no run needed), retrieval on the test split and every probe, phase by
     phase. Scores go to a temporary folder."""
     import tempfile
 
     import torch
 
-    from experiments import evaluate as ev
     from nas.config import from_dict
     from nas.config.data import DataConfig
+    from nas.recipes import evaluate as ev
 
     cfg = _load_config(variant)
     data = from_dict(DataConfig, cfg["data"], "data")

@@ -2,8 +2,8 @@
 same folder, fsync'd, given an ordinary file's mode, `os.replace`d onto its name, the folder fsync'd.
 A kill leaves at most a temporary file, which `remove_orphans` deletes at the next start.
 
-No torch here (the data generator and the report use it without loading torch);
-`nas.engine.checkpoint.atomic_save` is `torch.save` through `atomic_write`.
+No torch at import (the data generator and the report use it without loading torch): `atomic_save`, which
+is `torch.save` through `atomic_write`, imports it when called.
 """
 
 from __future__ import annotations
@@ -61,6 +61,13 @@ def atomic_write(path: str | Path, write: Any) -> None:
         Path(tmp_name).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """`torch.save` through `atomic_write`: never a half-written file, durable once it returns."""
+    import torch
+
+    atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
 def atomic_copy(source: str | Path, path: str | Path) -> None:

@@ -2,7 +2,7 @@
 
 Every stage subcommand hands its arguments to the stage's Sacred experiment in `experiments/`, so
 `nas pretrain --stage pretrain_stage1 --variant nas --set pretrain_stage1.train.epochs=2` and the DVC
-command `python -m experiments.pretrain --stage pretrain_stage1 --variant nas ...` are the same run.
+command `python -m nas.recipes.pretrain --stage pretrain_stage1 --variant nas ...` are the same run.
 An experiment module with several stages (pretrain, mug, uta) is one subcommand with `--stage`.
 """
 
@@ -15,10 +15,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from experiments.common import STAGE_COMMANDS, parse_stage_args
+from nas.recipes.commands import STAGE_COMMANDS
+from nas.recipes.stage import parse_stage_args
 
 # Pipeline stages: subcommand -> its StageCommand (experiment module, stages, `--stage` choices). Kept
-# in experiments.common, which imports no torch: `nas <stage command> --help` is answered before the
+# in nas.recipes.commands, which imports no torch: `nas <stage command> --help` is answered before the
 # experiment module (torch, timm, transformers: seconds) is imported.
 STAGES = STAGE_COMMANDS
 
@@ -47,9 +48,9 @@ def _config_command(argv: Sequence[str]) -> int:
         help="override one param (dotted key, YAML value); unknown keys are errors",
     )
     args = parser.parse_args(argv)
-    # The stages' own reading of the params (experiments.common registers the sections that the
+    # The stages' own reading of the params (nas.recipes.stage registers the sections that the
     # experiment modules type), so `nas config` accepts and refuses exactly what a stage does.
-    common = importlib.import_module("experiments.common")
+    common = importlib.import_module("nas.recipes.stage")
     try:
         cfg = common.load_config(args.params, args.variant, args.overrides)
     except common.ConfigError as exc:
@@ -200,6 +201,7 @@ def _bench_command(argv: Sequence[str]) -> int:
 
 
 def _audit_command(argv: Sequence[str]) -> int:
+    import nas.recipes  # noqa: F401  (registers the companion recipes' cards with the audit)
     from nas.reporting.audit import main as audit_main
 
     return audit_main(list(argv))

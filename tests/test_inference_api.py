@@ -14,18 +14,18 @@ import torch
 from PIL import Image
 
 import nas
-from experiments.common import load_config
-from experiments.evaluate import data_as_trained
 from nas.config import from_dict
 from nas.config.data import DataConfig
 from nas.data.synthetic import SyntheticConfig, render_scene
 from nas.data.tokenizer import load_tokenizer
 from nas.data.transforms import build_eval_transform
 from nas.engine.checkpoint import atomic_save, atomic_write_text, read_checkpoint
-from nas.evaluation.encode import load_trained_model
+from nas.engine.run import load_run
 from nas.evaluation.model_scorers import ScorerConfig, scorer_from_config
-from nas.inference import FORMAT, PairScores, inference_state_dict, training_only_keys
+from nas.inference import FORMAT, PairScores, inference_state_dict, load_model, training_only_keys
 from nas.models.registry import create_model
+from nas.recipes.evaluate import data_as_trained
+from nas.recipes.stage import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 # A small model on the real BERT vocabulary: 32 px images, patch 8 (a 4 x 4 grid), one layer each.
@@ -93,8 +93,8 @@ def albef_run(tmp_path_factory) -> Path:
 
 def evaluation_scores(run: Path, images: list[Image.Image], texts: list[str]) -> dict[str, np.ndarray]:
     """What the evaluate stage computes for every (image, text) pair: its loader, its input size, its
-    scorers (experiments/evaluate.py: load_trained_model, data_as_trained, fine_grained)."""
-    model, recorded = load_trained_model(run)
+    scorers (nas/recipes/evaluate.py: load_run, data_as_trained, fine_grained)."""
+    model, recorded = load_run(run)
     data = data_as_trained(from_dict(DataConfig, recorded["data"], "data"), recorded)
     transform, tokenizer = build_eval_transform(data.transform), load_tokenizer()
     rows = [image for image in images for _ in texts]
@@ -162,7 +162,7 @@ def test_factory_outputs_and_the_score_contract(nas_run: Path) -> None:
 
 def test_export_drops_momentum_and_queues_and_reloads_to_the_same_scores(nas_run: Path, tmp_path) -> None:
     reference = api_scores(nas_run)
-    model, _ = load_trained_model(nas_run)
+    model, _ = load_run(nas_run)
     dropped = set(training_only_keys(model))
     full = read_checkpoint(nas_run / "checkpoint.pt")["model"]
     assert {"visual_encoder_m.cls_token", "text_proj_m.weight", "itc.image_queue.features"} <= dropped
@@ -192,7 +192,7 @@ def test_export_drops_momentum_and_queues_and_reloads_to_the_same_scores(nas_run
         assert torch.equal(reloaded.itm, reference.itm) and torch.equal(reloaded.itc, reference.itc)
         # The evaluation's loader reads it too; the kept buffers are the run's, the momentum copies
         # restart from the online weights.
-        loaded, config = load_trained_model(out)
+        loaded, config = load_model(out)
         assert config == recorded and int(loaded.training_steps) == 11
         assert torch.equal(loaded.vd.codebook, full["vd.codebook"])
         assert torch.equal(loaded.visual_encoder_m.pos_embed, loaded.visual_encoder.pos_embed)
@@ -234,7 +234,7 @@ def test_a_registered_name_with_and_without_pretrained_weights(albef_run: Path, 
     from safetensors.torch import save_file
 
     plain = tmp_path / "plain.safetensors"  # a bare state dict in safetensors, no metadata
-    save_file(inference_state_dict(load_trained_model(albef_run)[0]), str(plain))
+    save_file(inference_state_dict(load_run(albef_run)[0]), str(plain))
     # an exported file, a training checkpoint, plain safetensors
     for weights in (exported, albef_run / "checkpoint.pt", plain):
         scores = api_scores("albef_tiny", pretrained=weights, **SMALL)

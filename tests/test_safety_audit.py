@@ -55,12 +55,6 @@ ALLOWED: dict[tuple[str, str, str], str] = {
     ("nas/models/vd_build.py", "load_initial_dictionary", "torch.load"): (
         "the build_vd stage's vd_init.pt; weights_only=True, format and shapes checked"
     ),
-    ("experiments/uta.py", "load_student", "torch.load"): (
-        "a student state_dict written by uta_pretrain / uta_finetune; weights_only=True"
-    ),
-    ("experiments/uta.py", "load_finetuned", "torch.load"): (
-        "the text tower written by uta_finetune; weights_only=True"
-    ),
     # ---- archives ----
     ("nas/data/shards.py", "index_shard", "tarfile.open"): (
         "indexes a webdataset shard read-only (mode 'r:', offsets and captions); never extracts to disk"
@@ -69,14 +63,14 @@ ALLOWED: dict[tuple[str, str, str], str] = {
         "opens a downloaded tar for `_tar_members` (every member checked) and `_extract_tar`"
     ),
     ("nas/data/download.py", "_extract_tar", "tar.extractall"): (
-        "members pre-checked (no absolute path, '..', outside link, device); tarfile's data filter where "
-        "it exists; bytes counted against a limit; into a temporary folder, moved into place after"
+        "members pre-checked (no absolute path, '..', outside link, device); tarfile's data filter "
+        "(required: refused where Python lacks it); bytes counted against a limit; into a temporary folder, moved into place after"
     ),
     # ---- processes ----
     ("nas/data/download.py", "run_img2dataset", "subprocess.run"): (
         "img2dataset with an argument list built by img2dataset_command; no shell"
     ),
-    ("experiments/common.py", "_git", "subprocess.run"): (
+    ("nas/recipes/stage.py", "_git", "subprocess.run"): (
         "read-only git queries (rev-parse, status, config): a literal argument list, --no-optional-locks, "
         "a timeout, no shell"
     ),

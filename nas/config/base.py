@@ -53,7 +53,7 @@ def _fmt(path: str, key: str | None = None) -> str:
     return f"{path}.{key}" if path else key
 
 
-def _coerce(value: Any, tp: Any, path: str) -> Any:
+def _coerce(value: Any, tp: Any, path: str, default: Any = None) -> Any:
     origin = get_origin(tp)
     if tp is Any:
         return value
@@ -64,7 +64,7 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         options = [arg for arg in args if arg is not type(None)]
         if len(options) == 1:  # `X | None`: X's own error, saying that null is allowed too
             try:
-                return _coerce(value, options[0], path)
+                return _coerce(value, options[0], path, default)
             except ConfigError as exc:
                 if exc.path != path:  # an error inside the value (e.g. an unknown nested key)
                     raise
@@ -94,7 +94,7 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
                 f"{_fmt(path)}: expected a mapping of {tp.__name__} settings, got {describe(value)}",
                 path=path,
             )
-        return from_dict(tp, value, path)
+        return from_dict(tp, value, path, default if isinstance(default, tp) else None)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{_fmt(path)}: expected a list, got {describe(value)}", path=path)
@@ -143,8 +143,14 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     raise ConfigError(f"{_fmt(path)}: cannot read {describe(value)} as {tp}", path=path)
 
 
-def from_dict(cls: type[T], data: dict[str, Any] | None, path: str = "") -> T:
-    """Build dataclass `cls` from `data`; unknown keys and wrong types raise ConfigError."""
+def from_dict(cls: type[T], data: dict[str, Any] | None, path: str = "", default: T | None = None) -> T:
+    """Build dataclass `cls` from `data`; unknown keys and wrong types raise ConfigError.
+
+    A key `data` leaves out takes its value from `default` (an instance of `cls`) when one is given, else
+    from the class. A nested section given as a mapping changes the keys it names of that field's own
+    default (`field(default_factory=lambda: VisionConfig(img_size=64))` keeps img_size=64 under
+    `vision: {depth: 2}`), never resets the others to its class's defaults. Any other value (a list, a
+    plain dict such as `ModelSpec.overrides`) replaces the default whole."""
     if data is not None and not isinstance(data, Mapping):
         raise ConfigError(
             f"{_fmt(path)}: expected a mapping of {cls.__name__} settings, got {describe(data)}", path=path
@@ -163,7 +169,10 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, path: str = "") -> T:
     kwargs = {}
     for name, field in fields.items():
         if name in data:
-            kwargs[name] = _coerce(data[name], hints[name], _fmt(path, name))
+            own = getattr(default, name) if default is not None else _dataclass_default(field, hints[name])
+            kwargs[name] = _coerce(data[name], hints[name], _fmt(path, name), own)
+        elif default is not None:
+            kwargs[name] = getattr(default, name)
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise ConfigError(f"missing required config key {_fmt(path, name)!r}", path=_fmt(path, name))
     try:
@@ -172,6 +181,19 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, path: str = "") -> T:
         if isinstance(exc, ConfigError):
             raise
         raise ConfigError(f"{_fmt(path)}: {exc}", path=path) from exc
+
+
+def _dataclass_default(field: dataclasses.Field, hint: Any) -> Any:
+    """The default of `field` when its type is a dataclass (a nested section, `X | None` included) and
+    its default an instance of it, else None (other factories are not called)."""
+    options = get_args(hint) if get_origin(hint) in (Union, types.UnionType) else (hint,)
+    if not any(dataclasses.is_dataclass(tp) for tp in options):
+        return None
+    if field.default_factory is not dataclasses.MISSING:
+        default = field.default_factory()
+    else:
+        default = field.default
+    return default if dataclasses.is_dataclass(default) and not isinstance(default, type) else None
 
 
 def to_dict(cfg: Any) -> Any:

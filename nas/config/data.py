@@ -1,4 +1,6 @@
-"""The `data` section of params.yaml: where the pairs live and how images/text are prepared."""
+"""The `data` and `loader` sections of params.yaml: where the pairs live, how images are prepared
+(`TransformConfig`, read by nas.data.transforms) and how they are batched (`LoaderConfig`, read by
+nas.data.loader). Pure data: nothing here imports torch."""
 
 from __future__ import annotations
 
@@ -6,14 +8,72 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from nas.data.probes import ProbeConfig
-from nas.data.synthetic import SyntheticConfig
-from nas.data.transforms import TransformConfig
+from nas.config.synthetic import ProbeConfig, SyntheticConfig
+
+# ALBEF's (= CLIP's) normalisation constants (salesforce/ALBEF, dataset/__init__.py).
+ALBEF_MEAN = (0.48145466, 0.4578275, 0.40821073)
+ALBEF_STD = (0.26862954, 0.26130258, 0.27577711)
+RANDAUGMENT_MAX_LEVEL = 10  # ALBEF's dataset/randaugment.py: levels run to 10
+_MAX_LEVEL = RANDAUGMENT_MAX_LEVEL
+
+
+@dataclass
+class TransformConfig:
+    """Image pipeline knobs; defaults are the tiny profile (64 px synthetic scenes)."""
+
+    image_size: int = 64  # paper: 256 for pretraining, 384 for fine-tuning [P]
+    # ALBEF uses (0.2, 1.0); we default to (0.5, 1.0) so a crop of a 64 px scene rarely drops an
+    # object that its caption names.
+    crop_scale: tuple[float, float] = (0.5, 1.0)
+    # ALBEF flips; off by default because a flip swaps "left of"/"right of" in our captions.
+    hflip: bool = False
+    randaugment: bool = True
+    randaugment_n: int = 2  # ALBEF RandomAugment(2, 7)
+    randaugment_m: int = 7
+    mean: tuple[float, float, float] = ALBEF_MEAN
+    std: tuple[float, float, float] = ALBEF_STD
+
+    def __post_init__(self) -> None:
+        if self.image_size < 8:
+            raise ValueError(f"image_size must be >= 8, got {self.image_size}")
+        low, high = self.crop_scale
+        if not 0.0 < low <= high <= 1.0:
+            raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
+        if self.randaugment_n < 0:
+            raise ValueError(f"randaugment_n must be >= 0, got {self.randaugment_n}")
+        if not 0 <= self.randaugment_m <= _MAX_LEVEL:
+            raise ValueError(f"randaugment_m must be in 0..{_MAX_LEVEL}, got {self.randaugment_m}")
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"std must be positive, got {self.std}")
+
+
+@dataclass
+class LoaderConfig:
+    """DataLoader knobs; defaults are the tiny profile."""
+
+    batch_size_per_gpu: int = 64  # paper: 64 per GPU [P]; also the size the CPU speed table used
+    num_workers: int = 0  # per process; 0 loads in the main process (deterministic, no fork cost)
+    pin_memory: bool = False
+    drop_last: bool = True  # training: every step sees a full batch (ITM hard negatives, queue)
+
+    def __post_init__(self) -> None:
+        if self.batch_size_per_gpu < 1:
+            raise ValueError(f"batch_size_per_gpu must be >= 1, got {self.batch_size_per_gpu}")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
+
+
+# [D] anchors of the layout nas/data/catalog.py extracts to (COCO 2014 zips into coco/, Visual
+# Genome's two zips into vg/VG_100K and vg/VG_100K_2); nas.data.pair_lists rewrites image paths by them.
+DEFAULT_ANCHORS: dict[str, str] = {
+    "/train2014/": "coco/train2014/",
+    "/val2014/": "coco/val2014/",
+    "/VG_100K_2/": "vg/VG_100K_2/",
+    "/VG_100K/": "vg/VG_100K/",
+}
 
 
 def _default_anchors() -> dict[str, str]:
-    from nas.data.pair_lists import DEFAULT_ANCHORS
-
     return dict(DEFAULT_ANCHORS)
 
 

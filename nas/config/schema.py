@@ -7,7 +7,7 @@ resolves the params of a run (file, variant overlay, `--set` overrides) and chec
 * every top-level key: the run `seed` (an integer), the sections of `SECTIONS`, nothing else;
 * every section through the dataclass it maps to (`from_dict`: unknown keys at any depth, wrong
   types, the dataclass's own checks), `<section>.train.seed` refused (every stage sets it);
-* model overrides against the registered model's config (`MODEL_CONFIGS`): `model.overrides` and
+* model overrides against the registered model's config (`nas.models.registry`): `model.overrides` and
   each stage's `model_overrides` merged on top, `mug.model` with every MUG arm, `uta.student.model`;
   the loader and transform overlays of MUG and UTA; the stage names `init_from` points to;
 * mapping keys the run record (Sacred) can store (no '.', no leading '$');
@@ -21,8 +21,9 @@ An error is one `ConfigError` naming the key, the value, and where it was set (t
 `<file> variants.<name>`, `<file> variants.<base> (a base of variants.<name>)`, or the `--set` that
 brought it in).
 
-Sections typed by dataclasses that live outside `nas` (the `finetune` and `evaluate` sections of the
-experiment modules) are registered by `experiments/common.py` with `register_section`.
+Sections typed above nas.config are registered from above with `register_section` (the `finetune` and
+`evaluate` sections, by nas/recipes/stage.py) or, for the MUG and UTA recipe cards, named here as
+"module:Class" strings imported on first use.
 """
 
 from __future__ import annotations
@@ -99,57 +100,31 @@ def check_init_from(name: str, typed: Any, sections: Mapping[str, Any]) -> None:
         )
 
 
-def _check_mug(name: str, section: Any, sections: Mapping[str, Any]) -> None:
-    """The MUG model with every arm's overrides; `mug.loader` and `mug.transform` over their sections."""
-    from nas.config.data import DataConfig
-    from nas.data.loader import LoaderConfig
-    from nas.data.transforms import TransformConfig
+def by_name(target: str) -> Callable[[str, Any, Mapping[str, Any]], None]:
+    """A section check defined above nas.config ("module:function"), imported when a check runs."""
 
-    model_config(section.model.name, section.model.overrides, family="mug", path=f"{name}.model")
-    for arm, overrides in section.arms.items():
-        model_config(
-            section.model.name,
-            merge(section.model.overrides, overrides),
-            family="mug",
-            path=f"{name}.model",
-            overrides_path=f"{name}.arms.{arm}",
-        )
-    loader = to_dict(sections.get("loader") or LoaderConfig())
-    from_dict(LoaderConfig, merge(loader, section.loader), f"{name}.loader")
-    transform = to_dict((sections.get("data") or DataConfig()).transform)
-    from_dict(TransformConfig, merge(transform, section.transform), f"{name}.transform")
+    def check(name: str, typed: Any, sections: Mapping[str, Any]) -> None:
+        module, _, attr = target.partition(":")
+        getattr(importlib.import_module(module), attr)(name, typed, sections)
+
+    return check
 
 
-def _check_uta(name: str, section: Any, sections: Mapping[str, Any]) -> None:
-    """The UTA student against its registered config; each part's loader over the `loader` section."""
-    from nas.data.loader import LoaderConfig
-
-    model_config(
-        section.student.model.name,
-        section.student.model.overrides,
-        family="uta",
-        path=f"{name}.student.model",
-    )
-    loader = to_dict(sections.get("loader") or LoaderConfig())
-    for part in ("teacher", "student", "finetune"):
-        from_dict(LoaderConfig, merge(loader, getattr(section, part).loader), f"{name}.{part}.loader")
-
-
-# Top-level section -> how it is typed. `experiments/common.py` adds `finetune` and `evaluate`.
+# Top-level section -> how it is typed. `nas/recipes/stage.py` adds `finetune` and `evaluate`.
 SECTIONS: dict[str, Section] = {
     "data": Section("nas.config.data:DataConfig"),
     "model": Section("nas.config.stages:ModelSpec"),
-    "loader": Section("nas.data.loader:LoaderConfig"),
+    "loader": Section("nas.config.data:LoaderConfig"),
     "pretrain_stage1": Section(
         "nas.config.stages:TrainStageConfig", model_overrides=stage_model_overrides, check=check_init_from
     ),
     "pretrain_stage2": Section(
         "nas.config.stages:TrainStageConfig", model_overrides=stage_model_overrides, check=check_init_from
     ),
-    "report": Section("nas.reporting.results:ReportConfig"),
+    "report": Section("nas.config.report:ReportConfig"),
     "study": Section("nas.config.stages:StudyConfig"),
-    "mug": Section("nas.config.mug_card:MUGSection", check=_check_mug),
-    "uta": Section("nas.config.uta_card:UTASection", check=_check_uta),
+    # The sections typed above nas.config (finetune, evaluate, and the companion recipes' mug and uta, typed
+    # by their cards) are registered from above: nas/recipes/__init__.py.
 }
 
 
@@ -162,31 +137,23 @@ def register_section(name: str, section: Section) -> None:
 
 # ---- registered models ---------------------------------------------------------------------------------
 
-
-@dataclass(frozen=True)
-class ModelEntry:
-    """What `create_model(name, **overrides)` builds: `build_config(module.config, module.base, overrides)`."""
-
-    module: str
-    config: str
-    base: str | None  # name of the module's base dict; None: the config's defaults
-    # Which params section may build it: nas (`model`), mug (`mug.model`), uta (`uta.student.model`).
-    family: str
+# A model named in params is checked against the model registry (nas.models.registry: name -> config class
+# and base dict). The registry sits above nas.config: the layer that checks params names it
+# (`use_model_registry`, nas/recipes/__init__.py), and it is imported when params are checked.
+_MODEL_REGISTRY: list[str] = []
 
 
-# Mirrors the `@register_model` entrypoints of nas/models (tests/config/test_config.py checks that every
-# registered model is here).
-MODEL_CONFIGS: dict[str, ModelEntry] = {
-    "albef_tiny": ModelEntry("nas.models.albef", "ALBEFConfig", None, "nas"),
-    "albef_base": ModelEntry("nas.models.albef", "ALBEFConfig", "ALBEF_BASE", "nas"),
-    "nas_tiny": ModelEntry("nas.models.nas_model", "NASConfig", None, "nas"),
-    "nas_base": ModelEntry("nas.models.nas_model", "NASConfig", "NAS_BASE", "nas"),
-    "mug_tiny": ModelEntry("nas.models.mug", "MUGConfig", "MUG_TINY", "mug"),
-    "mug_base": ModelEntry("nas.models.mug", "MUGConfig", "MUG_BASE", "mug"),
-    "uta_tiny": ModelEntry("nas.models.uta", "UTAStudentConfig", None, "uta"),
-    "uta_base": ModelEntry("nas.models.uta", "UTAStudentConfig", "UTA_BASE", "uta"),
-    "uta_clip_tiny": ModelEntry("nas.models.clip_teacher", "TinyClipConfig", None, "uta_teacher"),
-}
+def use_model_registry(module: str) -> None:
+    """Name the module (`list_models`, `model_entry`) that model specs in params are checked against."""
+    _MODEL_REGISTRY[:] = [module]
+
+
+def _model_registry() -> Any:
+    if not _MODEL_REGISTRY:
+        raise RuntimeError(
+            "no model registry to check params against: import nas.recipes (it names nas.models.registry)"
+        )
+    return importlib.import_module(_MODEL_REGISTRY[0])
 
 
 def model_config(
@@ -194,23 +161,20 @@ def model_config(
 ) -> Any:
     """The config `create_model(name, **overrides)` builds, typed without building the model; `name` must
     be a `family` model. Errors name `<path>.name` or `overrides_path` (default `<path>.overrides`)."""
-    entry = MODEL_CONFIGS.get(name)
-    if entry is None or entry.family != family:
-        choices = sorted(k for k, e in MODEL_CONFIGS.items() if e.family == family)
+    registry = _model_registry()
+    family_models = registry.list_models(family)
+    if name not in family_models:
+        known = registry.list_models()
         what = (
-            f"not a registered model{did_you_mean(name, choices)}"
-            if entry is None
-            else f"a {entry.family} model"
+            f"a {registry.model_entry(name).family} model"
+            if name in known
+            else f"not a registered model{did_you_mean(name, family_models)}"
         )
         raise ConfigError(
-            f"{path}.name: {name!r} is {what}; {path} builds one of {choices}",
+            f"{path}.name: {name!r} is {what}; {path} builds one of {family_models}",
             path=f"{path}.name",
         )
-    module = importlib.import_module(entry.module)
-    base = getattr(module, entry.base) if entry.base else {}
-    return from_dict(
-        getattr(module, entry.config), merge(base, overrides), overrides_path or f"{path}.overrides"
-    )
+    return registry.model_entry(name).resolve(overrides, overrides_path or f"{path}.overrides")
 
 
 # ---- validation ----------------------------------------------------------------------------------------
@@ -286,7 +250,7 @@ def _check_keys(node: Any, path: str) -> None:
 
 def _check_train_seeds(cls: type, raw: Any, path: str) -> None:
     """`train.seed` is never read from params: every stage sets it (the run `seed`, or a section's `seeds`)."""
-    from nas.engine.trainer import TrainConfig
+    from nas.config.stages import TrainConfig
 
     if not dataclasses.is_dataclass(cls) or not isinstance(raw, dict):
         return
@@ -344,7 +308,7 @@ SYNTHETIC_SPLITS = {"train.json": "n_train", "val.json": "n_val", "test.json": "
 
 def _consumers(typed: Mapping[str, Any]) -> list[_Consumer]:
     """Every training loader the params describe (the stages of dvc.yaml that train)."""
-    from nas.data.loader import LoaderConfig
+    from nas.config.data import LoaderConfig
 
     data = typed["data"]
     base = to_dict(typed.get("loader") or LoaderConfig())

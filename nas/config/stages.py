@@ -9,10 +9,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nas.data.loader import LoaderConfig
-from nas.engine.trainer import TrainConfig
+from nas.config.data import LoaderConfig
+from nas.config.train import TrainConfig
 
-__all__ = ["LoaderConfig", "ModelSpec", "StudyConfig", "TrainStageConfig", "config_digest", "study_seeds"]
+__all__ = [
+    "LoaderConfig",
+    "ModelSpec",
+    "StudyConfig",
+    "TrainConfig",
+    "TrainStageConfig",
+    "config_digest",
+    "study_seeds",
+]
 
 
 @dataclass

@@ -256,3 +256,29 @@ class CaptionDataset(Dataset):
             "source": str(self.annotation_file),
             "record": self.records[index],
         }
+
+
+def load_split_images(
+    data: Any,
+    limit: int | None = None,
+    annotation_file: str | None = None,
+    select: slice | None = None,
+):
+    """The first `limit` (default: all) distinct images of the training split (or
+    `annotation_file`), in order of first appearance, eval transform (no augmentation), as one tensor;
+    `select` keeps a slice of them (one rank's share in sharded evaluation)."""
+    import torch
+
+    from nas.data.transforms import build_eval_transform
+
+    annotation = data.path(annotation_file or data.train_file)
+    transform = build_eval_transform(data.transform)
+    seen: dict[str, None] = {}
+    for image, _ in load_pairs(annotation, max_words=data.max_words):
+        seen.setdefault(image, None)
+        if limit is not None and len(seen) >= limit:
+            break
+    paths = list(seen)[select] if select is not None else list(seen)
+    if not paths:
+        return torch.empty(0, 3, data.transform.image_size, data.transform.image_size)
+    return stack_images(data.images, paths, transform, annotation, allow_outside_root=data.allow_outside_root)

@@ -13,8 +13,18 @@ first download ("trust on first use"), so a later copy that differs is caught.
 `extract` checks every member before anything is written (paths, links followed through the links
 defined before them, devices), bounds the total size and the expansion ratio, extracts into a
 temporary folder and moves the result into place; its marker records the archive's sha256, so a
-changed archive is extracted again. Only the standard library is used (urllib, tarfile, zipfile);
-img2dataset is optional.
+changed archive is extracted again.
+
+What libraries do, they do here: tarfile's `data` filter checks every path and link again while a
+tar is written; `huggingface_hub.hf_hub_download` fetches the gated hub files (Winoground: the
+token, the redirect to the CDN without it, resuming, HF_HUB_OFFLINE). What they do not do stays
+hand-written, each part saying why: the resumable HTTP download (pooch fetches with a known hash
+but cannot resume a partial file, let alone with `If-Range` so that two versions are never
+spliced, nor refuse an HTML page, nor record a first-use checksum), the full-digest checksum rule,
+the manifest, the whole-archive check before a tar or zip is written (it names the member even
+where the data filter meets a link loop as an OS error on a temporary path; zipfile has no filter
+and silently rewrites bad names), zip size and CRC limits, placing an extraction, the dry-run plan
+and the img2dataset wiring. img2dataset is optional.
 """
 
 from __future__ import annotations
@@ -26,7 +36,6 @@ import glob
 import hashlib
 import http.client
 import importlib.util
-import inspect
 import json
 import logging
 import os
@@ -240,13 +249,8 @@ def download(
       quota is hit), so a page never gets recorded as the file.
     """
     dest = Path(dest)
-    published = parse_checksum(sha256, f"{dest} (from {url})")
     manifest = manifest if manifest is not None else Manifest(dest.parent / MANIFEST_NAME)
-    previous = manifest.get(dest)
-    expected = published
-    if published is None and previous and previous.get("url") == url and previous.get("sha256"):
-        # trust on first use: later copies must match
-        expected = parse_checksum(previous["sha256"], f"{manifest.path}: entry {manifest.key(dest)!r}")
+    published, expected, previous = _checksums(url, dest, sha256, manifest)
 
     if dest.exists():
         if not dest.is_file():
@@ -259,9 +263,40 @@ def download(
     length_checked = _fetch_to_part(
         url, part, retries, timeout, backoff, dict(headers or {}), reject_html, chunk_size
     )
-    digests = _digests(part, ["sha256"] + ([expected[0]] if expected else []), chunk_size)
+    _place_verified(part, dest, url, published, expected, manifest, length_checked, chunk_size)
+    _part_state_path(part).unlink(missing_ok=True)
+    return dest
+
+
+def _checksums(
+    url: str, dest: Path, sha256: str | None, manifest: Manifest
+) -> tuple[tuple[str, str] | None, tuple[str, str] | None, dict[str, Any] | None]:
+    """(published checksum, checksum to enforce, manifest entry) for `dest`: without a published one,
+    the sha256 the manifest recorded for an earlier download of the same URL (trust on first use)."""
+    published = parse_checksum(sha256, f"{dest} (from {url})")
+    previous = manifest.get(dest)
+    expected = published
+    if published is None and previous and previous.get("url") == url and previous.get("sha256"):
+        # trust on first use: later copies must match
+        expected = parse_checksum(previous["sha256"], f"{manifest.path}: entry {manifest.key(dest)!r}")
+    return published, expected, previous
+
+
+def _place_verified(
+    fetched: Path,
+    dest: Path,
+    url: str,
+    published: tuple[str, str] | None,
+    expected: tuple[str, str] | None,
+    manifest: Manifest,
+    length_checked: bool,
+    chunk_size: int = CHUNK_SIZE,
+) -> None:
+    """Check the complete download `fetched` against `expected` and only then move it to `dest` and
+    record it; a mismatch deletes it and raises ChecksumError naming `dest` and both digests."""
+    digests = _digests(fetched, ["sha256"] + ([expected[0]] if expected else []), chunk_size)
     if expected and digests[expected[0]] != expected[1]:
-        _discard_part(part)
+        _discard_part(fetched)
         origin = (
             "published"
             if published
@@ -276,8 +311,7 @@ def download(
         )
     if not length_checked:
         logger.warning("%s: the server did not announce the length; %s is recorded unchecked", url, dest)
-    os.replace(part, dest)
-    _part_state_path(part).unlink(missing_ok=True)
+    os.replace(fetched, dest)
     manifest.record(
         dest,
         url=url,
@@ -289,7 +323,6 @@ def download(
         fetched_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         **_stat_signature(dest),
     )
-    return dest
 
 
 def _verify_existing(
@@ -330,6 +363,82 @@ def _verify_existing(
         fetched_at=(previous or {}).get("fetched_at", "placed by hand"),
         **_stat_signature(dest),
     )
+
+
+# ---- the Hugging Face Hub (gated files) -----------------------------------------------------------
+
+# https://huggingface.co/[datasets/|spaces/]<owner>/<name>/resolve/<revision>/<path in the repo>
+_HUB_FILE_URL = re.compile(
+    r"https://huggingface\.co/(?:(datasets|spaces)/)?([^/]+/[^/]+)/resolve/([^/]+)/(.+)"
+)
+HUB_STAGING = ".hub"  # huggingface_hub's local_dir beside the file: its partial downloads, resumed
+
+
+def _hub_file(url: str) -> tuple[str, str, str, str]:
+    """(repo id, repo type, revision, path in the repo) of a hub `resolve` URL."""
+    match = _HUB_FILE_URL.fullmatch(url)
+    if match is None:
+        raise DownloadError(
+            f"{url}: not a Hugging Face Hub file URL "
+            "(https://huggingface.co/[datasets/]<owner>/<name>/resolve/<revision>/<path>)"
+        )
+    kind, repo_id, revision, path = match.groups()
+    return repo_id, {"datasets": "dataset", "spaces": "space"}.get(kind or "", "model"), revision, path
+
+
+def hub_download(
+    url: str,
+    dest: str | Path,
+    sha256: str | None = None,
+    *,
+    manifest: Manifest | None = None,
+    token: str | None = None,
+) -> Path:
+    """Fetch a Hugging Face Hub file (`url`: its `resolve` URL) to `dest`, verified as `download`
+    verifies (published checksum or trust on first use, the manifest, moved into place only once
+    checked); returns `dest`. `token`: the user's (a gated repo's terms accepted with that account).
+
+    The transfer is huggingface_hub's `hf_hub_download` into `<dest folder>/.hub/` (it authenticates,
+    follows the redirect to the CDN without the token, resumes an interrupted download from its
+    `.incomplete` file, checks the size, and fails fast under HF_HUB_OFFLINE=1); its errors become a
+    DownloadError naming the URL."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError
+
+    dest = Path(dest)
+    manifest = manifest if manifest is not None else Manifest(dest.parent / MANIFEST_NAME)
+    published, expected, previous = _checksums(url, dest, sha256, manifest)
+    if dest.exists():
+        if not dest.is_file():
+            raise DownloadError(f"{dest} exists and is not a file; move it away")
+        _verify_existing(dest, url, expected, published is not None, previous, manifest)
+        return dest
+    repo_id, repo_type, revision, path = _hub_file(url)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        staged = hf_hub_download(
+            repo_id,
+            path,
+            repo_type=repo_type,
+            revision=revision,
+            token=token,
+            local_dir=dest.parent / HUB_STAGING,
+        )
+    except GatedRepoError as exc:
+        raise DownloadError(
+            f"{url}: the hub refused the gated file ({exc}); accept the terms of "
+            f"https://huggingface.co/{'datasets/' if repo_type == 'dataset' else ''}{repo_id} with the account "
+            "whose token is in HF_TOKEN"
+        ) from exc
+    except LocalEntryNotFoundError as exc:
+        raise DownloadError(
+            f"{url}: the hub could not be reached and no copy is at hand ({exc}); unset HF_HUB_OFFLINE and "
+            f"run again with network access, or place the file at {dest} by hand"
+        ) from exc
+    except (HfHubHTTPError, OSError) as exc:
+        raise DownloadError(f"{url}: {type(exc).__name__}: {exc}") from exc
+    _place_verified(Path(staged), dest, url, published, expected, manifest, length_checked=True)
+    return dest
 
 
 def _content_range(value: str | None) -> tuple[int | None, int | None]:
@@ -604,6 +713,8 @@ def _resolve(
     return tuple(out)
 
 
+# Kept beside tarfile's data filter: it refuses the whole archive before a byte is written and names
+# the member even for a link loop, which the filter meets only as an OS error on a temporary path.
 def _check_tar_links(archive: Path, members: list[tarfile.TarInfo]) -> None:
     """Follow every member's path, and every link's target, through the links defined before it in
     the archive (as extraction would meet them on disk), then every link again once all are defined.
@@ -775,10 +886,15 @@ def _extract_zip(
 def _extract_tar(
     archive: Path, tar: tarfile.TarFile, members: list[tarfile.TarInfo], tmp: Path, limit: int, why: str
 ) -> None:
-    """Extract into `tmp` through tarfile's `data` filter where it exists (Python 3.12, 3.11.4+; it
-    re-checks every path and link against the real file system as it goes), else with modes
-    sanitised the same way (the member checks before this are then the only line of defence). tarfile
-    copies exactly the size each header declares, and the running total is held to `limit`."""
+    """Extract into `tmp` through tarfile's `data` filter (it re-checks every path and link against the
+    real file system as it goes, and sanitises modes); tarfile copies exactly the size each header
+    declares, and the running total is held to `limit`."""
+    data_filter = getattr(tarfile, "data_filter", None)
+    if data_filter is None:  # Pythons before 3.10.12 / 3.11.4 lack it; no hand-written stand-in
+        raise UnsafeArchiveError(
+            f"{archive}: this Python ({sys.version.split()[0]}) has no tarfile data filter; extract with "
+            "Python >= 3.10.12, 3.11.4 or 3.12"
+        )
     written = 0
 
     def count(member: tarfile.TarInfo) -> tarfile.TarInfo:
@@ -792,27 +908,12 @@ def _extract_tar(
                 )
         return member
 
-    data_filter = getattr(tarfile, "data_filter", None)
-    if data_filter is not None:
-        tar.extractall(tmp, members, filter=lambda member, path: count(data_filter(member, path)))
-        return
-    sanitised = []
-    for member in members:
-        member = copy.copy(member)
-        if member.isreg():
-            member.mode = (member.mode & 0o755) | 0o600
-        elif member.isdir():
-            member.mode &= 0o755
-        sanitised.append(member)
-    kwargs: dict[str, Any] = {}
-    if "filter" in inspect.signature(tar.extractall).parameters:
-        kwargs["filter"] = lambda member, path: count(member)
-    tar.extractall(tmp, sanitised, **kwargs)
+    tar.extractall(tmp, members, filter=lambda member, path: count(data_filter(member, path)))
 
 
 def _extraction_settings(kind: str) -> dict[str, str]:
     if kind == "tar":
-        return {"kind": kind, "tar_filter": "data" if hasattr(tarfile, "data_filter") else "own check"}
+        return {"kind": kind, "tar_filter": "data"}
     return {"kind": kind}
 
 
@@ -1181,8 +1282,9 @@ def fetch(
         elif res.method == "gated" and not existed and not environ.get("HF_TOKEN"):
             report.manual[res.key] = res.instructions
             continue
+        elif res.method == "gated":
+            hub_download(str(res.url), dest, res.sha256, manifest=manifest, token=environ.get("HF_TOKEN"))
         else:
-            headers = {"Authorization": f"Bearer {environ['HF_TOKEN']}"} if res.method == "gated" else {}
             download(
                 str(res.url),
                 dest,
@@ -1190,7 +1292,6 @@ def fetch(
                 manifest=manifest,
                 retries=retries,
                 timeout=timeout,
-                headers=headers,
                 reject_html=res.method == "gdrive",
             )
         (report.present if existed else report.fetched).append(res.key)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import ignite.distributed as idist
@@ -19,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
+from nas.config.data import LoaderConfig  # noqa: F401  (pure config, moved down; kept importable)
 from nas.data.tokenizer import TextCollator, UnkOnlyCaptionError, UnkOnlyPolicy, check_unk_policy
 
 # auto_dataloader logs its kwargs at INFO, including the whole tokenizer vocabulary repr.
@@ -26,22 +26,6 @@ logging.getLogger("ignite.distributed.auto.auto_dataloader").setLevel(logging.WA
 
 if TYPE_CHECKING:
     from transformers import BertTokenizerFast
-
-
-@dataclass
-class LoaderConfig:
-    """DataLoader knobs; defaults are the tiny profile."""
-
-    batch_size_per_gpu: int = 64  # paper: 64 per GPU [P]; also the size the CPU speed table used
-    num_workers: int = 0  # per process; 0 loads in the main process (deterministic, no fork cost)
-    pin_memory: bool = False
-    drop_last: bool = True  # training: every step sees a full batch (ITM hard negatives, queue)
-
-    def __post_init__(self) -> None:
-        if self.batch_size_per_gpu < 1:
-            raise ValueError(f"batch_size_per_gpu must be >= 1, got {self.batch_size_per_gpu}")
-        if self.num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
 
 
 # Per-batch counts (plain ints) a collate function puts in the batch besides the tensors, for the

@@ -16,16 +16,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from nas.config.data import DEFAULT_ANCHORS  # the `data.download.path_anchors` default, re-exported
 from nas.jsonfile import read_json_file
-
-# [D] anchors of the layout nas/data/catalog.py extracts to (COCO 2014 zips into coco/, Visual
-# Genome's two zips into vg/VG_100K and vg/VG_100K_2).
-DEFAULT_ANCHORS: dict[str, str] = {
-    "/train2014/": "coco/train2014/",
-    "/val2014/": "coco/val2014/",
-    "/VG_100K_2/": "vg/VG_100K_2/",
-    "/VG_100K/": "vg/VG_100K/",
-}
 
 
 class PairListError(ValueError):

@@ -6,7 +6,7 @@ one thing a person must do; (2) turn the URL-list corpora (CC3M, SBU) into webda
 img2dataset (resumable: a finished shard folder is kept, its success/failure counts are read from
 img2dataset's own stats files); (3) merge ALBEF's pair lists into `data.train_file` with local image
 paths; (4) list the benchmark folders the selection fetched in the probe manifest of
-`data.probes_root` (nas/data/benchmark_folders.py), which `evaluate` scores. `dry_run` prints what
+`data.probes_root` (nas/evaluation/benchmark_folders.py), which `evaluate` scores. `dry_run` prints what
 would be fetched, from where, and the disk it needs, and touches nothing.
 """
 
@@ -30,35 +30,10 @@ def shard_folder_done(folder: Path) -> bool:
     return bool(stats.shards) and not stats.unfinished
 
 
-def write_benchmarks(data: DataConfig, echo: Callable[[str], Any] = print) -> dict[str, Any]:
-    """The probe manifest of the real benchmark folders the download selection fetches whole
-    (`nas.data.benchmark_folders.selected_benchmarks`), written into `data.probes_root`, so that
-    `evaluate` scores them as it scores the synthetic probes. Every image must be on disk and, for
-    the Order benchmarks, spaCy's en_core_web_sm and NLTK's Punkt installed: a missing one stops the
-    stage, naming it. A selection without a whole benchmark writes no manifest. Returns
-    `{"probe_<name>_cases": n}` for metrics/data.json."""
-    from nas.data.benchmark_folders import selected_benchmarks, write_benchmark_manifest
-
-    names = selected_benchmarks(data.download.selection)
-    if not names:
-        earlier = Path(data.probes_root) / "manifest.json"
-        left = f"; {earlier} from an earlier run is left as it is" if earlier.is_file() else ""
-        echo(
-            f"data: no benchmark in the selection {list(data.download.selection)}: no probe manifest written{left}"
-        )
-        return {}
-    manifest = write_benchmark_manifest(data.root, data.probes_root, names, overwrite=True)
-    echo(
-        f"data: benchmark manifest {Path(data.probes_root) / 'manifest.json'}: "
-        + ", ".join(f"{name} {n} cases" for name, n in manifest["counts"].items())
-    )
-    return {f"probe_{name}_cases": int(n) for name, n in manifest["counts"].items()}
-
-
 def prepare_files(data: DataConfig, echo: Callable[[str], Any] = print) -> dict[str, Any]:
-    """Run the four steps for `data` (source: files); returns the counts for metrics/data.json.
-    Last, the real benchmark folders are listed in the probe manifest of `data.probes_root`
-    (`write_benchmarks`), which `evaluate` reads."""
+    """Run the four steps for `data` (source: files); returns the counts for metrics/data.json. The `data`
+    recipe then lists the real benchmark folders in the probe manifest of `data.probes_root`
+    (`nas.evaluation.benchmark_folders.write_benchmarks`, which checks them with the evaluation loaders)."""
     from nas.data.catalog import select
     from nas.data.download import (
         dry_run,
@@ -120,7 +95,4 @@ def prepare_files(data: DataConfig, echo: Callable[[str], Any] = print) -> dict[
         echo(f"data: {merged['pairs']} pairs from {list(cfg.pair_lists)} -> {data.path(data.train_file)}")
         summary["train_pairs"] = merged["pairs"]
         summary["pair_lists"] = merged["sources"]
-    # Last: a benchmark that cannot be scored (an image or text tool missing) stops the stage only once
-    # the corpora are done, and a rerun finds them in place.
-    summary.update(write_benchmarks(data, echo))
     return summary

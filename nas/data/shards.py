@@ -7,10 +7,18 @@ its file name. `ShardDataset` gives the same items as `CaptionDataset`
 ({"image", "caption", "index", "image_id"}), so the loader, the collate function and the engine do
 not care where pairs come from.
 
-Only the standard `tarfile` module is used. The index (member offsets and captions) is built once
-when the dataset is created; an item is then one seek + read in its shard, so the dataset is
-map-style (DistributedSampler works) and safe in DataLoader worker processes (files are opened per
-read, never shared across a fork).
+Keys are split by webdataset's own rule (`webdataset.tariterators.base_plus_ext`), so a shard
+groups here as webdataset groups it (tests/data/test_shards.py reads the same shards with
+`webdataset.WebDataset` and gets equal samples). The reading itself stays here, on `tarfile`:
+webdataset (1.0.2) streams a shard front to back, gives no member offsets and no random access, and
+reads every image's bytes to get past it. This dataset is map-style (DistributedSampler, `len`,
+`index` / `image_id` per item): the index (member offsets and captions) is built once when the
+dataset is created from the tar headers alone (image bytes are skipped), an item is then one seek +
+read in its shard, safe in DataLoader worker processes (files are opened per read, never shared
+across a fork). Also kept, as webdataset does not do them: errors naming the shard and the key
+(truncated tar, duplicate image, image without caption and caption without image, links), the
+.txt-else-.json caption rule, and `skip_bad_images` (a corrupt image gives None, which the collate
+function drops and counts).
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from typing import Any
 
 from PIL import Image, ImageFile
 from torch.utils.data import Dataset
+from webdataset.tariterators import base_plus_ext
 
 from nas.data.captions import ALBEF_MAX_WORDS, BadImageError
 from nas.data.tokenizer import pre_caption
@@ -70,11 +79,10 @@ def list_shards(spec: str | Path | Iterable[str | Path]) -> list[Path]:
 
 
 def _split_key(name: str) -> tuple[str, str]:
-    """webdataset's rule: key = path up to the first dot of the file name, extension = the rest."""
-    folder, _, base = name.rpartition("/")
-    stem, dot, ext = base.partition(".")
-    key = f"{folder}/{stem}" if folder else stem
-    return key, ext.lower() if dot else ""
+    """webdataset's rule: key = path up to the first dot of the file name, extension = the rest
+    (lower-cased, as webdataset's `group_by_keys` does); ("", "") for a name it gives no key."""
+    key, ext = base_plus_ext(name)
+    return (key, ext.lower()) if key is not None else ("", "")
 
 
 def _caption_from(shard: Path, key: str, ext: str, data: bytes) -> str:

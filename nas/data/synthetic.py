@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +33,8 @@ from PIL import Image, ImageDraw
 
 from nas.atomic import atomic_write_text, fsync_dir
 from nas.config.base import to_dict
+from nas.config.synthetic import NUM_TEMPLATES, SHAPES, SPLITS, SyntheticConfig  # pure data, re-exported
 
-SPLITS = ("train", "val", "test")
 FORMAT_VERSION = 1
 
 # Word roles used in the per-word caption tags (read by NTA hard negatives and benchmark probes).
@@ -62,118 +60,15 @@ _TEMPLATES = (
     {"phrases": _LONG_PHRASES, "inverted": False, "det": "the", "single_det": "the"},
     {"phrases": _LONG_PHRASES, "inverted": True, "det": "the", "single_det": "a single"},
 )
-NUM_TEMPLATES = len(_TEMPLATES)
+# Every relation phrase the templates say -> its canonical relation, in template order: the one
+# source for readers of captions (nas.evaluation.captioning parses generated captions with it).
+RELATION_PHRASES = {
+    phrase: relation for template in _TEMPLATES for relation, phrase in template["phrases"].items()
+}
 
 # Shapes are drawn at this many times the image size and box-averaged down, for soft edges that
 # are still bit-exact (integer arithmetic in PIL's reduce).
 _SUPERSAMPLE = 4
-
-
-def _default_colours() -> dict[str, tuple[int, int, int]]:
-    # Six hues far apart from each other and from the grey background; each name is one
-    # WordPiece token in the bert-base-uncased vocabulary.
-    return {
-        "red": (220, 40, 40),
-        "green": (40, 170, 60),
-        "blue": (40, 80, 230),
-        "yellow": (240, 220, 40),
-        "purple": (150, 60, 200),
-        "orange": (250, 140, 20),
-    }
-
-
-def _default_sizes() -> dict[str, float]:
-    # Half-extent of an object as a fraction of the image side: at 64 px, 6 px and 11 px.
-    return {"small": 0.09, "large": 0.17}
-
-
-@dataclass
-class SyntheticConfig:
-    """The embedded synthetic data set. Defaults are the harness's default (tiny) profile."""
-
-    seed: int = 0
-    image_size: int = 64
-    n_train: int = 3000
-    n_val: int = 200
-    n_test: int = 1600  # what the ProbeConfig defaults need (~1,000 cases per benchmark)
-    min_objects: int = 1
-    max_objects: int = 3
-    shapes: tuple[str, ...] = ("circle", "square", "triangle", "cross", "diamond")
-    colours: dict[str, tuple[int, int, int]] = field(default_factory=_default_colours)
-    sizes: dict[str, float] = field(default_factory=_default_sizes)
-    # Distinct templates drawn per image (at most NUM_TEMPLATES); one JSON entry per caption.
-    captions_per_image: int = 2
-    # "colour shape" combinations that never occur in train/val; a share of test scenes holds one.
-    holdout: tuple[str, ...] = ("red triangle", "blue circle")
-    test_heldout_fraction: float = 0.3
-    # A relation is stated only if the two centres differ by at least this fraction of the image
-    # side along its axis, so "left of" / "above" are never a matter of a pixel.
-    relation_margin: float = 0.12
-    # Minimum empty pixels between object bounding boxes: objects never touch or overlap.
-    min_gap: int = 2
-    background_level: int = 118
-    noise_std: float = 6.0
-
-    def __post_init__(self) -> None:
-        if self.image_size < 16:
-            raise ValueError(f"image_size must be >= 16, got {self.image_size}")
-        for name in ("n_train", "n_val", "n_test"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not 1 <= self.min_objects <= self.max_objects:
-            raise ValueError(
-                f"min_objects/max_objects must satisfy 1 <= min <= max, got {self.min_objects}/{self.max_objects}"
-            )
-        unknown = [s for s in self.shapes if s not in _SHAPE_DRAWERS]
-        if unknown or not self.shapes or len(set(self.shapes)) != len(self.shapes):
-            raise ValueError(
-                f"shapes must be distinct names from {sorted(_SHAPE_DRAWERS)}, got {self.shapes}"
-            )
-        # Objects in one scene have distinct colours and distinct shapes, so that swapping any
-        # attribute between two objects (an NTA / ARO-style negative) really changes the meaning.
-        if self.max_objects > min(len(self.shapes), len(self.colours)):
-            raise ValueError(
-                f"max_objects={self.max_objects} exceeds the number of shapes ({len(self.shapes)}) "
-                f"or colours ({len(self.colours)}); objects in a scene have distinct colours and shapes"
-            )
-        for name, rgb in self.colours.items():
-            if " " in name or not name or any(not 0 <= c <= 255 for c in rgb):
-                raise ValueError(f"colours[{name!r}] must be a one-word name with RGB values in 0..255")
-        if set(self.sizes) & set(self.colours) or set(self.sizes) & set(self.shapes):
-            raise ValueError("sizes, colours and shapes must use different words")
-        for name, frac in self.sizes.items():
-            if " " in name or not 0.02 <= frac <= 0.3:
-                raise ValueError(f"sizes[{name!r}] must be a one-word name with a fraction in [0.02, 0.3]")
-        if not 1 <= self.captions_per_image <= NUM_TEMPLATES:
-            raise ValueError(
-                f"captions_per_image must be in 1..{NUM_TEMPLATES}, got {self.captions_per_image}"
-            )
-        for combo in self.holdout:
-            parts = combo.split(" ")
-            if len(parts) != 2 or parts[0] not in self.colours or parts[1] not in self.shapes:
-                raise ValueError(
-                    f"holdout entry {combo!r} must be '<colour> <shape>' from colours and shapes"
-                )
-        if not 0.0 <= self.test_heldout_fraction <= 1.0:
-            raise ValueError(f"test_heldout_fraction must be in [0, 1], got {self.test_heldout_fraction}")
-        if not 0.0 < self.relation_margin < 0.5:
-            raise ValueError(f"relation_margin must be in (0, 0.5), got {self.relation_margin}")
-        if self.min_gap < 0:
-            raise ValueError(f"min_gap must be >= 0, got {self.min_gap}")
-        if not 0 <= self.background_level <= 255:
-            raise ValueError(f"background_level must be in 0..255, got {self.background_level}")
-        if self.noise_std < 0:
-            raise ValueError(f"noise_std must be >= 0, got {self.noise_std}")
-
-    @property
-    def margin_px(self) -> int:
-        return math.ceil(self.relation_margin * self.image_size)
-
-    def radius_px(self, size: str) -> int:
-        return max(2, round(self.sizes[size] * self.image_size))
-
-    def split_size(self, split: str) -> int:
-        return {"train": self.n_train, "val": self.n_val, "test": self.n_test}[split]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -331,6 +226,9 @@ _SHAPE_DRAWERS = {
     "cross": _draw_cross,
     "diamond": _draw_diamond,
 }
+# The config (nas.config.synthetic) names the shapes and counts the templates without importing this module.
+if tuple(_SHAPE_DRAWERS) != SHAPES or len(_TEMPLATES) != NUM_TEMPLATES:
+    raise AssertionError("nas.config.synthetic.SHAPES / NUM_TEMPLATES disagree with nas.data.synthetic")
 
 
 def render_scene(objects: list[dict[str, Any]], cfg: SyntheticConfig, noise_seed: int) -> Image.Image:

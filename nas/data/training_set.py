@@ -76,7 +76,7 @@ class _Reindexed(Dataset):
 def dataset_parts(dataset: Any) -> list[CaptionDataset | ShardDataset]:
     """The CaptionDataset / ShardDataset parts of a training set, in index order. Understands
     `build_training_set`'s output, ConcatDataset, and wrappers keeping their dataset in `.pairs`
-    (experiments.uta.MemoizedImages)."""
+    (nas.recipes.uta.data.MemoizedImages)."""
     if isinstance(dataset, (CaptionDataset, ShardDataset)):
         return [dataset]
     if isinstance(dataset, _Reindexed):

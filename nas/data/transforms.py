@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 # torch and torchvision are imported where an image is transformed, not here: reading TransformConfig
@@ -23,9 +22,11 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-# ALBEF's (= CLIP's) normalisation constants (salesforce/ALBEF, dataset/__init__.py).
-ALBEF_MEAN = (0.48145466, 0.4578275, 0.40821073)
-ALBEF_STD = (0.26862954, 0.26130258, 0.27577711)
+# TransformConfig and ALBEF's normalisation constants are pure config, in nas.config.data (kept
+# importable from here).
+from nas.config.data import ALBEF_MEAN, ALBEF_STD, RANDAUGMENT_MAX_LEVEL, TransformConfig
+
+__all__ = ["ALBEF_MEAN", "ALBEF_STD", "TransformConfig", "build_eval_transform", "build_train_transform"]
 
 # ALBEF's RandomAugment op list for pretraining (salesforce/ALBEF, dataset/__init__.py). It has no
 # Color/Contrast/Solarize/Posterize ops; we keep it that way because our captions name colours.
@@ -43,40 +44,10 @@ ALBEF_RANDAUG_OPS = (
 )
 # Constants of ALBEF's dataset/randaugment.py: levels run to 10; each sampled op is applied with
 # probability 0.5; geometric ops fill with grey 128; translation is 10 px at its 256 px input.
-_MAX_LEVEL = 10
+_MAX_LEVEL = RANDAUGMENT_MAX_LEVEL
 _APPLY_PROB = 0.5
 _FILL = [128.0, 128.0, 128.0]
 _TRANSLATE_FRACTION = 10 / 256
-
-
-@dataclass
-class TransformConfig:
-    """Image pipeline knobs; defaults are the tiny profile (64 px synthetic scenes)."""
-
-    image_size: int = 64  # paper: 256 for pretraining, 384 for fine-tuning [P]
-    # ALBEF uses (0.2, 1.0); we default to (0.5, 1.0) so a crop of a 64 px scene rarely drops an
-    # object that its caption names.
-    crop_scale: tuple[float, float] = (0.5, 1.0)
-    # ALBEF flips; off by default because a flip swaps "left of"/"right of" in our captions.
-    hflip: bool = False
-    randaugment: bool = True
-    randaugment_n: int = 2  # ALBEF RandomAugment(2, 7)
-    randaugment_m: int = 7
-    mean: tuple[float, float, float] = ALBEF_MEAN
-    std: tuple[float, float, float] = ALBEF_STD
-
-    def __post_init__(self) -> None:
-        if self.image_size < 8:
-            raise ValueError(f"image_size must be >= 8, got {self.image_size}")
-        low, high = self.crop_scale
-        if not 0.0 < low <= high <= 1.0:
-            raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
-        if self.randaugment_n < 0:
-            raise ValueError(f"randaugment_n must be >= 0, got {self.randaugment_n}")
-        if not 0 <= self.randaugment_m <= _MAX_LEVEL:
-            raise ValueError(f"randaugment_m must be in 0..{_MAX_LEVEL}, got {self.randaugment_m}")
-        if any(s <= 0 for s in self.std):
-            raise ValueError(f"std must be positive, got {self.std}")
 
 
 class AlbefRandAugment:

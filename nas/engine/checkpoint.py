@@ -31,6 +31,7 @@ from nas.atomic import (  # noqa: F401  (re-exported: the engine's writers)
     ORPHAN_PATTERNS,
     atomic_copy,
     atomic_link,
+    atomic_save,
     atomic_write,
     atomic_write_text,
     fsync_dir,
@@ -129,11 +130,6 @@ def collect_state(to_save: Mapping[str, Any]) -> dict[str, Any]:
         name: (unwrap_model(obj) if isinstance(obj, nn.Module) else obj).state_dict()
         for name, obj in to_save.items()
     }
-
-
-def atomic_save(obj: Any, path: str | Path) -> None:
-    """`torch.save` through `atomic_write`: never a half-written file, durable once it returns."""
-    atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
 class RunLockError(RuntimeError):

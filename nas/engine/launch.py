@@ -18,31 +18,17 @@ import logging
 import os
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import ignite.distributed as idist
 import torch
 from torch import nn
 
+from nas.config.train import LaunchConfig  # noqa: F401  (the `train.launch` params block, re-exported)
+
 logger = logging.getLogger(__name__)
 
 TORCHRUN_ENV = ("WORLD_SIZE", "LOCAL_RANK")
-
-
-@dataclass
-class LaunchConfig:
-    """How many processes, which collective backend, and the DDP option that depends on the model."""
-
-    nproc_per_node: int = 1  # NAS paper "Hardware": 8 GPUs (8 x A800), 64 images each
-    backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl with CUDA, else gloo
-    # DDP must be told when some parameters get no gradient in a step (e.g. a frozen branch that
-    # still requires grad); costs an extra graph traversal per step, so off by default.
-    find_unused_parameters: bool = False
-
-    def __post_init__(self) -> None:
-        if self.nproc_per_node < 1:
-            raise ValueError(f"nproc_per_node must be >= 1, got {self.nproc_per_node}")
 
 
 def resolve_backend(backend: str) -> str:

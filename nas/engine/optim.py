@@ -9,39 +9,11 @@ factory, which exempts biases and other 1-D parameters (norm scales) from decay;
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import nn
 
-
-@dataclass
-class OptimConfig:
-    """AdamW hyperparameters (the learning rate itself belongs to the schedule)."""
-
-    weight_decay: float = 0.02  # NAS paper "Experiment setup": 0.02
-    betas: tuple[float, float] = (0.9, 0.999)  # torch/timm AdamW defaults, as in ALBEF
-    eps: float = 1e-8  # timm `opt_eps` default, as in ALBEF
-    # torch >= 2.4 has fused AdamW kernels for CPU and CUDA parameters (one kernel over all tensors
-    # instead of ~10 elementwise passes): measured on 2 cores, the optimizer phase of the tiny ALBEF
-    # step (10M parameters) goes from 96 to 7.5 ms. Same algorithm; the last bits of an update may
-    # differ from the foreach path. auto = fused when every parameter is on one CPU or CUDA device.
-    fused_adamw: Literal["auto", "true", "false"] = "auto"
-    # "lamb" (UTA's contrastive fine-tuning [P]) and layer-wise lr decay (BEiT-style fine-tuning) come
-    # from timm's optimizer factory: groups get an `lr_scale`, which the engine's schedule multiplies in.
-    name: Literal["adamw", "lamb"] = "adamw"
-    layer_decay: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if not all(0 <= b < 1 for b in self.betas):
-            raise ValueError(f"betas must be in [0, 1), got {self.betas}")
-        if not self.eps > 0:
-            raise ValueError(f"eps must be > 0, got {self.eps}")
-        if self.layer_decay is not None and not 0.0 < self.layer_decay <= 1.0:
-            raise ValueError(f"layer_decay must be in (0, 1] or null, got {self.layer_decay}")
+from nas.config.train import OptimConfig  # the `train.optim` params block (pure data)
 
 
 def build_optimizer(

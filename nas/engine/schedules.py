@@ -14,33 +14,12 @@ epoch, afterwards the configured value (0.4, NAS paper "Experiment setup").
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 from ignite.handlers.param_scheduler import ParamScheduler
 from torch.optim import Optimizer
 
-
-@dataclass
-class ScheduleConfig:
-    """Learning-rate schedule. Defaults are the tiny CPU profile; paper values in the comments."""
-
-    lr: float = 1e-4  # peak; NAS paper "Experiment setup": 1e-4
-    min_lr: float = 1e-5  # cosine floor; NAS paper: 1e-5 (fine-tuning in [A]: 1e-6)
-    warmup_steps: int = 100  # NAS paper: 1,000 iterations ([A]: 2,000, a staircase; NAS_METHOD.md §6)
-    # Where the linear warm-up starts. 0 as the paper's "warm-up" suggests; [A]'s fine-tuning uses a
-    # flat warm-up (warmup_start_lr = lr), ALBEF's pretraining starts at 1e-5.
-    warmup_start_lr: float = 0.0
-
-    def __post_init__(self) -> None:
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if not 0 <= self.min_lr <= self.lr:
-            raise ValueError(f"min_lr must be in [0, lr={self.lr}], got {self.min_lr}")
-        if self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
-        if not 0 <= self.warmup_start_lr <= self.lr:
-            raise ValueError(f"warmup_start_lr must be in [0, lr={self.lr}], got {self.warmup_start_lr}")
+from nas.config.train import ScheduleConfig  # the `train.schedule` params block (pure data)
 
 
 def lr_at(

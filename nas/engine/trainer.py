@@ -14,8 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import ignite.distributed as idist
 import torch
@@ -23,10 +22,9 @@ from ignite.engine import Engine, Events
 from ignite.handlers.param_scheduler import ParamScheduler
 from torch import nn
 
+from nas.config.train import TrainConfig  # the `train` params block (pure data), re-exported here
 from nas.distributed import all_reduce_sum
-from nas.engine.launch import LaunchConfig
-from nas.engine.optim import OptimConfig
-from nas.engine.schedules import ScheduleConfig, alpha_at, build_lr_scheduler
+from nas.engine.schedules import alpha_at, build_lr_scheduler
 from nas.finite import NonFiniteTensorError
 
 # Keys of the step output besides the model's loss terms.
@@ -40,62 +38,6 @@ CAPTION_COUNTS = {
 }
 COUNTS = (IMAGES, SKIPPED, *CAPTION_COUNTS.values())
 RESERVED_KEYS = (TOTAL, LR, ALPHA, *COUNTS)
-
-
-@dataclass
-class TrainConfig:
-    """Everything the engine needs. Defaults are the tiny CPU profile; paper values in the comments."""
-
-    epochs: int = 1  # NAS paper "Experiment setup": stage 1 29 epochs, stage 2 1 epoch
-    max_steps_per_epoch: int | None = None  # None = the whole loader; tiny runs cut epochs short
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    launch: LaunchConfig = field(default_factory=LaunchConfig)
-    alpha: float = 0.4  # distillation weight; NAS paper "Experiment setup" and ALBEF: 0.4
-    # ALBEF ramps α from 0 over the first epoch of a run (Pretrain.py). A stage that continues
-    # another (NAS stage 2) may want the full α from its first step: set false.
-    alpha_ramp: bool = True
-    grad_clip_norm: float | None = None  # ALBEF does not clip
-    # bf16 = autocast (weights and optimizer stay fp32); auto = bf16 where the device computes it natively
-    # (CUDA with bf16, a CPU with AVX-512-BF16 or AMX), fp32 elsewhere: `resolve_precision`. The default
-    # stays fp32: bf16 numbers differ from fp32 ones, and auto would make them differ between machines.
-    precision: Literal["fp32", "bf16", "auto"] = "fp32"
-    compile: bool = False  # torch.compile the model (first compile takes ~70 s on CPU)
-    checkpoint_every_epochs: int = 1  # ALBEF saves after every epoch
-    keep_checkpoints: int = 2  # epoch checkpoints kept while the run trains (a damaged newest falls back)
-    # True: once the run completes, last.pt is all that is kept (the epoch checkpoints are deleted; a rerun
-    # of the finished run resumes from last.pt, with nothing left to train). The pipeline's stages set it.
-    prune_when_done: bool = False
-    # What last.pt keeps: "full" (everything: a later stage can take over the optimizer, as NAS stage 2
-    # does from stage 1) or "weights" (no optimizer moments: half the bytes; the finished run can be read,
-    # scored and initialise another stage's model, but not trained further).
-    final_state: Literal["full", "weights"] = "full"
-    log_every_steps: int = 10  # TensorBoard scalars
-    progress_bar: bool = True
-    image_key: str = "image"  # batch entry whose leading dimension counts the images
-    seed: int = 42  # ALBEF's default seed; each rank uses seed + rank (ALBEF Pretrain.py)
-    # torch.use_deterministic_algorithms for the run (kernels with a deterministic form use it, the
-    # few without one warn). Measured on 2 CPU threads: reruns bit-identical, step time within noise
-    # (benchmarks/reproducibility.py). False trades that for whatever the backend finds fastest.
-    deterministic: bool = True
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
-            raise ValueError(f"max_steps_per_epoch must be >= 1 or None, got {self.max_steps_per_epoch}")
-        if not self.alpha >= 0:
-            raise ValueError(f"alpha must be >= 0, got {self.alpha}")
-        if self.grad_clip_norm is not None and not self.grad_clip_norm > 0:
-            raise ValueError(f"grad_clip_norm must be > 0 or None, got {self.grad_clip_norm}")
-        if self.checkpoint_every_epochs < 1:
-            raise ValueError(f"checkpoint_every_epochs must be >= 1, got {self.checkpoint_every_epochs}")
-        if self.keep_checkpoints < 1:
-            raise ValueError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
-        if self.log_every_steps < 1:
-            raise ValueError(f"log_every_steps must be >= 1, got {self.log_every_steps}")
-        if self.final_state not in ("full", "weights"):
-            raise ValueError(f"final_state must be 'full' or 'weights', got {self.final_state!r}")
 
 
 _ADVICE = (

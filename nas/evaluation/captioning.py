@@ -31,18 +31,14 @@ from typing import Any
 
 import torch
 
+from nas.data.synthetic import RELATION_PHRASES as SYNTHETIC_RELATION_PHRASES
+
 NextLogits = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-# Relation phrases of the synthetic caption templates (nas/data/synthetic.py), canonical names.
+# Relation phrases of the synthetic caption templates as word tuples -> canonical names, from their
+# one source (nas.data.synthetic.RELATION_PHRASES): a new template wording is parsed here unchanged.
 RELATION_PHRASES = {
-    ("left", "of"): "left of",
-    ("right", "of"): "right of",
-    ("above",): "above",
-    ("below",): "below",
-    ("to", "the", "left", "of"): "left of",
-    ("to", "the", "right", "of"): "right of",
-    ("over",): "above",
-    ("under",): "below",
+    tuple(phrase.split()): relation for phrase, relation in SYNTHETIC_RELATION_PHRASES.items()
 }
 MATCH_KEYS = ("count", "colour", "shape", "size", "objects", "relation", "caption")
 

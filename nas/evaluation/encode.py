@@ -1,20 +1,10 @@
-"""Load a trained checkpoint for evaluation and embed images/texts in batches."""
+"""Embed images and texts in batches (a run's model is reloaded by `nas.engine.run.load_run`)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
-
-
-def load_trained_model(run_dir: str | Path, device: str | torch.device = "cpu"):
-    """Rebuild the model a stage trained (from its recorded config) and load its weights:
-    `(model in eval mode, recorded config)`. The one loader is `nas.inference.load_model` (which also
-    reads the files `nas.export_inference_weights` writes)."""
-    from nas.inference import load_model
-
-    return load_model(run_dir, device)
 
 
 @torch.no_grad()

@@ -4,7 +4,7 @@ MUG (caption likelihood) and UTA (student-teacher cosine) all come through here.
 
 The probe folder's manifest says what is scored: the synthetic probes (`nas.data.probes.write_probes`,
 `data.source: synthetic`) or the real, downloaded benchmark folders
-(`nas.data.benchmark_folders.write_benchmark_manifest`, `data.source: files`); both are read by
+(`nas.evaluation.benchmark_folders.write_benchmark_manifest`, `data.source: files`); both are read by
 `nas.data.probes.probe_benchmarks` and scored by the same loaders and metrics."""
 
 from __future__ import annotations

@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from nas.distributed import all_gather_cat
-from nas.models.registry import build_config, register_model
+from nas.models.registry import register_model
+from nas.models.scoring import score_pairs
 from nas.models.text import TextConfig, TextEncoder
 from nas.models.vision import VisionConfig, build_vision_encoder, resize_position_embeddings
 from nas.objectives.itc import (
@@ -180,9 +181,7 @@ class ALBEF(nn.Module):
         """ITM match probability and ITC cosine of every (image, text) pair: `PairScores(itm, itc)`,
         float64 `[n_images, n_texts]` each, in eval mode under no_grad, exactly the evaluation scorers'
         values. `images`: preprocessed `[N, 3, H, W]`; `texts`: the tokenizer's output
-        (`nas.create_model_and_transforms`). See `nas.inference.score_pairs`."""
-        from nas.inference import score_pairs
-
+        (`nas.create_model_and_transforms`). See `nas.models.scoring.score_pairs`."""
         return score_pairs(self, images, texts, batch_size=batch_size)
 
     # ---- training --------------------------------------------------------------------------------
@@ -421,13 +420,18 @@ ALBEF_BASE = {
 }
 
 
-@register_model
-def albef_tiny(**overrides: Any) -> ALBEF:
-    """CPU-sized ALBEF (~10M parameters): ViT 192 × 4 at 64 px / patch 8, BERT 192 with 2 + 2 layers."""
-    return ALBEF(build_config(ALBEFConfig, {}, overrides))
-
-
-@register_model
-def albef_base(**overrides: Any) -> ALBEF:
-    """ALBEF as in the paper (ViT-B/16 from DeiT-base, BERT-base 6 + 6, embed 256, queue 65,536)."""
-    return ALBEF(build_config(ALBEFConfig, ALBEF_BASE, overrides))
+register_model(
+    "albef_tiny",
+    config=ALBEFConfig,
+    build=ALBEF,
+    family="nas",
+    doc="CPU-sized ALBEF (~10M parameters): ViT 192 × 4 at 64 px / patch 8, BERT 192 with 2 + 2 layers.",
+)
+register_model(
+    "albef_base",
+    config=ALBEFConfig,
+    base=ALBEF_BASE,
+    build=ALBEF,
+    family="nas",
+    doc="ALBEF as in the paper (ViT-B/16 from DeiT-base, BERT-base 6 + 6, embed 256, queue 65,536).",
+)

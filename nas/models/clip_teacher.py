@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nas.models.registry import build_config, register_model
+from nas.models.registry import register_model
 
 # open_clip's CLIP BPE vocabulary (MUG_UTA.md §2: 49,408 tokens).
 CLIP_VOCAB_SIZE = 49408
@@ -192,11 +192,39 @@ class ClipTeacher(nn.Module):
         return super().train(mode and not self.frozen)
 
 
-@register_model
-def uta_clip_tiny(**overrides: Any) -> ClipTeacher:
-    """The CPU profile's teacher before training: a tiny open_clip CLIP (`TinyClipConfig`)."""
-    cfg = build_config(TinyClipConfig, {}, overrides)
+def build_tiny_teacher(cfg: TinyClipConfig) -> ClipTeacher:
+    """A tiny open_clip CLIP built from `cfg`, untrained."""
     return ClipTeacher(build_open_clip(cfg.open_clip_config()))
+
+
+register_model(
+    "uta_clip_tiny",
+    config=TinyClipConfig,
+    build=build_tiny_teacher,
+    family="uta_teacher",
+    doc="The CPU profile's teacher before training: a tiny open_clip CLIP (`TinyClipConfig`).",
+)
+
+
+@dataclass
+class OpenClipConfig:
+    """An open_clip model by name (e.g. "EVA02-E-14"), untrained: what `load_run` rebuilds the fine-tuned
+    text tower of an EVA-CLIP teacher as before loading its weights."""
+
+    model: str  # no default: an EVA-CLIP is billions of parameters, never built by accident
+
+
+def _build_open_clip_teacher(cfg: OpenClipConfig):
+    return ClipTeacher(build_open_clip(cfg.model))
+
+
+register_model(
+    "uta_open_clip",
+    config=OpenClipConfig,
+    build=_build_open_clip_teacher,
+    family="uta_teacher",
+    doc="An open_clip CLIP by name (`model`), e.g. an EVA-CLIP: UTA's paper-scale teacher towers.",
+)
 
 
 class ClipTrainer(nn.Module):

@@ -32,7 +32,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from nas.models.masking import MaskedView, gather_tokens, random_masking, restore_order
-from nas.models.registry import build_config, register_model
+from nas.models.registry import register_model
 from nas.models.vision import VisionConfig, build_vision_encoder
 from nas.objectives.mug import (
     caption_cross_entropy,
@@ -98,25 +98,21 @@ class CaptionDecoderConfig:
             raise ValueError(f"caption.corpus_slots must be >= 4, got {self.corpus_slots}")
 
 
-# The CPU profile's encoder: 64 px / 16 = a 4 x 4 grid, as the NAS tiny profile (params.yaml
-# model.overrides.vision). Kept as a base dict (like MUG_BASE) because a nested override such as
-# `vision: {depth: 2}` rebuilds VisionConfig from its own class defaults plus the given keys.
-TINY_VISION: dict[str, Any] = {
-    "model_name": "vit_tiny_patch16_224",
-    "img_size": 64,
-    "patch_size": 16,
-    "embed_dim": 96,
-    "depth": 4,
-    "num_heads": 3,
-}
-MUG_TINY: dict[str, Any] = {"vision": TINY_VISION}
+# The defaults are the tiny profile (`mug_tiny`: base {}); a nested override such as `vision: {depth: 2}`
+# changes that key of this default encoder only (nas.config.base.from_dict merges over a field's default).
 
 
 @dataclass
 class MUGConfig:
     """The whole model. Defaults: the tiny CPU profile (`mug_tiny`); `MUG_BASE` holds paper scale."""
 
-    vision: VisionConfig = field(default_factory=lambda: VisionConfig(**TINY_VISION))
+    # The CPU profile's encoder: 64 px / 16 = a 4 x 4 grid, as the NAS tiny profile (params.yaml
+    # model.overrides.vision).
+    vision: VisionConfig = field(
+        default_factory=lambda: VisionConfig(
+            model_name="vit_tiny_patch16_224", img_size=64, patch_size=16, embed_dim=96, depth=4, num_heads=3
+        )
+    )
     decoder: MAEDecoderConfig = field(default_factory=MAEDecoderConfig)
     caption: CaptionDecoderConfig = field(default_factory=CaptionDecoderConfig)
     mask_ratio: float = 0.75  # MAE [B]
@@ -434,13 +430,18 @@ class MUG(nn.Module):
         return terms
 
 
-@register_model
-def mug_tiny(**overrides: Any) -> MUG:
-    """The CPU profile: ViT 96 x 4 on a 4 x 4 grid, decoders 64 wide, corpus vocabulary."""
-    return MUG(build_config(MUGConfig, MUG_TINY, overrides))
-
-
-@register_model
-def mug_base(**overrides: Any) -> MUG:
-    """Paper scale (MUG_UTA.md §1): ViT-B/16, MAE decoder 8 x 512, caption decoder 4 x 512, 77 tokens."""
-    return MUG(build_config(MUGConfig, MUG_BASE, overrides))
+register_model(
+    "mug_tiny",
+    config=MUGConfig,
+    build=MUG,
+    family="mug",
+    doc="The CPU profile: ViT 96 x 4 on a 4 x 4 grid, decoders 64 wide, corpus vocabulary.",
+)
+register_model(
+    "mug_base",
+    config=MUGConfig,
+    base=MUG_BASE,
+    build=MUG,
+    family="mug",
+    doc="Paper scale (MUG_UTA.md §1): ViT-B/16, MAE decoder 8 x 512, caption decoder 4 x 512, 77 tokens.",
+)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import nn
@@ -35,7 +34,7 @@ from torch import nn
 from nas.distributed import all_gather_cat, all_reduce_sum, rank
 from nas.models.albef import ALBEF, ALBEF_BASE, ALBEFConfig, ITMContext
 from nas.models.nva import NVAConfig, NVAOutput, negative_visual_augmentation
-from nas.models.registry import build_config, register_model
+from nas.models.registry import register_model
 from nas.models.visual_dictionary import VDOutput, VisualDictionary, VisualDictionaryConfig
 from nas.objectives.itm import NO_MATCH, ITMBlock
 
@@ -237,13 +236,18 @@ NAS_BASE = {
 }
 
 
-@register_model
-def nas_tiny(**overrides: Any) -> NAS:
-    """CPU-sized NAS: albef_tiny (ViT 192 × 4 at 64 px / patch 8: an 8 × 8 grid) + a 64-code dictionary."""
-    return NAS(build_config(NASConfig, {}, overrides))
-
-
-@register_model
-def nas_base(**overrides: Any) -> NAS:
-    """NAS as in the paper: albef_base + a 2,048-code dictionary at width 768."""
-    return NAS(build_config(NASConfig, NAS_BASE, overrides))
+register_model(
+    "nas_tiny",
+    config=NASConfig,
+    build=NAS,
+    family="nas",
+    doc="CPU-sized NAS: albef_tiny (ViT 192 × 4 at 64 px / patch 8: an 8 × 8 grid) + a 64-code dictionary.",
+)
+register_model(
+    "nas_base",
+    config=NASConfig,
+    base=NAS_BASE,
+    build=NAS,
+    family="nas",
+    doc="NAS as in the paper: albef_base + a 2,048-code dictionary at width 768.",
+)

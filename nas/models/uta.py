@@ -24,7 +24,7 @@ from torch import nn
 
 from nas.models.block_masking import MaskingConfig, sample_visible
 from nas.models.clip_teacher import ClipTeacher, check_grid
-from nas.models.registry import build_config, register_model
+from nas.models.registry import register_model
 from nas.objectives.uta import alignment_loss, gather_tokens, resample_token_grid
 
 
@@ -144,16 +144,21 @@ class UTAStudent(nn.Module):
         return self.forward_features(images)[:, 0]
 
 
-@register_model
-def uta_tiny(**overrides: Any) -> UTAStudent:
-    """EVA-02-style ViT, 64 px, patch 8 (8 x 8 grid), width 64, depth 3: the CPU profile's student."""
-    return UTAStudent(build_config(UTAStudentConfig, {}, overrides))
-
-
-@register_model
-def uta_base(**overrides: Any) -> UTAStudent:
-    """EVA-02 B/16 (224 px, width 768, depth 12, 12 heads) with UTA-B's 1024-d head [C]."""
-    return UTAStudent(build_config(UTAStudentConfig, UTA_BASE, overrides))
+register_model(
+    "uta_tiny",
+    config=UTAStudentConfig,
+    build=UTAStudent,
+    family="uta",
+    doc="EVA-02-style ViT, 64 px, patch 8 (8 x 8 grid), width 64, depth 3: the CPU profile's student.",
+)
+register_model(
+    "uta_base",
+    config=UTAStudentConfig,
+    base=UTA_BASE,
+    build=UTAStudent,
+    family="uta",
+    doc="EVA-02 B/16 (224 px, width 768, depth 12, 12 heads) with UTA-B's 1024-d head [C].",
+)
 
 
 class UTAPretrainer(nn.Module):

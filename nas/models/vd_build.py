@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
+from nas.atomic import atomic_save
 from nas.config.base import to_dict
-from nas.engine.checkpoint import atomic_save
 from nas.models.nas_model import NAS, eval_mode
 
 logger = logging.getLogger(__name__)

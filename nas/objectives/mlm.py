@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from nas.models.text import CLS_ID, MASK_ID, PAD_ID, SEP_ID
+from nas.data.tokenizer import CLS_ID, MASK_ID, PAD_ID, SEP_ID  # bert-base-uncased ids, defined once
 
 IGNORE_INDEX = -100  # label of an unselected position (PyTorch's cross_entropy default)
 # BERT / ALBEF masking probabilities [B].

@@ -39,14 +39,6 @@ from nas.jsonfile import read_json_file
 
 MATCH, DEVIATION, ABLATION, NOT_APPLICABLE, UNCHECKED = "match", "deviation", "ablation", "n/a", "unchecked"
 
-# Registered model -> (module, config class, name of its base dict or None). Mirrors the `@register_model`
-# entrypoints of nas/models, which build `build_config(Config, BASE, overrides)`.
-MODEL_CONFIGS: dict[str, tuple[str, str, str | None]] = {
-    "albef_tiny": ("nas.models.albef", "ALBEFConfig", None),
-    "albef_base": ("nas.models.albef", "ALBEFConfig", "ALBEF_BASE"),
-    "nas_tiny": ("nas.models.nas_model", "NASConfig", None),
-    "nas_base": ("nas.models.nas_model", "NASConfig", "NAS_BASE"),
-}
 STAGE_SECTIONS = ("pretrain_stage1", "pretrain_stage2")
 # In the view of a fine-tuning replicate's config.json: the params paths (and everything under them)
 # whose pretraining value that config no longer holds (see the module docstring).
@@ -59,9 +51,21 @@ REPLACED_NOTE = (
 
 # The companion recipes' cards (MUG_UTA.md): recipe -> module defining `CARD` and `<recipe>_view(run_config)`
 # (its params section typed, defaults filled in). A run's recipe is the prefix of its recorded stage
-# name (`mug_pretrain` -> mug); NAS's own stages use PAPER_CARD and `audit_view`.
-RECIPE_CARDS: dict[str, str] = {"mug": "nas.config.mug_card", "uta": "nas.config.uta_card"}
-RECIPES = ("nas", *RECIPE_CARDS)
+# name (`mug_pretrain` -> mug); NAS's own stages use PAPER_CARD and `audit_view`. The recipes register
+# their cards from above (nas/recipes/__init__.py: `register_card`), so reporting imports no recipe.
+RECIPE_CARDS: dict[str, str] = {}
+
+
+def register_card(recipe: str, module: str) -> None:
+    """Make `recipe`'s card (module path of its `CARD` and `<recipe>_view`) known to the audit."""
+    if recipe == "nas":
+        raise ValueError("register_card: 'nas' is the paper's own card (PAPER_CARD)")
+    RECIPE_CARDS[recipe] = module
+
+
+def recipes() -> tuple[str, ...]:
+    """The recipes the audit knows: the paper's own (`nas`) and every registered card's."""
+    return ("nas", *RECIPE_CARDS)
 
 
 def recipe_of(run_config: dict[str, Any]) -> str:
@@ -76,7 +80,7 @@ def card_for(
     if recipe == "nas":
         return PAPER_CARD, audit_view
     if recipe not in RECIPE_CARDS:
-        raise AuditError(f"unknown recipe {recipe!r}; known: {list(RECIPES)}")
+        raise AuditError(f"unknown recipe {recipe!r}; known: {list(recipes())}")
     module = importlib.import_module(RECIPE_CARDS[recipe])
     view = getattr(module, f"{recipe}_view")
 
@@ -110,14 +114,12 @@ class AuditRow:
 
 def effective_model_config(name: str, overrides: dict[str, Any]) -> dict[str, Any] | None:
     """The model config `create_model(name, **overrides)` would build, as a dict; None for a model the
-    audit does not know (its registered defaults cannot be filled in)."""
-    if name not in MODEL_CONFIGS:
+    audit does not know (not a registered model of the `model` section: its defaults cannot be filled in)."""
+    from nas.models.registry import list_models, model_entry
+
+    if name not in list_models("nas"):
         return None
-    module_name, class_name, base_name = MODEL_CONFIGS[name]
-    module = importlib.import_module(module_name)
-    base = getattr(module, base_name) if base_name else {}
-    cfg = from_dict(getattr(module, class_name), merge(base, overrides), "model.overrides")
-    return to_dict(cfg)
+    return to_dict(model_entry(name).resolve(overrides, "model.overrides"))
 
 
 def finetune_overlay(section: dict[str, Any]) -> dict[str, Any]:
@@ -210,7 +212,7 @@ def audit_view(run_config: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         model = effective_model_config(spec.name, spec.overrides)
         if model is None:
             notes.append(
-                f"model {spec.name!r} is unknown to the audit (nas/reporting/audit.py MODEL_CONFIGS): its "
+                f"model {spec.name!r} is unknown to the audit (not a registered model of `model`, nas.models.registry): its "
                 "registered defaults are not filled in, only the overrides are read"
             )
             return view, notes
@@ -390,7 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument(
         "--recipe",
-        choices=RECIPES,
+        choices=recipes(),
         default=None,
         help="which paper card (default: from the run's stage name; nas for a params file)",
     )

@@ -1,7 +1,7 @@
 """The MUG section of reports/results.md (MUG_UTA.md §1) and its sample figure.
 
 `section(metrics_dir, reports_dir)` reads `metrics/mug/{pretrain,evaluate}.json` (written by
-experiments/mug.py) and returns markdown: the findings (each claim's effect, 95 % interval over seeds
+nas.recipes.mug) and returns markdown: the findings (each claim's effect, 95 % interval over seeds
 and cases, verdict; nas/reporting/recipe_findings.py), the linear probes per scene attribute of every
 arm beside the untrained encoder, chance and the majority rate, with intervals; whether the caption
 branch uses the image (held-out caption cross-entropy given the own vs a shuffled image); caption

@@ -10,20 +10,15 @@ import importlib
 import json
 import math
 from collections.abc import Collection
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nas.config.report import ReportConfig  # the `report` params section, re-exported
 from nas.evaluation.seeds import fmt_mean_std, mean_std
 from nas.reporting.atomic import copy_file, save_figure, write_text
 
-if TYPE_CHECKING:  # matplotlib is imported where a figure is drawn: params validation imports this module
+if TYPE_CHECKING:  # matplotlib is imported where a figure is drawn: importing this module stays cheap
     from matplotlib.figure import Figure
-
-
-@dataclass
-class ReportConfig:
-    title: str = "nas-harness results"
 
 
 def read_json_dir(folder: Path) -> dict[str, dict[str, Any]]:
@@ -117,34 +112,6 @@ REFERENCES: dict[str, str] = {
 }
 
 
-def headline(name: str, metrics: dict[str, Any]) -> dict[str, float]:
-    """The figures a benchmark's paper reports, in percent."""
-    if name in ("vg_relation", "vg_attribution"):
-        return {"macro acc": metrics["macro"], "micro acc": metrics["micro"]}
-    if name in ("coco_order", "flickr30k_order"):
-        out = {"P@1 (mean over seeds)": metrics["precision_at_1"]}
-        if metrics.get("sd") is not None:
-            out["sd over seeds"] = metrics["sd"]
-        return out
-    if name == "winoground":
-        return {"text": metrics["text"], "image": metrics["image"], "group": metrics["group"]}
-    if name == "valse":
-        out = {
-            "acc_r (macro)": metrics["macro"]["acc_r"],
-            "acc_r (micro)": metrics["micro"]["acc_r"],
-            "AUROC (macro)": metrics["macro"]["auroc"],
-        }
-        if "min_p_c_p_f" in metrics["macro"]:
-            out["min(p_c, p_f) (macro)"] = metrics["macro"]["min_p_c_p_f"]
-        return out
-    if name == "sugarcrepe":
-        return {
-            "mean of files": metrics["mean_of_files"],
-            **{f"{k} (pooled)": v["accuracy"] for k, v in metrics["categories"].items()},
-        }
-    return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-
-
 def fine_grained_rows(results: dict[str, Any]) -> list[tuple[str, list[dict[str, Any]]]]:
     """(row label, per-replicate probe-suite results) for the pipeline's models and the recipes
     (MUG, UTA) that score the same probes (`metrics/fine_grained/<recipe>.json`)."""
@@ -160,6 +127,8 @@ def fine_grained_rows(results: dict[str, Any]) -> list[tuple[str, list[dict[str,
 def fine_grained_tables(rows: list[tuple[str, list[dict[str, Any]]]]) -> list[str]:
     """One table per benchmark: rows = model x scorer, columns = headline figures (mean ± std over
     replicates) + the chance level."""
+    from nas.evaluation.benchmarks.runner import headline_figures as headline
+
     by_benchmark: dict[str, list[tuple[str, str, list[dict[str, Any]]]]] = {}
     for label, per_seed in rows:
         for name in per_seed[0]:
@@ -587,7 +556,10 @@ def nva_figure_caption(path: Path) -> tuple[str, str]:
 
 
 # The recipes' audited runs: MUG's full arm (first seed) and UTA's students (one recorded config).
-RECIPE_AUDIT_RUNS = {"mug": Path("mug_pretrain/mug/seed0"), "uta": Path("uta_pretrain")}
+RECIPE_AUDIT_RUNS = {
+    "mug": Path("mug_pretrain/mug/seed0"),
+    "uta": Path("uta_pretrain/reversed_blockwise/seed0"),
+}
 
 
 def audited_runs(runs_dir: Path, variants: list[str]) -> dict[str, Path]:

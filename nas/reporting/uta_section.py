@@ -1,7 +1,7 @@
 """The UTA section of reports/results.md (MUG_UTA.md §2) and its masking figure.
 
 `section(metrics_dir, reports_dir)` reads `metrics/uta/{teacher,evaluate,finetune}.json` and
-`metrics/uta/figure.json` (written by experiments/uta.py) and returns markdown: the findings (each
+`metrics/uta/figure.json` (written by nas.recipes.uta) and returns markdown: the findings (each
 claim's effect, 95 % interval over seeds and cases, verdict; nas/reporting/recipe_findings.py),
 zero-shot attribute accuracy of the students through the frozen teacher text tower next to the
 teacher's own, the untrained student and chance, with intervals; the masking ablation (held-out

@@ -275,10 +275,9 @@ def _install(point: KillPoint | None) -> Callable[[int, dict], None] | None:
     import torch
 
     import nas.atomic as atomic
-    import nas.engine.checkpoint as checkpoint
 
     writes = {"n": 0}
-    real_replace, real_save = atomic.os.replace, checkpoint.torch.save
+    real_replace, real_save = atomic.os.replace, torch.save
 
     def save(obj: Any, handle: Any, *args: Any, **kwargs: Any) -> None:
         writes["n"] += 1
@@ -303,11 +302,8 @@ def _install(point: KillPoint | None) -> Callable[[int, dict], None] | None:
         def __getattr__(self, name: str) -> Any:
             return replace if name == "replace" else getattr(os, name)
 
-    class _Torch:
-        def __getattr__(self, name: str) -> Any:
-            return save if name == "save" else getattr(torch, name)
-
-    atomic.os, checkpoint.torch = _Os(), _Torch()  # this child process only
+    # This child process only: every checkpoint write is nas.atomic.atomic_save -> torch.save.
+    atomic.os, torch.save = _Os(), save
     return None
 
 

@@ -87,7 +87,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def shipped():
-    import experiments.common  # noqa: F401  (registers the sections typed in experiment modules)
+    import nas.recipes.stage  # noqa: F401  (registers the sections typed in experiment modules)
 
     return load_params(ROOT / "params.yaml")
 
@@ -112,11 +112,17 @@ def test_shipped_params_validate_clean_for_every_variant(profile, shipped):
         assert resolved.get("variant") == variant
 
 
-def test_every_registered_model_has_a_config_entry():
-    from nas.config.schema import MODEL_CONFIGS
-    from nas.models.registry import list_models
+def test_the_params_check_reads_the_model_registry():
+    """No shadow table: `model_config` types a params model spec through nas.models.registry."""
+    from nas.config.base import to_dict
+    from nas.config.schema import model_config
+    from nas.models.registry import list_models, resolve_config
 
-    assert sorted(MODEL_CONFIGS) == list_models()
+    for name in list_models("mug"):
+        got = model_config(name, {"vision": {"depth": 2}}, family="mug", path="mug.model")
+        assert to_dict(got) == to_dict(resolve_config(name, vision={"depth": 2}))
+    with pytest.raises(ConfigError, match=r"mug.model.name: 'albef_tiny' is a nas model"):
+        model_config("albef_tiny", {}, family="mug", path="mug.model")
 
 
 @pytest.mark.parametrize(

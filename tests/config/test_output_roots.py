@@ -123,7 +123,7 @@ def test_the_root_travels_in_the_resolved_params_and_only_a_run_sets_it(shipped_
 
 @pytest.fixture(scope="module")
 def shipped_params():
-    import experiments.common  # noqa: F401  (registers the sections typed in experiment modules)
+    import nas.recipes.stage  # noqa: F401  (registers the sections typed in experiment modules)
     from nas.config.params import load_params
 
     return load_params(ROOT / "params.yaml")

@@ -20,7 +20,7 @@ K32 = {"base": "nas", "model": {"overrides": {"vd": {"num_codes": 32}}}}
 
 @pytest.fixture(scope="module")
 def shipped():
-    import experiments.common  # noqa: F401  (registers the sections typed in experiment modules)
+    import nas.recipes.stage  # noqa: F401  (registers the sections typed in experiment modules)
 
     return load_params(ROOT / "params.yaml")
 

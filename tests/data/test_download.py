@@ -567,13 +567,26 @@ def test_chained_links_are_refused_by_the_data_filter_alone(tmp_path, monkeypatc
     assert _leftovers(target) == [] and not (tmp_path / "evil.txt").exists()
 
 
-def test_without_the_data_filter_the_own_check_refuses_chained_links(tmp_path, monkeypatch):
+def test_without_the_data_filter_a_tar_is_refused_not_extracted(tmp_path, monkeypatch):
+    # The member check still names a chained link first; a benign tar is not extracted without the
+    # filter (it was once extracted with a hand-written stand-in for it).
     monkeypatch.delattr(tarfile, "data_filter", raising=False)
     archive = _tar(tmp_path / "chain.tar", CHAINED, "w")
     with pytest.raises(UnsafeArchiveError, match="member 'b' is a link to 'a/..'"):
         extract(archive, tmp_path / "target")
     assert _leftovers(tmp_path / "target") == [] and not (tmp_path / "evil.txt").exists()
-    # A benign archive still extracts, with the modes sanitised as the data filter would.
+    path = tmp_path / "ok.tar"
+    with tarfile.open(path, "w") as tar:
+        info = tarfile.TarInfo("bin/tool")
+        info.size, info.mode = 2, 0o6777
+        tar.addfile(info, io.BytesIO(b"#!"))
+        tar.addfile(_sym("bin/alias", "tool"))
+    with pytest.raises(UnsafeArchiveError, match=r"ok\.tar: this Python .* has no tarfile data filter"):
+        extract(path, tmp_path / "ok")
+    assert _leftovers(tmp_path / "ok") == []
+
+
+def test_the_data_filter_sanitises_modes(tmp_path):
     path = tmp_path / "ok.tar"
     with tarfile.open(path, "w") as tar:
         info = tarfile.TarInfo("bin/tool")
@@ -584,7 +597,7 @@ def test_without_the_data_filter_the_own_check_refuses_chained_links(tmp_path, m
     assert stat.S_IMODE((tmp_path / "ok" / "bin" / "tool").stat().st_mode) == 0o755
     assert os.readlink(tmp_path / "ok" / "bin" / "alias") == "tool"
     marker = json.loads((tmp_path / "ok" / ".extracted.ok.tar").read_text())
-    assert marker["settings"]["tar_filter"] == "own check"
+    assert marker["settings"]["tar_filter"] == "data"
 
 
 def _sym(name: str, target: str) -> tarfile.TarInfo:

@@ -160,7 +160,7 @@ def test_wrappers_and_unknown_datasets(tmp_path: Path):
     data = _clean_set(tmp_path, n=2)
     pairs = CaptionDataset(tmp_path / "train.json", tmp_path, _identity)
 
-    class Memoized:  # the shape of experiments.uta.MemoizedImages
+    class Memoized:  # the shape of nas.recipes.uta.data.MemoizedImages
         def __init__(self, inner):
             self.pairs = inner
 

@@ -13,13 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from experiments.evaluate import (
-    UNTRAINED,
-    EvaluateConfig,
-    evaluate_model,
-    model_runs,
-    untrained_model,
-)
 from nas.config import from_dict
 from nas.config.data import DataConfig
 from nas.config.stages import study_seeds
@@ -29,6 +22,13 @@ from nas.evaluation.benchmarks import BENCHMARKS
 from nas.evaluation.benchmarks.runner import metric_value
 from nas.evaluation.probe_suite import run_probe_suite
 from nas.evaluation.retrieval import hits_at_k, query_ranks, recall_at_k
+from nas.recipes.evaluate import (
+    UNTRAINED,
+    EvaluateConfig,
+    evaluate_model,
+    model_runs,
+    untrained_model,
+)
 
 HEADLINES = {
     "vg_relation": "micro_all",
@@ -188,7 +188,7 @@ def test_an_untrained_nas_model_scores_with_its_random_codebook():
 
 
 def test_evaluate_model_writes_the_cases_of_an_untrained_model(synthetic, tmp_path):
-    from experiments.build_vd import load_split_images
+    from nas.data.captions import load_split_images
 
     data_root, probes = synthetic
     data = from_dict(DataConfig, {"root": str(data_root), "probes_root": str(probes)}, "data")

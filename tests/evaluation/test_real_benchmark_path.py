@@ -16,8 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-from nas.data.benchmark_folders import folders, selected_benchmarks, write_benchmark_manifest
 from nas.data.probes import probe_benchmarks
+from nas.evaluation.benchmark_folders import folders, selected_benchmarks, write_benchmark_manifest
 from nas.evaluation.benchmarks import MissingBenchmarkFileError, resource_path
 from nas.evaluation.benchmarks.valse import MIN_CAPTION_VOTES
 
@@ -245,7 +245,7 @@ def test_the_data_stage_writes_the_manifest_for_its_selection(
     from nas.config import from_dict
     from nas.config.data import DataConfig
     from nas.data import download
-    from nas.data.real import prepare_files
+    from nas.recipes.data import prepare_real as prepare_files
 
     monkeypatch.setattr(download, "fetch", lambda *args, **kwargs: download.FetchReport())
     probes = tmp_path / "probes"

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 import nas.models.albef as albef_module
-from experiments.finetune import FinetuneConfig, build_finetune_model, effective_overrides
 from nas.config.stages import ModelSpec
 from nas.models.registry import create_model
 from nas.objectives.itc import ContrastiveLoss, itc_with_negative_texts
 from nas.objectives.itm import MATCH, NO_MATCH
+from nas.recipes.finetune import FinetuneConfig, build_finetune_model, effective_overrides
 
 B, T = 4, 8
 

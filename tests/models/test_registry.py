@@ -3,9 +3,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nas.config.base import ConfigError
-from nas.models.albef import ALBEF
-from nas.models.registry import create_model, list_models, register_model
+from nas.config.base import ConfigError, to_dict
+from nas.models.albef import ALBEF, ALBEFConfig
+from nas.models.registry import (
+    FAMILIES,
+    create_model,
+    list_models,
+    model_entry,
+    register_model,
+    resolve_config,
+)
 
 
 def test_both_variants_are_registered():
@@ -58,8 +65,84 @@ def test_albef_base_is_the_paper_architecture():
 
 
 def test_registering_a_second_model_under_the_same_name_is_an_error():
-    def albef_tiny(**overrides):  # same name as the real entrypoint
-        raise AssertionError("never called")
-
     with pytest.raises(ValueError, match="already registered"):
-        register_model(albef_tiny)
+        register_model("albef_tiny", config=ALBEFConfig, base={"queue_size": 8}, build=ALBEF, family="nas")
+
+
+def test_an_entry_is_data_config_class_base_and_builder():
+    entry = model_entry("albef_base")
+    assert (entry.config, entry.build, entry.family) == (ALBEFConfig, ALBEF, "nas")
+    assert entry.base["queue_size"] == 65536 and entry.doc
+    assert model_entry("albef_tiny").base == {}  # the config's defaults are the tiny variant
+    with pytest.raises(KeyError, match="did you mean 'mug_tiny'"):
+        model_entry("mug_tiyn")
+
+
+def test_every_model_has_a_family_and_a_doc():
+    names = list_models()
+    assert sorted(sum((list_models(f) for f in FAMILIES), [])) == names
+    assert all(model_entry(name).doc for name in names)
+
+
+def test_resolve_config_is_what_create_model_builds():
+    overrides = {"text": {"num_fusion_layers": 1}, "queue_size": 96}
+    cfg = resolve_config("albef_tiny", **overrides)
+    assert isinstance(cfg, ALBEFConfig)
+    with torch.device("meta"):
+        model = create_model("albef_tiny", **overrides)
+    assert to_dict(model.cfg) == to_dict(cfg)
+    assert resolve_config("nas_base").vd.num_codes == 2048  # no 400M-parameter model is built
+
+
+def test_resolve_config_is_strict_and_names_the_dotted_path():
+    with pytest.raises(
+        ConfigError, match=r"resolve_config\('mug_tiny'\).*'vision.dept'.*did you mean"
+    ) as exc:
+        resolve_config("mug_tiny", vision={"dept": 2})
+    assert exc.value.path == "vision.dept"
+    with pytest.raises(ConfigError, match=r"mug.model.overrides: mask_ratio must be in \(0, 1\)"):
+        model_entry("mug_tiny").resolve({"mask_ratio": 2.0}, "mug.model.overrides")
+
+
+def test_a_nested_override_changes_one_key_of_the_variant_default():
+    """`vision: {depth: 2}` keeps the tiny MUG encoder's other settings (its field default), and
+    mug_base's from its base dict: no base dict repeats the defaults any more."""
+    tiny = resolve_config("mug_tiny", vision={"depth": 2})
+    assert (tiny.vision.depth, tiny.vision.embed_dim, tiny.vision.img_size, tiny.vision.patch_size) == (
+        2,
+        96,
+        64,
+        16,
+    )
+    assert tiny.vision.model_name == "vit_tiny_patch16_224"
+    base = resolve_config("mug_base", vision={"depth": 2})
+    assert (base.vision.depth, base.vision.embed_dim) == (2, resolve_config("mug_base").vision.embed_dim)
+    assert model_entry("mug_tiny").base == {}
+
+
+def test_the_cards_read_the_same_configs_as_the_registry():
+    """mug_card.effective_model and uta_card.effective_student (the cards' own lookups until they read the
+    registry) give exactly `resolve_config`, for the shipped params' specs and a nested override."""
+    import importlib
+
+    def card(*modules: str, attr: str):
+        for module in modules:
+            try:
+                return getattr(importlib.import_module(module), attr)
+            except (ImportError, AttributeError):
+                continue
+        pytest.skip(f"no card defines {attr} any more (they read the registry themselves)")
+
+    effective_model = card("nas.config.mug_card", "nas.recipes.mug.card", attr="effective_model")
+    effective_student = card("nas.config.uta_card", "nas.recipes.uta.card", attr="effective_student")
+    from nas.config.stages import ModelSpec
+
+    for name, overrides in [
+        ("mug_tiny", {}),
+        ("mug_tiny", {"mask_ratio": 0.5}),
+        ("mug_base", {}),
+        ("mug_tiny", {"vision": {"depth": 2}, "cap_weight": 0.0}),
+    ]:
+        assert effective_model(ModelSpec(name, overrides)) == to_dict(resolve_config(name, **overrides))
+    for name, overrides in [("uta_tiny", {}), ("uta_base", {}), ("uta_tiny", {"depth": 2})]:
+        assert effective_student(ModelSpec(name, overrides)) == to_dict(resolve_config(name, **overrides))

@@ -49,8 +49,8 @@ def model():
 
 def test_registered_and_paper_config_values():
     assert {"mug_tiny", "mug_base"} <= set(list_models())
-    from nas.config.mug_card import effective_model
     from nas.config.stages import ModelSpec
+    from nas.recipes.mug.card import effective_model
 
     base = effective_model(ModelSpec("mug_base", {}))
     assert base["vision"]["embed_dim"] == 768 and base["decoder"] == {

@@ -1,5 +1,6 @@
 """The MUG stages on a tiny synthetic set: caption checks (empty, too long), grayscale/RGBA/palette
-images through the MUG data path, and both stages end to end (resume included), then the report."""
+images through the MUG data path, and the three stages end to end (one run per arm x seed, resume
+included, also after an edit to params the runs do not read), then the report."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from experiments.common import Recorder
+from nas.config.base import ConfigError
 from nas.config.params import load_params, resolve
 from nas.data.bpe_tokenizer import BpeTokenizer, EmptyCaptionError
+from nas.recipes.stage import Recorder
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,7 +26,7 @@ def _write_pairs(path: Path, records) -> Path:
 
 
 def test_empty_captions_error_or_are_skipped_and_counted(tmp_path):
-    from experiments.mug import caption_census
+    from nas.recipes.mug.data import caption_census
 
     tokenizer = BpeTokenizer(context_length=8)
     records = [
@@ -44,8 +46,9 @@ def test_empty_captions_error_or_are_skipped_and_counted(tmp_path):
 
 
 def test_grayscale_rgba_palette_images_reach_the_model_as_rgb(tmp_path):
-    from experiments.mug import build_mug, build_train_loader, caption_census
-    from nas.config.mug_card import effective_sections
+    from nas.recipes.mug.card import effective_sections
+    from nas.recipes.mug.data import build_train_loader, caption_census
+    from nas.recipes.mug.train import build_mug
 
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
@@ -68,6 +71,37 @@ def test_grayscale_rgba_palette_images_reach_the_model_as_rgb(tmp_path):
     model = build_mug(typed["section"], "mug", 0, census["bpe_ids"])
     terms = model(batch, alpha=0.0)
     assert set(terms) == {"recon", "caption"} and all(torch.isfinite(t) for t in terms.values())
+
+
+def test_a_runs_digest_reads_only_what_the_run_reads():
+    """What a run is named by (its checkpoint digest): not other sections, not the evaluation knobs,
+    not the other arms or seeds; its own arm, seed and training params are."""
+    from nas.recipes.mug.card import read_section
+    from nas.recipes.mug.train import run_reads
+
+    cfg = resolve(load_params(ROOT / "params.yaml"), None)
+
+    def reads(edit=lambda c: None, arm="mug", seed=0):
+        c = json.loads(json.dumps(cfg))
+        edit(c)
+        return run_reads(c, arm, seed, read_section(c))
+
+    base = reads()
+    for same in (
+        lambda c: c["report"].update(title="another"),
+        lambda c: c["uta"]["evaluation"].update(batch_size=7),
+        lambda c: c["mug"]["evaluate"].update(batch_size=7),
+        lambda c: c["mug"].update(seeds=[0, 1, 2, 3], torch_threads=2),
+        lambda c: c["mug"]["arms"].update(mae_only={"cap_weight": 0.5}),
+    ):
+        assert reads(same) == base
+    for other in (
+        lambda c: c["mug"]["train"].update(epochs=3),
+        lambda c: c["mug"]["arms"].update(mug={"mask_ratio": 0.75}),
+        lambda c: c["loader"].update(batch_size_per_gpu=7),
+    ):
+        assert reads(other) != base
+    assert reads(seed=1) != base and reads(arm="mae_only") != base
 
 
 @pytest.fixture(scope="module")
@@ -115,28 +149,54 @@ def keep_torch_threads():
 
 @pytest.mark.slow
 def test_stages_end_to_end_resume_and_report(tiny_project, monkeypatch, keep_torch_threads):
-    from experiments.mug import evaluate, pretrain
+    from nas.engine.run import load_run
+    from nas.recipes.mug.evaluate import evaluate
+    from nas.recipes.mug.paths import run_dir
+    from nas.recipes.mug.train import pretrain, vocabulary
     from nas.reporting.mug_section import section
 
     monkeypatch.chdir(tiny_project)
     cfg = resolve(load_params(ROOT / "params.yaml"), None, TINY)
-    cfg["stage"] = "mug_pretrain"
-    pretrain(cfg, Recorder())
-    first = json.loads(Path("metrics/mug/pretrain.json").read_text())
-    assert set(first["runs"]) == {f"{a}/seed{s}" for a in ("mae_only", "mug") for s in (0, 1)}
-    assert all(run["final"]["steps"] == 1 and len(run["epochs"]) == 2 for run in first["runs"].values())
-    assert (
-        set(first["runs"]["mae_only/seed0"]["final"]) >= {"recon"}
-        and "caption" not in first["runs"]["mae_only/seed0"]["final"]
-    )
-    assert first["captions"]["pairs"] == 80 and first["captions"]["empty_skipped"] == 0
+    runs = [(a, s) for a in ("mae_only", "mug") for s in (0, 1)]
 
-    pretrain(cfg, Recorder())  # a second run resumes every finished run and trains nothing
-    again = json.loads(Path("metrics/mug/pretrain.json").read_text())
-    for name, run in again["runs"].items():
-        assert run["resumed_from"] and run["epochs"] == first["runs"][name]["epochs"]
+    def train_all(params):
+        for arm, seed in runs:  # one DVC matrix entry each: mug_pretrain@<arm>-<seed>
+            pretrain(dict(params, stage=f"mug_pretrain@{arm}-{seed}"), Recorder(), arm=arm, seed=seed)
+        return {f"{a}/seed{s}": json.loads((run_dir(a, s) / "summary.json").read_text()) for a, s in runs}
+
+    vocabulary(dict(cfg, stage="mug_vocabulary"), Recorder())
+    first = train_all(cfg)
+    assert all(run["final"]["steps"] == 1 and len(run["epochs"]) == 2 for run in first.values())
+    assert (
+        set(first["mae_only/seed0"]["final"]) >= {"recon"}
+        and "caption" not in first["mae_only/seed0"]["final"]
+    )
+    with pytest.raises(ConfigError, match="not an arm"):
+        pretrain(cfg, Recorder(), arm="caption_only", seed=0)
+
+    # A second run resumes every finished run and trains nothing, also after an edit to params the
+    # runs do not read (another section, the evaluation knobs): their digests are unchanged.
+    edited = json.loads(json.dumps(cfg))
+    edited["report"]["title"] = "another title"
+    edited["uta"]["evaluation"]["batch_size"] = 7
+    edited["mug"]["evaluate"]["batch_size"] = 7
+    again = train_all(edited)
+    for name, run in again.items():
+        assert run["resumed_from"] and run["epochs"] == first[name]["epochs"]
+        assert run["config_digest"] == first[name]["config_digest"]
+    model, recorded = load_run(run_dir("mug", 0))  # the one reloader: registry + strict weights
+    assert model.vocabulary_set and recorded["run"]["model"] == {
+        "name": "mug_tiny",
+        "overrides": {"mask_ratio": 0.5},
+    }
 
     evaluate(dict(cfg, stage="mug_evaluate"), Recorder())
+    gathered = json.loads(Path("metrics/mug/pretrain.json").read_text())
+    assert set(gathered["runs"]) == set(first) and gathered["captions"]["pairs"] == 80
+    assert (
+        gathered["captions"]["empty_skipped"] == 0
+        and gathered["runs"]["mug/seed1"]["epochs"] == first["mug/seed1"]["epochs"]
+    )
     result = json.loads(Path("metrics/mug/evaluate.json").read_text())
     mug = result["arms"]["mug"]
     assert mug["summary"]["probes"]["colour"]["accuracy"]["n"] == 2
@@ -163,12 +223,15 @@ def test_stages_end_to_end_resume_and_report(tiny_project, monkeypatch, keep_tor
     assert {"mae_only", "mug", "untrained"} <= set(result["probe_intervals"])
     assert Path("runs/mug_evaluate/cases/untrained/seed1.json").is_file()
     assert result["arms"]["mae_only"]["per_seed"][0]["captions"] == {}  # no trained captioner: not captioned
-    assert config["mug"]["model"]["overrides"] == {"mask_ratio": 0.5, "cap_weight": 0.0} and config[
-        "run"
-    ] == {
+    overrides = {"mask_ratio": 0.5, "cap_weight": 0.0}
+    assert config["mug"]["model"]["overrides"] == overrides and config["stage"] == "mug_pretrain"
+    assert {k: config["run"][k] for k in ("arm", "seed", "stage", "export")} == {
         "arm": "mae_only",
         "seed": 1,
+        "stage": "mug_pretrain",
+        "export": "",
     }
+    assert config["run"]["model"] == {"name": "mug_tiny", "overrides": overrides}
 
     lines = section(Path("metrics"), Path("reports"))
     text = "\n".join(lines)

@@ -1,4 +1,4 @@
-"""The recipes' findings (nas/reporting/recipe_findings.py) and MUG's claims on them (experiments/mug.py)."""
+"""The recipes' findings (nas/reporting/recipe_findings.py) and MUG's claims on them (nas/recipes/mug/findings.py)."""
 
 from __future__ import annotations
 
@@ -98,7 +98,7 @@ def test_probe_by_feature_probes_each_attribute_on_its_feature_and_skips_what_it
 
 
 def _mug_section():
-    from nas.config.mug_card import read_section
+    from nas.recipes.mug.card import read_section
 
     return read_section(resolve(load_params(ROOT / "params.yaml")))
 
@@ -118,7 +118,7 @@ def _run(rates: dict[str, float], seed: int) -> dict:
 
 
 def test_mug_claims_judge_only_what_the_full_model_learned():
-    from experiments.mug import mug_findings
+    from nas.recipes.mug.findings import mug_findings
 
     section = _mug_section()
     good = {"count": 0.8, "colour": 0.95, "size": 0.7, "relation": 0.5, "hpos": 0.7, "vpos": 0.7}

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,15 @@ def test_top_level_help_lists_every_command(capsys):
         assert stage in out  # the --stage choices of each multi-stage command
 
 
+def test_the_stage_table_is_the_recipes_one_and_help_lists_mug_and_uta(capsys):
+    from nas.recipes.commands import STAGE_COMMANDS
+
+    assert cli.STAGES is STAGE_COMMANDS
+    assert cli.main(["--help"]) == 0
+    listed = {line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("    ")}
+    assert set(STAGE_COMMANDS) <= listed and {"mug", "uta"} <= listed
+
+
 def _dvc_stages() -> dict[str, str]:
     """dvc.yaml stage name -> its command (a `foreach` stage's `do.cmd`)."""
     import yaml
@@ -30,7 +41,7 @@ def _dvc_stages() -> dict[str, str]:
 def test_every_dvc_stage_has_a_nas_command():
     """Each dvc.yaml command `python -m <module> [--stage <stage>] [--variant ${key}]` is the command
     of the `nas` subcommand that runs that stage, with the same --stage and --variant."""
-    from experiments.common import command_of
+    from nas.recipes.stage import command_of
 
     seen = set()
     for name, cmd in _dvc_stages().items():
@@ -52,7 +63,11 @@ def test_every_dvc_stage_has_a_nas_command():
 
 @pytest.mark.parametrize(
     "module, command",
-    [("experiments.pretrain", "pretrain"), ("experiments.mug", "mug"), ("experiments.uta", "uta")],
+    [
+        ("nas.recipes.pretrain", "pretrain"),
+        ("nas.recipes.mug.stages", "mug"),
+        ("nas.recipes.uta.stages", "uta"),
+    ],
 )
 def test_the_stage_choices_are_the_modules_stages(module, command):
     assert tuple(importlib.import_module(module).STAGES) == cli.STAGES[command].stage_names
@@ -80,7 +95,7 @@ def test_every_stage_has_help(command, capsys):
     "argv, usage",
     [
         (["pretrain", "--help"], "usage: nas pretrain [-h] [--stage {pretrain_stage1,pretrain_stage2}]"),
-        (["mug", "--help"], "usage: nas mug [-h] [--stage {mug_pretrain,mug_evaluate}]"),
+        (["mug", "--help"], "usage: nas mug [-h] [--stage {mug_vocabulary,mug_pretrain,mug_evaluate}]"),
         (
             ["uta", "--help"],
             "usage: nas uta [-h] [--stage {uta_teacher,uta_pretrain,uta_finetune,uta_evaluate}]",
@@ -94,10 +109,12 @@ def test_multi_stage_usage_names_the_subcommand_and_stage(argv, usage, capsys):
 
 
 def test_the_module_entry_point_has_the_same_usage(capsys):
-    """`python -m experiments.uta --help` is `nas uta --help`."""
-    with pytest.raises(SystemExit):
-        importlib.import_module("experiments.uta").main(["--help"])
-    module_help = capsys.readouterr().out
+    """`python -m experiments.uta --help` (what dvc.yaml runs) is `nas uta --help`."""
+    done = subprocess.run(
+        [sys.executable, "-m", "experiments.uta", "--help"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    module_help = done.stdout
     with pytest.raises(SystemExit):
         cli.main(["uta", "--help"])
     assert capsys.readouterr().out == module_help
@@ -153,11 +170,11 @@ def test_models_command_lists_registry(capsys):
 
 
 def test_unknown_param_key_is_an_error_naming_it(tmp_path, monkeypatch, capsys):
-    from experiments.common import run_stage
+    from nas.recipes.stage import run_stage
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text("seed: 1\ndata: {root: d, synthetic: {n_trian: 5}}\n")
-    from experiments.data import stage
+    from nas.recipes.data import stage
 
     with pytest.raises(SystemExit) as exit_info:
         run_stage("data", stage, ["--runs-dir", str(tmp_path / "runs")])
@@ -237,22 +254,22 @@ PRETRAIN = ["--stage", "pretrain_stage1", "--variant", "albef"]
     ],
 )
 def test_a_stage_refuses_bad_params_in_one_line_before_it_starts(stage_dir, capsys, argv, message):
-    assert _stage_error("experiments.pretrain", argv, stage_dir, capsys).startswith(message)
+    assert _stage_error("nas.recipes.pretrain", argv, stage_dir, capsys).startswith(message)
 
 
 def test_a_top_level_typo_in_the_params_file_stops_every_stage(stage_dir, capsys):
     path = stage_dir / "params.yaml"
     path.write_text(path.read_text() + "\npretrain_stag1:\n  train: {epochs: 5}\n")
     expected = f"{path}: unknown config key 'pretrain_stag1' (did you mean 'pretrain_stage1'?)"
-    err = _stage_error("experiments.data", [], stage_dir, capsys)
+    err = _stage_error("nas.recipes.data", [], stage_dir, capsys)
     assert err.startswith(f"nas data: error: {expected}")
-    err = _stage_error("experiments.finetune", ["--variant", "nas"], stage_dir, capsys)
+    err = _stage_error("nas.recipes.finetune", ["--variant", "nas"], stage_dir, capsys)
     assert err.startswith(f"nas finetune: error: {expected}")
 
 
 def test_a_missing_params_file_is_one_line(stage_dir, capsys):
     (stage_dir / "params.yaml").unlink()
-    main = importlib.import_module("experiments.report").main
+    main = importlib.import_module("nas.recipes.report").main
     with pytest.raises(SystemExit) as exit_info:
         main(["--params", "missing.yaml", "--runs-dir", str(stage_dir / "runs")])
     assert exit_info.value.code == 2

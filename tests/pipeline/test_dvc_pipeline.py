@@ -112,8 +112,12 @@ def test_dvc_repro_small_profile(tmp_path):
     shared = params["study"]["stage1_of"]
     owners = sorted(v for v in variants if shared.get(v, v) == v)
     assert set(owners) < set(variants), "the default shares a stage 1 (NAS continues VD's)"
-    expected = {"data", "report", "mug_pretrain", "mug_evaluate"}
-    expected |= {"uta_teacher", "uta_pretrain", "uta_finetune", "uta_evaluate"}
+    tiny = _merge(params, TINY)
+    expected = {"data", "report", "mug_vocabulary", "mug_evaluate", "uta_teacher", "uta_evaluate"}
+    # The swept stages (dvc.yaml `matrix:`): one entry per arm x seed, named as DVC names them.
+    expected |= {f"mug_pretrain@{arm}-{seed}" for arm in tiny["mug"]["arms"] for seed in tiny["mug"]["seeds"]}
+    expected |= {f"uta_pretrain@{arm}-{seed}" for arm in tiny["uta"]["arms"] for seed in tiny["uta"]["seeds"]}
+    expected |= {f"uta_finetune@{seed}" for seed in tiny["uta"]["seeds"]}
     expected |= {
         f"{stage}@{v}"
         for stage in (

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from experiments.common import RESULT_PACKAGES, mark_interrupted_runs, source_state
+from nas.recipes.stage import RESULT_PACKAGES, mark_interrupted_runs, source_state
 
 
 def _record(folder, status, *, pid=None, heartbeat=None):
@@ -200,7 +200,7 @@ def test_a_stage_run_record_names_versions_code_hash_and_source_state(tmp_path):
 def test_the_experiment_records_local_versions_sources_and_the_repository_state():
     """Sacred's add_package_dependency refuses a local version (a CUDA build's `2.5.1+cu121`); the record
     keeps it. The repositories entry is the record's, not GitPython's whole-tree flag."""
-    from experiments.common import _experiment
+    from nas.recipes.stage import _experiment
 
     record = {
         "packages": {"torch": "2.5.1+cu121", "timm": "1.0.9", "missing-package": None},
@@ -212,13 +212,18 @@ def test_the_experiment_records_local_versions_sources_and_the_repository_state(
     assert not any(d.startswith("missing-package") for d in info["dependencies"])
     assert info["repositories"] == record["repositories"]
     sources = {path for path, _ in info["sources"]}
-    assert {"experiments/common.py", "nas/cli.py", "nas/config/stages.py"} <= sources
+    assert {
+        "experiments/pretrain.py",
+        "nas/recipes/stage.py",
+        "nas/cli.py",
+        "nas/config/stages.py",
+    } <= sources
 
 
 def test_torch_host_info_names_threads_kernels_and_devices(monkeypatch):
     import torch
 
-    from experiments.common import torch_host_info
+    from nas.recipes.stage import torch_host_info
 
     info = torch_host_info()
     assert info["num_threads"] == torch.get_num_threads() and info["cuda"] == torch.version.cuda

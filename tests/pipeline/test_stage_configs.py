@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from experiments.evaluate import data_as_trained, model_runs
-from experiments.finetune import FinetuneConfig
 from nas.config import ConfigError, from_dict
 from nas.config.data import DataConfig
+from nas.recipes.evaluate import data_as_trained, model_runs
+from nas.recipes.finetune import FinetuneConfig
 
 
 @pytest.mark.parametrize("seeds", [[], [0, 0], [-1]])
@@ -53,11 +53,11 @@ def test_evaluation_input_size_comes_from_the_recorded_run_not_the_params():
 
 
 def test_the_experiment_sections_are_checked_with_every_run():
-    """`finetune` and `evaluate` are typed in experiment modules; experiments.common registers them, so
+    """`finetune` and `evaluate` are typed in experiment modules; nas.recipes.stage registers them, so
     a pretraining run refuses a bad fine-tuning or evaluation setting before it starts."""
-    from experiments.evaluate import EvaluateConfig
     from nas.config.params import load_params
     from nas.config.schema import SECTIONS, check_params
+    from nas.recipes.evaluate import EvaluateConfig
 
     assert SECTIONS["finetune"].dataclass() is FinetuneConfig
     assert SECTIONS["evaluate"].dataclass() is EvaluateConfig
@@ -84,31 +84,54 @@ ADHOC = Path("runs/adhoc/0123456789")
 
 
 def dvc_paths() -> dict[str, set[Path]]:
-    """Every path dvc.yaml names (outs, metrics, plots, deps) -> by stage, the variant stages expanded."""
+    """Every path dvc.yaml names (outs, metrics, plots, deps) -> by stage, `foreach` (variants) and `matrix`
+    (arms x seeds) stages expanded to their entries, named as DVC names them."""
+    import itertools
+
     import yaml
 
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    variants = yaml.safe_load((ROOT / "params.yaml").read_text())["variants"]
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+    def lookup(text: str):
+        node = params
+        for key in text.removeprefix("${").removesuffix("}").split("."):
+            node = node[key]
+        return list(node)  # a dict axis gives its keys, as DVC's
+
     named: dict[str, set[Path]] = {}
     for name, stage in stages.items():
-        keys = variants if "foreach" in stage else [None]
-        for key in keys:
-            body = stage["do"] if "foreach" in stage else stage
-            entries = [e for field in ("outs", "metrics", "plots", "deps") for e in body.get(field, [])]
-            for entry in entries:
-                path = next(iter(entry)) if isinstance(entry, dict) else entry
-                path = path.replace("${key}", key) if key else path
-                named.setdefault(name if key is None else f"{name}@{key}", set()).add(Path(path))
+        if "foreach" in stage:
+            entries = [(key, {"${key}": key}) for key in params["variants"]]
+            body = stage["do"]
+        elif "matrix" in stage:
+            axes = {axis: lookup(v) if isinstance(v, str) else list(v) for axis, v in stage["matrix"].items()}
+            entries = [
+                ("-".join(map(str, values)), {f"${{item.{a}}}": str(v) for a, v in zip(axes, values)})
+                for values in itertools.product(*axes.values())
+            ]
+            body = stage
+        else:
+            entries, body = [(None, {})], stage
+        for key, substitutions in entries:
+            for field in ("outs", "metrics", "plots", "deps"):
+                for entry in body.get(field, []):
+                    path = next(iter(entry)) if isinstance(entry, dict) else entry
+                    for pattern, value in substitutions.items():
+                        path = path.replace(pattern, value)
+                    path = path.replace("${uta.main_arm}", str(params["uta"].get("main_arm", "")))
+                    named.setdefault(name if key is None else f"{name}@{key}", set()).add(Path(path))
     return named
 
 
 def stage_outputs(root: Path) -> dict[str, list[Path]]:
     """What each stage writes under `root`, from the stages' own path helpers."""
-    from experiments import mug, uta
-    from experiments.build_vd import build_vd_paths
-    from experiments.evaluate import evaluate_paths
-    from experiments.finetune import replicate_dir
-    from experiments.pretrain import stage_paths
+    from nas.recipes.build_vd import build_vd_paths
+    from nas.recipes.evaluate import evaluate_paths
+    from nas.recipes.finetune import replicate_dir
+    from nas.recipes.mug import paths as mug
+    from nas.recipes.pretrain import stage_paths
+    from nas.recipes.uta import paths as uta
 
     out: dict[str, list[Path]] = {}
     for v in ("albef", "vd", "nas"):
@@ -117,20 +140,34 @@ def stage_outputs(root: Path) -> dict[str, list[Path]]:
             out[f"{s}@{v}"] = list(stage_paths(s, v, root).values())
         out[f"finetune@{v}"].append(replicate_dir(v, 2, root))
         out[f"evaluate@{v}"] = list(evaluate_paths(v, root).values())
-    out["mug_pretrain"] = [
-        mug.run_dir("mug", 0, root),
-        root / mug.CHECKPOINTS,
+    out["mug_vocabulary"] = [
+        root / mug.VOCABULARY_DIR / mug.VOCABULARY,
+        root / mug.VOCABULARY_DIR / mug.CAPTIONS,
+    ]
+    out["mug_pretrain@mug-0"] = [mug.run_dir("mug", 0, root), mug.run_checkpoints("mug", 0, root)]
+    out["mug_evaluate"] = [
+        root / mug.EVAL_DIR,
+        root / mug.FINE_GRAINED,
+        root / mug.METRICS / "evaluate.json",
         root / mug.METRICS / "pretrain.json",
     ]
-    out["mug_evaluate"] = [root / mug.EVAL_DIR, root / mug.FINE_GRAINED, root / mug.METRICS / "evaluate.json"]
-    out["uta_pretrain"] = [uta.student_file("random", 1, root), root / uta.STUDENT_CHECKPOINTS]
     out["uta_teacher"] = [
         root / uta.TEACHER_RUN,
         root / uta.TEACHER_CHECKPOINTS,
         root / uta.METRICS / "teacher.json",
     ]
-    out["uta_finetune"] = [root / uta.FINETUNE_RUN, root / uta.FINETUNE_CHECKPOINTS]
-    out["uta_evaluate"] = [root / uta.EVAL_RUN, root / uta.FINE_GRAINED, root / uta.METRICS / "evaluate.json"]
+    out["uta_pretrain@random-1"] = [
+        uta.student_run("random", 1, root),
+        uta.student_checkpoints("random", 1, root),
+    ]
+    out["uta_finetune@2"] = [uta.finetune_run(2, root), uta.finetune_checkpoints(2, root)]
+    out["uta_evaluate"] = [
+        root / uta.EVAL_RUN,
+        root / uta.FINE_GRAINED,
+        root / uta.METRICS / "evaluate.json",
+        root / uta.METRICS / "pretrain.json",
+        root / uta.METRICS / "finetune.json",
+    ]
     return out
 
 
@@ -148,7 +185,7 @@ def test_a_pipeline_run_writes_the_paths_dvc_yaml_names():
             if within(path, TENSORBOARD):  # by design no DVC output: a rerun that resumes keeps its curves
                 continue
             assert any(within(path, declared) for declared in named[stage]), (stage, path)
-    from experiments.pretrain import stage_paths
+    from nas.recipes.pretrain import stage_paths
 
     assert stage_paths("pretrain_stage1", "nas") == {
         "run": Path("runs/pretrain_stage1/nas"),
@@ -188,9 +225,9 @@ def test_evaluate_scores_the_models_of_its_own_folder_else_the_pipelines(tmp_pat
 
 
 def test_an_ad_hoc_stage_run_writes_under_its_folder_only(tmp_path, monkeypatch):
-    from experiments.build_vd import stage
-    from experiments.common import Recorder
     from nas.config.params import load_params, resolve
+    from nas.recipes.build_vd import stage
+    from nas.recipes.stage import Recorder
 
     cfg = resolve(load_params(ROOT / "params.yaml"), "albef") | {
         "stage": "build_vd",

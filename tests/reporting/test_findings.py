@@ -319,7 +319,7 @@ def test_training_table_is_mean_and_std_over_replicates(planted):
 
 
 def test_nva_variants_of_the_params_file():
-    from experiments.report import nva_variants
+    from nas.recipes.report import nva_variants
 
     assert nva_variants(Path(__file__).parents[2] / "params.yaml") == {"nas"}
     assert nva_variants("no-such-params.yaml") is None
@@ -352,8 +352,8 @@ def test_pooled_bootstrap_of_one_benchmark_is_the_stats_bootstrap():
 
 
 def test_the_report_stage_writes_findings_under_its_output_root(tmp_path, capsys):
-    from experiments.common import Recorder
-    from experiments.report import stage
+    from nas.recipes.report import stage
+    from nas.recipes.stage import Recorder
 
     root = build_tree(tmp_path, seeds=(0, 1))
     cfg = {

@@ -10,7 +10,7 @@ import pytest
 from nas.config.base import ConfigError, from_dict
 from nas.config.paper_card import MISSING
 from nas.config.params import load_params, resolve
-from nas.config.uta_card import CARD, UTASection, read_section, uta_view
+from nas.recipes.uta.card import CARD, UTASection, read_section, uta_view
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,6 +57,10 @@ def test_the_default_profile_is_the_tiny_one():
         ({"seeds": [1, 1]}, r"seeds must be a non-empty list of distinct"),
         ({"teacher": {"open_clip_model": "EVA02-E-14"}}, r"open_clip_model and checkpoint go together"),
         ({"finetune": {"temperature": 0}}, r"uta\.finetune.*temperature must be > 0"),
+        (
+            {"finetune": {"train": {"optim": {"layer_decay": 1.5}}}},
+            r"uta\.finetune\.train\.optim.*layer_decay",
+        ),
         ({"masking": {"ratio": 1.0}}, r"uta\.masking.*ratio \(the mask ratio\) must be in \(0, 1\)"),
     ],
 )
@@ -78,7 +82,7 @@ def test_loader_overrides_and_the_student_grid_are_checked_where_they_are_read()
 
 
 def test_a_student_resolution_unlike_the_loaders_names_both_params():
-    from experiments.uta import read_context
+    from nas.recipes.uta.data import read_context
 
     params = load_params(ROOT / "params.yaml")
     params["uta"]["student"]["model"]["overrides"] = {"image_size": 32}

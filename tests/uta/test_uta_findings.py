@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _ctx(*overrides):
-    from experiments.uta import read_context
+    from nas.recipes.uta.data import read_context
 
     return read_context(
         resolve(
@@ -38,7 +38,7 @@ CHANCE = {"colour": 100 / 6, "shape": 20.0, "size": 50.0}
 
 
 def test_student_vs_teacher_uses_aligned_seeds_and_skips_what_the_teacher_did_not_learn():
-    from experiments.uta import uta_findings
+    from nas.recipes.uta.findings import uta_findings
 
     ctx = _ctx()
     main = ctx.section.main_arm
@@ -70,7 +70,7 @@ def test_student_vs_teacher_uses_aligned_seeds_and_skips_what_the_teacher_did_no
 
 
 def test_convergence_guard_flags_a_diverging_finetune():
-    from experiments.uta import convergence
+    from nas.recipes.uta.train import convergence
 
     chance = math.log(64)
     diverged = convergence({"first_logged_loss": 5.22, "last_logged_loss": 6.51}, 64)
@@ -86,9 +86,10 @@ def test_measure_student_reports_alignment_and_per_case_outcomes():
     import torch
     from uta_fixtures import tiny_student, tiny_teacher
 
-    from experiments.uta import HeldOut, measure_student
     from nas.evaluation.zero_shot import build_classifier
     from nas.models.uta import UTAPretrainer
+    from nas.recipes.uta.data import HeldOut
+    from nas.recipes.uta.evaluate import measure_student
 
     ctx = _ctx()
     torch.manual_seed(0)

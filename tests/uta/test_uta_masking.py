@@ -10,7 +10,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nas.config.base import ConfigError, from_dict
-from nas.config.uta_card import UTASection
 from nas.models.block_masking import (
     SCHEMES,
     MaskingConfig,
@@ -18,6 +17,7 @@ from nas.models.block_masking import (
     sample_visible,
     visibility_frequency,
 )
+from nas.recipes.uta.card import UTASection
 
 grids = st.tuples(st.integers(1, 12), st.integers(1, 12))
 ratios = st.floats(0.01, 0.99)

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from experiments.common import Recorder
 from nas.config.params import load_params, resolve
+from nas.recipes.stage import Recorder
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,26 +56,46 @@ def tiny_project(tmp_path_factory):
 
 @pytest.mark.slow
 def test_stages_end_to_end_with_baseline_guards_and_report(tiny_project, monkeypatch):
-    from experiments.uta import stage_evaluate, stage_finetune, stage_pretrain, stage_teacher
+    from nas.engine.run import load_run
+    from nas.models.clip_teacher import ClipTeacher
+    from nas.models.uta import UTAStudent
+    from nas.recipes.uta.evaluate import evaluate
+    from nas.recipes.uta.train import train_finetune, train_student, train_teacher
     from nas.reporting.uta_section import section
 
     threads = torch.get_num_threads()
     monkeypatch.chdir(tiny_project)
     try:
         cfg = resolve(load_params(ROOT / "params.yaml"), None, TINY)
-        for stage, run in (
-            ("uta_teacher", stage_teacher),
-            ("uta_pretrain", stage_pretrain),
-            ("uta_finetune", stage_finetune),
-            ("uta_evaluate", stage_evaluate),
-        ):
-            run(dict(cfg, stage=stage), Recorder())
+        train_teacher(dict(cfg, stage="uta_teacher"), Recorder())
+        for arm in ("none", "random", "reversed_blockwise"):  # the dvc.yaml matrix: one call per entry
+            for seed in (0, 1):
+                train_student(dict(cfg, stage="uta_pretrain"), Recorder(), arm=arm, seed=seed)
+        for seed in (0, 1):
+            train_finetune(dict(cfg, stage="uta_finetune"), Recorder(), seed=seed)
+        evaluate(dict(cfg, stage="uta_evaluate"), Recorder())
     finally:
         torch.set_num_threads(threads)
+    # Every run is in the run layer's format and comes back through load_run.
+    teacher, config = load_run(Path("runs/uta_teacher"))
+    assert isinstance(teacher, ClipTeacher) and config["run"]["export"] == "teacher"
+    student, config = load_run(Path("runs/uta_pretrain/none/seed1"))
+    assert isinstance(student, UTAStudent) and config["run"]["export"] == "student"
+    tuned, _ = load_run(Path("runs/uta_finetune/seed0/student"))
+    text, config = load_run(Path("runs/uta_finetune/seed0/text"))
+    assert (
+        isinstance(tuned, UTAStudent) and isinstance(text, ClipTeacher) and config["run"]["export"] == "text"
+    )
+    assert not torch.equal(tuned.head.weight, student.head.weight)
+    # A context arm past uta.context_seeds records that it is not trained, and trains nothing.
+    skipped = json.loads(Path("runs/uta_pretrain/random/seed1/summary.json").read_text())
+    assert skipped["trained"] is False and not Path("runs/uta_pretrain/random/seed1/config.json").exists()
+
     pretrain = json.loads(Path("metrics/uta/pretrain.json").read_text())
     assert set(pretrain["runs"]) == {"none", "random", "reversed_blockwise"}
     assert set(pretrain["runs"]["random"]) == {"0"} and set(pretrain["runs"]["none"]) == {"0", "1"}
     finetune = json.loads(Path("metrics/uta/finetune.json").read_text())
+    assert set(finetune["runs"]) == {"0", "1"}
     assert all("converged" in run and run["chance_loss"] > 0 for run in finetune["runs"].values())
 
     result = json.loads(Path("metrics/uta/evaluate.json").read_text())
@@ -101,3 +121,39 @@ def test_stages_end_to_end_with_baseline_guards_and_report(tiny_project, monkeyp
     text = "\n".join(section(Path("metrics"), Path("reports")))
     assert "### Findings" in text and "student, untrained (same seeds)" in text
     assert "A seed converges when its last loss is below chance" in text
+
+
+@pytest.mark.slow
+def test_a_killed_student_run_resumes_after_an_unrelated_params_edit(tiny_project, monkeypatch, tmp_path):
+    """The digest of a student run covers only what it reads: an edit to the evaluation's batch, the
+    report's title or another arm keeps the checkpoint folder, so the run resumes instead of restarting;
+    an edit to what it reads (its training) is another run."""
+    from nas.recipes.uta.train import train_student, train_teacher
+
+    threads = torch.get_num_threads()
+    monkeypatch.chdir(tiny_project)
+    root = tmp_path / "out"
+    one_epoch = [*TINY, "uta.student.train.epochs=1"]
+
+    def run(*edits):
+        cfg = resolve(load_params(ROOT / "params.yaml"), None, [*one_epoch, *edits])
+        cfg["output_root"] = str(root)
+        train_student(dict(cfg, stage="uta_pretrain"), Recorder(), arm="none", seed=0)
+        return json.loads((root / "runs/uta_pretrain/none/seed0/summary.json").read_text())
+
+    try:
+        cfg = resolve(load_params(ROOT / "params.yaml"), None, one_epoch)
+        cfg["output_root"] = str(root)
+        train_teacher(dict(cfg, stage="uta_teacher"), Recorder())
+        first = run()
+        unrelated = run(
+            "uta.evaluation.batch_size=7",
+            "report.title=another title",
+            "uta.arms.random={scheme: random, ratio: 0.25}",
+        )
+        assert unrelated["config_digest"] == first["config_digest"]
+        assert unrelated["resumed_from"] is not None and unrelated["final"] == first["final"]
+        other = run("uta.student.train.schedule.lr=0.001")
+        assert other["config_digest"] != first["config_digest"] and other["resumed_from"] is None
+    finally:
+        torch.set_num_threads(threads)

@@ -6,9 +6,9 @@
 `rescore` reads the file (format inferred from its first line unless given), finds the
 annotations the benchmark needs (`--annotations`; VALSE and SugarCrepe default to the shipped
 copies, Winoground and the Order sets need none; or a probe folder's manifest, as the evaluate
-stage reads it) and returns the official figures: the report's headline figures (the same
-function `nas.reporting.results.headline` picks them) and the full metrics, computed by the same
-code and tie rules as `evaluate_benchmark`. Every fault of the score file is a ScoreFileError
+stage reads it) and returns the official figures: the report's headline figures (the same function,
+`nas.evaluation.benchmarks.runner.headline_figures`, picks them for the report) and the full metrics,
+computed by the same code and tie rules as `evaluate_benchmark`. Every fault of the score file is a ScoreFileError
 naming the file and line.
 """
 
@@ -25,7 +25,7 @@ from nas.evaluation.benchmarks.common import (
     ScoreError,
     resource_path,
 )
-from nas.evaluation.benchmarks.runner import BENCHMARKS, SCORE_FORMATS, score_from_file
+from nas.evaluation.benchmarks.runner import BENCHMARKS, SCORE_FORMATS, headline_figures, score_from_file
 from nas.evaluation.benchmarks.text import MissingTextToolError
 
 # What --annotations means per benchmark, and what happens without it (also `nas score --help`).
@@ -154,7 +154,6 @@ def rescore(
     """
     from nas.config.base import set_dotted
     from nas.config.params import parse_override
-    from nas.reporting.results import headline
 
     if name not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {name!r}; known: {sorted(BENCHMARKS)}")
@@ -192,7 +191,7 @@ def rescore(
         "n_cases": result["n_cases"],
         "unit": result["unit"],
         "chance": result["chance"],
-        "headline": headline(name, result["metrics"]),
+        "headline": headline_figures(name, result["metrics"]),
         "metrics": result["metrics"],
         "config": result["config"],
     }

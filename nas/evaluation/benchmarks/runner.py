@@ -190,6 +190,34 @@ def headline_node(name: str, metrics: Mapping[str, Any]) -> Any:
     return node
 
 
+def headline_figures(name: str, metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The figures a benchmark's paper reports, in percent (the report's tables and `nas score` show them)."""
+    if name in ("vg_relation", "vg_attribution"):
+        return {"macro acc": metrics["macro"], "micro acc": metrics["micro"]}
+    if name in ("coco_order", "flickr30k_order"):
+        out = {"P@1 (mean over seeds)": metrics["precision_at_1"]}
+        if metrics.get("sd") is not None:
+            out["sd over seeds"] = metrics["sd"]
+        return out
+    if name == "winoground":
+        return {"text": metrics["text"], "image": metrics["image"], "group": metrics["group"]}
+    if name == "valse":
+        out = {
+            "acc_r (macro)": metrics["macro"]["acc_r"],
+            "acc_r (micro)": metrics["micro"]["acc_r"],
+            "AUROC (macro)": metrics["macro"]["auroc"],
+        }
+        if "min_p_c_p_f" in metrics["macro"]:
+            out["min(p_c, p_f) (macro)"] = metrics["macro"]["min_p_c_p_f"]
+        return out
+    if name == "sugarcrepe":
+        return {
+            "mean of files": metrics["mean_of_files"],
+            **{f"{k} (pooled)": v["accuracy"] for k, v in metrics["categories"].items()},
+        }
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
 def case_outcomes(
     definition: BenchmarkDefinition,
     config: Any,

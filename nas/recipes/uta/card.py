@@ -1,9 +1,10 @@
 """UTA's `uta:` params section, typed, and its paper card for `nas audit` (MUG_UTA.md §2).
 
-The section drives the stages of experiments/uta.py: the teacher (a tiny CLIP trained here, or an
+The section drives the UTA stages (`nas.recipes.uta`): the teacher (a tiny CLIP trained here, or an
 open_clip EVA-CLIP checkpoint from a local path), the student (model spec, loader overrides, one
 TrainConfig for every run: equal steps across arms), the masking and its ablation arms as data, the
-seeds, the optional contrastive fine-tuning, and the evaluation knobs.
+seeds, the optional contrastive fine-tuning (its optimizer, LAMB with layer-wise lr decay, in
+`uta.finetune.train.optim`), and the evaluation knobs.
 
 The card is in the format of nas/config/paper_card.py. Sources: [P] the UTA paper (Liu et al.,
 TMLR 2024) as MUG_UTA.md §2 holds it; [C] UTA's released inference code; [B] the methods it builds on
@@ -80,22 +81,14 @@ class FinetuneSection:
     enabled: bool = True
     train_file: str | None = None  # pairs under data.root; None: data.train_file (paper: DataComp-1B)
     temperature: float = 0.01  # [P]: fixed at 0.01
-    layer_decay: float = 0.75  # [P]: 0.75 (base), 0.85 (large)
     loader: dict[str, Any] = field(default_factory=dict)
-    train: TrainConfig = field(
-        default_factory=TrainConfig
-    )  # optimizer: LAMB + layer_decay (experiments/uta.py)
+    # The optimizer is a param like any other: the paper's is LAMB with layer-wise lr decay 0.75 (base),
+    # 0.85 (large): `train.optim: {name: lamb, layer_decay: 0.75}` (timm's optimizer factory).
+    train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if not 0.0 < self.layer_decay <= 1.0:
-            raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
-        if self.train.optim.name != "adamw" or self.train.optim.layer_decay is not None:
-            raise ValueError(
-                "train.optim.name / train.optim.layer_decay: the stage always uses LAMB [P]; set the "
-                "decay with uta.finetune.layer_decay"
-            )
 
 
 @dataclass
@@ -210,14 +203,25 @@ def read_section(resolved: dict[str, Any]) -> UTASection:
 
 
 def effective_student(spec: ModelSpec) -> dict[str, Any]:
-    """The UTAStudentConfig `create_model(spec.name, **spec.overrides)` builds, as a dict."""
-    from nas.models.uta import UTA_BASE, UTAStudentConfig
+    """The student config `create_model(spec.name, **spec.overrides)` builds, as a dict (the registry's
+    own resolution: base dict of the variant, overrides on top, typed; nothing is built)."""
+    from nas.models.registry import list_models, model_entry
 
-    bases = {"uta_tiny": {}, "uta_base": UTA_BASE}
-    if spec.name not in bases:
-        raise ConfigError(f"uta.student.model.name: {spec.name!r} is not a UTA student ({sorted(bases)})")
-    merged = merge(bases[spec.name], spec.overrides)
-    return to_dict(from_dict(UTAStudentConfig, merged, "uta.student.model.overrides"))
+    students = list_models("uta")
+    if spec.name not in students:
+        raise ConfigError(f"uta.student.model.name: {spec.name!r} is not a UTA student ({students})")
+    return to_dict(model_entry(spec.name).resolve(spec.overrides, "uta.student.model.overrides"))
+
+
+def check_section(name: str, section: UTASection, sections: Any) -> None:
+    """The schema check of the `uta` section (nas.config.schema `Section(check=...)`): the student against
+    its registered config, each part's loader over the `loader` section."""
+    from nas.data.loader import LoaderConfig
+
+    effective_student(section.student.model)
+    loader = to_dict(sections.get("loader") or LoaderConfig())
+    for part in ("teacher", "student", "finetune"):
+        from_dict(LoaderConfig, merge(loader, getattr(section, part).loader), f"{name}.{part}.loader")
 
 
 def effective_loader(resolved: dict[str, Any], overrides: dict[str, Any], where: str) -> Any:
@@ -369,10 +373,11 @@ CARD: tuple[CardEntry, ...] = (
             (f"{F}.temperature", Equals(0.01)),
             (f"{F}.train.schedule.lr", Equals(2e-4)),
             (f"{F}.train.schedule.min_lr", Equals(0.0)),
-            (f"{F}.layer_decay", Equals(0.75)),
+            (f"{F}.train.optim.name", Equals("lamb")),
+            (f"{F}.train.optim.layer_decay", Equals(0.75)),
             (f"{F}.train.optim.weight_decay", Equals(0.05)),
         ),
-        note="LAMB is fixed in experiments/uta.py (timm create_optimizer_v2, opt='lamb')",
+        note="LAMB and the layer decay come from timm's optimizer factory (create_optimizer_v2)",
     ),
     CardEntry(
         "ft_batch",

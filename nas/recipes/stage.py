@@ -19,7 +19,6 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,47 +27,13 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 from nas.config.base import ConfigError  # noqa: E402
 from nas.config.params import adhoc_manifest, decide_output_root, load_params  # noqa: E402
-from nas.config.schema import Section, check_init_from, check_params, register_section  # noqa: E402
+from nas.config.schema import check_params  # noqa: E402
+from nas.recipes.commands import STAGE_COMMANDS, StageCommand, command_of  # noqa: E402,F401
 
 StageMain = Callable[[dict[str, Any], "Recorder"], None]
 
 
 # ---- the params sections typed in experiment modules ------------------------------------------------
-
-
-def _finetune_model_overrides(spec: Any, finetune: Any) -> dict[str, Any]:
-    from experiments.finetune import effective_overrides
-
-    return effective_overrides(spec, finetune, image_size=finetune.image_size)
-
-
-# Stages whose models `evaluate` scores (experiments.evaluate.model_runs); "untrained": the architecture
-# at its random init, the baseline every trained figure is compared with.
-SCORED_STAGES = ("untrained", "pretrain_stage1", "pretrain_stage2", "finetune")
-
-
-def _check_evaluate(name: str, evaluate: Any, sections: Any) -> None:
-    from nas.config.base import did_you_mean
-
-    for index, stage in enumerate(evaluate.checkpoint_stages):
-        if stage not in SCORED_STAGES:
-            raise ConfigError(
-                f"{name}.checkpoint_stages[{index}]: {stage!r} is not a stage with a model to score"
-                f"{did_you_mean(stage, SCORED_STAGES)}; choose from {list(SCORED_STAGES)}",
-                path=f"{name}.checkpoint_stages",
-            )
-
-
-# String targets: the experiment modules import this one, so they are imported on first use.
-register_section(
-    "finetune",
-    Section(
-        "experiments.finetune:FinetuneConfig",
-        model_overrides=_finetune_model_overrides,
-        check=check_init_from,
-    ),
-)
-register_section("evaluate", Section("experiments.evaluate:EvaluateConfig", check=_check_evaluate))
 
 
 def load_config(
@@ -132,96 +97,6 @@ class PrefixedRecorder(Recorder):
 # ---- the command line of the stages ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class StageCommand:
-    """A `nas` subcommand: one pipeline stage, or several of one experiment module chosen by `--stage`.
-
-    Kept here, free of heavy imports, so `nas <command> --help` and usage errors are answered before the
-    experiment module (torch, timm, transformers: seconds) is imported."""
-
-    module: str  # the experiment module; `python -m <module>` is the same run
-    help: str  # one line for `nas --help`
-    stages: dict[str, str]  # stage name (as in dvc.yaml) -> what it does; several: `--stage` picks one
-    default: str | None = None  # the stage without `--stage` (several stages only)
-    needs_variant: bool = False
-
-    @property
-    def stage_names(self) -> tuple[str, ...]:
-        return tuple(self.stages)
-
-
-# `nas` subcommand -> its stages, in pipeline order (dvc.yaml runs each stage as `python -m <module>
-# [--stage <stage>]`; tests/pipeline/test_cli.py checks every dvc.yaml stage has its command here).
-STAGE_COMMANDS: dict[str, StageCommand] = {
-    "data": StageCommand(
-        "experiments.data",
-        "generate/fetch the data set and the benchmark probes",
-        {"data": "the data set (synthetic scenes or the real corpora) and the fine-grained probes"},
-    ),
-    "build-vd": StageCommand(
-        "experiments.build_vd",
-        "build the initial visual dictionary of a variant",
-        {"build_vd": "the initial visual dictionary (k-means over neck features, or random)"},
-        needs_variant=True,
-    ),
-    "pretrain": StageCommand(
-        "experiments.pretrain",
-        "pretraining of a variant, stage 1 or 2",
-        {
-            "pretrain_stage1": "ITC + ITM + MLM, VD EMA with the gamma ramp",
-            "pretrain_stage2": "continues stage 1; VD frozen; NAS adds an NVA negative per pair",
-        },
-        default="pretrain_stage1",
-        needs_variant=True,
-    ),
-    "finetune": StageCommand(
-        "experiments.finetune",
-        "text-augmented fine-tuning of a variant, once per pretraining replicate (study.seeds)",
-        {"finetune": "text-augmented fine-tuning (NTA hard-negative captions, NVA)"},
-        needs_variant=True,
-    ),
-    "evaluate": StageCommand(
-        "experiments.evaluate",
-        "retrieval and fine-grained evaluation of a variant",
-        {"evaluate": "zero-shot retrieval and the fine-grained probes of every trained model"},
-        needs_variant=True,
-    ),
-    "mug": StageCommand(
-        "experiments.mug",
-        "MUG: masked reconstruction + captioning, every arm x seed",
-        {
-            "mug_pretrain": "train every arm (mug.arms) x seed (mug.seeds), equal steps",
-            "mug_evaluate": "probes, captions, held-out losses and the fine-grained probes of every run",
-        },
-        default="mug_pretrain",
-    ),
-    "uta": StageCommand(
-        "experiments.uta",
-        "UTA: CLIP teacher, students aligned on unmasked tokens, fine-tuning, evaluation",
-        {
-            "uta_teacher": "train and freeze the tiny CLIP teacher (or load an EVA-CLIP checkpoint)",
-            "uta_pretrain": "train the student of every masking arm (uta.arms) x seed (uta.seeds)",
-            "uta_finetune": "contrastive fine-tuning of the main arm's students (uta.finetune.enabled)",
-            "uta_evaluate": "zero-shot, probes, held-out 1 - cos, heatmaps and the fine-grained probes",
-        },
-        default="uta_pretrain",
-    ),
-    "report": StageCommand(
-        "experiments.report",
-        "write reports/results.md and the figures",
-        {"report": "reports/results.md, the audits and the figures from the metric files"},
-    ),
-}
-
-
-def command_of(stage: str) -> str:
-    """The `nas` subcommand that runs `stage` (a stage name of dvc.yaml)."""
-    for name, command in STAGE_COMMANDS.items():
-        if stage in command.stages:
-            return name
-    raise KeyError(f"no `nas` command runs the stage {stage!r}")
-
-
 def stage_parser(name: str) -> argparse.ArgumentParser:
     """The parser of `nas <name>` (= `python -m <module>`): `--stage` where the command has several."""
     import textwrap
@@ -259,12 +134,59 @@ def stage_parser(name: str) -> argparse.ArgumentParser:
         help="override one param for this run (dotted key, YAML value); unknown keys are errors",
     )
     parser.add_argument("--runs-dir", default="runs", help="where Sacred run records go (default: runs)")
+    if command.runs:  # which entry of a swept stage (a dvc.yaml `matrix:`) this process trains
+        axes = "; ".join(
+            f"{stage}: " + " ".join(f"--run {key}=..." for key in keys)
+            for stage, keys in command.runs.items()
+        )
+        parser.add_argument(
+            "--run",
+            dest="run",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help=f"one run of a swept stage ({axes})",
+        )
     return parser
 
 
 def parse_stage_args(name: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Arguments of `nas <name>`; `args.stage` is the stage to run. `--help` and usage errors exit here."""
-    return stage_parser(name).parse_args(argv)
+    """Arguments of `nas <name>`; `args.stage` is the stage to run. `--help` and usage errors exit here.
+    A swept stage's `--run KEY=VALUE` items become `args.run_values` ({axis: value}, `seed` an integer, for
+    the stage function's keywords) and `args.run_key` (DVC's name of the matrix entry, e.g. "mug-0")."""
+    args = stage_parser(name).parse_args(argv)
+    args.run_values, args.run_key = run_choice(args.stage, getattr(args, "run", []), STAGE_COMMANDS[name])
+    return args
+
+
+def run_choice(stage: str, items: Sequence[str], command: StageCommand) -> tuple[dict[str, Any], str | None]:
+    """({axis: value}, matrix entry name) of a stage's `--run` items: exactly the stage's axes, each once;
+    a usage error (`nas <stage>: error: ...`, exit status 2) otherwise."""
+    axes = command.runs.get(stage, ())
+    given: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value or key in given:
+            raise SystemExit(
+                report_user_error(
+                    f"nas {stage}", ValueError(f"--run {item!r}: expected KEY=VALUE, each key once")
+                )
+            )
+        given[key] = value
+    if set(given) != set(axes):
+        want = " ".join(f"--run {k}=..." for k in axes) or "no --run"
+        raise SystemExit(
+            report_user_error(f"nas {stage}", ValueError(f"{stage} takes {want}, got {sorted(given)}"))
+        )
+    if "seed" in given:
+        try:
+            given["seed"] = int(given["seed"])
+        except ValueError:
+            raise SystemExit(
+                report_user_error(f"nas {stage}", ValueError(f"--run seed={given['seed']}: not an integer"))
+            ) from None
+    values = {key: given[key] for key in axes}
+    return values, "-".join(str(v) for v in values.values()) or None
 
 
 def run_stage(
@@ -291,7 +213,9 @@ def run_stage(
     cfg["stage"] = stage
     # A pipeline run (DVC runs it, or by hand: params.yaml, no --set) writes the paths dvc.yaml names;
     # any other run writes the same tree under runs/adhoc/<tag>/ (nas.config.params.decide_output_root).
-    where = decide_output_root(stage, cfg.get("variant"), args.params, args.overrides)
+    # The DVC address of this process: `<stage>@<variant>` (foreach) or `<stage>@<arm>-<seed>` (matrix).
+    key = cfg.get("variant") or getattr(args, "run_key", None)
+    where = decide_output_root(stage, key, args.params, args.overrides)
     if not where.pipeline:
         cfg["output_root"] = where.path.as_posix()
     if os.environ.get("RANK", "0") == "0":
@@ -301,7 +225,7 @@ def run_stage(
 
             manifest = adhoc_manifest(args.params, args.overrides)
             atomic_write_text(where.path / "adhoc.json", json.dumps(manifest, indent=2) + "\n")
-    observer_dir = Path(args.runs_dir) / "sacred" / stage / (cfg.get("variant") or "all")
+    observer_dir = Path(args.runs_dir) / "sacred" / stage / (key or "all")
 
     nproc, backend = 1, "auto"
     if nproc_key is not None:
@@ -405,7 +329,7 @@ CAPTURED_ENV = (
     "HF_HUB_OFFLINE",
 )
 _LISTED_FILES = 20  # changed / untracked source files named in a record; more are counted
-CODE_ROOT = Path(__file__).resolve().parents[1]  # holds experiments/ and (in a checkout) nas/
+CODE_ROOT = Path(__file__).resolve().parents[2]  # holds experiments/ and (in a checkout) nas/
 
 
 def package_versions(names: Sequence[str] = RESULT_PACKAGES) -> dict[str, str | None]:
@@ -663,4 +587,4 @@ def to_plain(obj: Any) -> Any:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit("run a stage module, e.g. python -m experiments.pretrain --help")
+    sys.exit("run a stage module, e.g. python -m nas.recipes.pretrain --help")

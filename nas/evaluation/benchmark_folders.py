@@ -42,6 +42,10 @@ defaults), which are checked here when `check_text_tools` is set.
     names = selected_benchmarks(["pretrain", "benchmarks"])   # the benchmarks a selection fetches
     write_benchmark_manifest("data/paper", "data/probes", names, overwrite=True)
     run_probe_suite(scorers, "data/probes")                    # as for the synthetic probes
+
+The `data` stage (nas.recipes.data.prepare_real) ends with `write_benchmarks(data)`: the manifest of the
+benchmarks its download selection fetched. It lives here, with the loaders it checks the folders with
+(one file per benchmark in nas/evaluation/benchmarks).
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from nas.config.base import from_dict
+from nas.config.data import DataConfig
 from nas.data.probes import REAL_TAGGER, REAL_TOKENIZER
 from nas.evaluation.benchmarks.common import MissingBenchmarkFileError, file_sha256
 
@@ -530,3 +535,26 @@ def write_benchmark_manifest(
     }
     _write_json(out / "manifest.json", manifest)
     return manifest
+
+
+def write_benchmarks(data: DataConfig, echo: Callable[[str], Any] = print) -> dict[str, Any]:
+    """The probe manifest of the real benchmark folders the download selection fetches whole
+    (`selected_benchmarks`), written into `data.probes_root`, so that `evaluate` scores them as it
+    scores the synthetic probes. Every image must be on disk and, for
+    the Order benchmarks, spaCy's en_core_web_sm and NLTK's Punkt installed: a missing one stops the
+    stage, naming it. A selection without a whole benchmark writes no manifest. Returns
+    `{"probe_<name>_cases": n}` for metrics/data.json."""
+    names = selected_benchmarks(data.download.selection)
+    if not names:
+        earlier = Path(data.probes_root) / "manifest.json"
+        left = f"; {earlier} from an earlier run is left as it is" if earlier.is_file() else ""
+        echo(
+            f"data: no benchmark in the selection {list(data.download.selection)}: no probe manifest written{left}"
+        )
+        return {}
+    manifest = write_benchmark_manifest(data.root, data.probes_root, names, overwrite=True)
+    echo(
+        f"data: benchmark manifest {Path(data.probes_root) / 'manifest.json'}: "
+        + ", ".join(f"{name} {n} cases" for name, n in manifest["counts"].items())
+    )
+    return {f"probe_{name}_cases": int(n) for name, n in manifest["counts"].items()}

@@ -1,8 +1,9 @@
 """MUG's `mug:` params section, typed, and its paper card for `nas audit` (MUG_UTA.md §1).
 
-The section drives the stages `mug_pretrain` and `mug_evaluate` (experiments/mug.py): one model spec,
-the ablation arms as data (model overrides per arm), the seeds, one TrainConfig for every run (equal
-steps across arms), loader and image-transform overrides, and the evaluation knobs.
+The section drives the stages `mug_vocabulary`, `mug_pretrain` and `mug_evaluate` (nas/recipes/mug):
+one model spec, the ablation arms as data (model overrides per arm), the seeds, one TrainConfig for
+every run (equal steps across arms), loader and image-transform overrides, and the evaluation knobs.
+dvc.yaml sweeps `mug_pretrain` over arms x seeds (`matrix:`), so a new arm or seed is a params edit.
 
 The card is in the format of nas/config/paper_card.py. Sources: [P] the MUG paper (Zhao et al.,
 TMLR 2024) as MUG_UTA.md §1 holds it; [B] MAE (He et al., 2022), whose values stand in for MUG's
@@ -120,13 +121,38 @@ def read_section(resolved: dict[str, Any]) -> MUGSection:
 
 
 def effective_model(spec: ModelSpec) -> dict[str, Any]:
-    """The MUGConfig `create_model(spec.name, **spec.overrides)` builds, as a dict."""
-    from nas.models.mug import MUG_BASE, MUG_TINY, MUGConfig
+    """The MUGConfig `create_model(spec.name, **spec.overrides)` builds, as a dict (the registry's own
+    resolution: the variant's base dict, the overrides on top, typed; nothing is built)."""
+    from nas.models.registry import list_models, model_entry
 
-    bases = {"mug_tiny": MUG_TINY, "mug_base": MUG_BASE}
-    if spec.name not in bases:
-        raise ConfigError(f"mug.model.name: {spec.name!r} is not a MUG model ({sorted(bases)})")
-    return to_dict(from_dict(MUGConfig, merge(bases[spec.name], spec.overrides), "mug.model.overrides"))
+    models = list_models("mug")
+    if spec.name not in models:
+        raise ConfigError(f"mug.model.name: {spec.name!r} is not a MUG model ({models})")
+    return to_dict(model_entry(spec.name).resolve(spec.overrides, "mug.model.overrides"))
+
+
+def check_section(name: str, section: MUGSection, sections: Any) -> None:
+    """The schema check of the `mug` section (nas.config.schema `Section(check=...)`): the model with
+    every arm's overrides against its registered config; `mug.loader` and `mug.transform` over their
+    sections."""
+    from nas.config.data import DataConfig
+    from nas.config.schema import model_config
+    from nas.data.loader import LoaderConfig
+    from nas.data.transforms import TransformConfig
+
+    model_config(section.model.name, section.model.overrides, family="mug", path=f"{name}.model")
+    for arm, overrides in section.arms.items():
+        model_config(
+            section.model.name,
+            merge(section.model.overrides, overrides),
+            family="mug",
+            path=f"{name}.model",
+            overrides_path=f"{name}.arms.{arm}",
+        )
+    loader = to_dict(sections.get("loader") or LoaderConfig())
+    from_dict(LoaderConfig, merge(loader, section.loader), f"{name}.loader")
+    transform = to_dict((sections.get("data") or DataConfig()).transform)
+    from_dict(TransformConfig, merge(transform, section.transform), f"{name}.transform")
 
 
 def effective_sections(resolved: dict[str, Any]) -> dict[str, Any]:

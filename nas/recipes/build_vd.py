@@ -1,0 +1,104 @@
+"""Stage `build_vd`: the initial visual dictionary of a variant (NAS_METHOD.md §3, [D]).
+
+`vd.init: kmeans` (default): k-means over the neck features of a sample of training images, taken
+from the very model stage 1 starts from (same seed, same registry entry), with the EMA state seeded
+consistently (N_j = cluster sizes, m_j = d_j N_j). `vd.init: random`: the sources' behaviour.
+One per pretraining replicate k (`study.seeds`): `runs/build_vd/<variant>/seed<k>/vd_init.pt` holds the VD state (neck + codebook + EMA state);
+its health (codes in use, perplexity, dead codes) is a DVC metric.
+Variants without a visual dictionary (the ALBEF baseline) record that they have none.
+An ad-hoc run (`--set`, another `--params`) writes the same files under runs/adhoc/<tag>/ instead.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from nas.config import from_dict
+from nas.config.data import DataConfig
+from nas.config.params import PIPELINE_ROOT, output_root
+from nas.config.stages import ModelSpec, TrainStageConfig
+from nas.data.captions import load_split_images
+from nas.recipes.stage import Recorder, parse_stage_args, run_stage
+
+
+def build_vd_paths(variant: str, root: Path = PIPELINE_ROOT) -> dict[str, Path]:
+    """The stage's outputs under the output root `root` (the repository root: the paths dvc.yaml names)."""
+    return {
+        "run": root / "runs" / "build_vd" / variant,
+        "metrics": root / "metrics" / "build_vd" / f"{variant}.json",
+    }
+
+
+def stage(cfg: dict[str, Any], record: Recorder) -> None:
+    """The initial dictionary of every pretraining replicate (`study.seeds`): replicate k's k-means runs on
+    the model stage 1 builds with seed `params.seed + k`."""
+    from nas.config.stages import replicate_config, study_seeds
+    from nas.engine.checkpoint import atomic_write_text
+    from nas.recipes.pretrain import init_source
+
+    variant = cfg["variant"]
+    paths = build_vd_paths(variant, output_root(cfg))
+    offsets = study_seeds(cfg)
+    source = init_source(cfg, "pretrain_stage1")
+    if source != variant:  # study.stage1_of: this variant continues another's stage 1, dictionary included
+        note = {"variant": variant, "shared_with": source, "seeds": list(offsets)}
+        atomic_write_text(paths["run"] / "shared.json", json.dumps(note) + "\n")
+        atomic_write_text(paths["metrics"], json.dumps(note, indent=2) + "\n")
+        print(f"build_vd[{variant}]: stage 1 is {source}'s (study.stage1_of); nothing to build")
+        return
+    replicates = {
+        str(k): build_replicate(replicate_config(cfg, k), paths["run"] / f"seed{k}", record) for k in offsets
+    }
+    metrics = {**replicates[str(offsets[0])], "seeds": list(offsets), "replicates": replicates}
+    atomic_write_text(paths["metrics"], json.dumps(metrics, indent=2) + "\n")
+
+
+def build_replicate(cfg: dict[str, Any], out_dir: Path, record: Recorder) -> dict[str, Any]:
+    import ignite.distributed as idist
+    import torch
+    from ignite.utils import manual_seed
+
+    from nas.engine.checkpoint import atomic_write_text
+    from nas.recipes.pretrain import build_model, has_dictionary
+
+    variant = cfg["variant"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spec = from_dict(ModelSpec, cfg["model"], "model")
+    stage1 = from_dict(TrainStageConfig, cfg["pretrain_stage1"], "pretrain_stage1")
+    # Exactly the model stage 1 builds (same seed, same overrides), so the k-means sees its features.
+    manual_seed(cfg["seed"] + idist.get_rank())
+    model = build_model(spec, stage1.model_overrides)
+    label = f"{variant} {out_dir.name}"
+    if not has_dictionary(model):
+        note = f"variant {variant!r} ({spec.name}) has no visual dictionary: nothing to build"
+        atomic_write_text(
+            out_dir / "vd_init.json", json.dumps({"variant": variant, "vd": False, "note": note}) + "\n"
+        )
+        print(f"build_vd[{label}]: {note}")
+        return {"vd": False}
+    from nas.models.vd_build import build_initial_dictionary
+
+    data = from_dict(DataConfig, cfg["data"], "data")
+    images = load_split_images(data, model.vd.config.kmeans_sample_images)
+    generator = torch.Generator().manual_seed(cfg["seed"])
+    built = build_initial_dictionary(model, images, generator, path=out_dir / "vd_init.pt")
+    health = built["health"] or {}
+    print(
+        f"build_vd[{label}]: init={built['init']} over {built['num_images']} images "
+        f"({built['num_features']} patch features): {health}"
+    )
+    for key, value in health.items():
+        record.log_scalar(f"vd_init.{out_dir.name}.{key}", value)
+    record.add_artifact(out_dir / "vd_init.pt", name=f"vd_init_{out_dir.name}.pt")
+    return {"vd": True, "init": built["init"], "num_images": built["num_images"], **health}
+
+
+def main(argv=None) -> None:
+    args = parse_stage_args("build-vd", argv)
+    run_stage(args.stage, stage, args=args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+"""The command line of the UTA stages (`nas uta`, `python -m experiments.uta`): read the arguments, run the
+stage through `nas.recipes.stage.run_stage` (params checked whole, Sacred record on rank 0). Swept stages
+(dvc.yaml `matrix:`): `uta_pretrain --run arm=<arm> --run seed=<seed>`, `uta_finetune --run seed=<seed>`."""
+
+from __future__ import annotations
+
+from functools import partial
+
+from nas.recipes.stage import parse_stage_args, run_stage
+
+STAGES = ("uta_teacher", "uta_pretrain", "uta_finetune", "uta_evaluate")
+# The process count of a distributed stage, in the resolved params.
+LAUNCH = {
+    "uta_teacher": ("uta", "teacher", "train", "launch"),
+    "uta_pretrain": ("uta", "student", "train", "launch"),
+}
+
+
+def main(argv=None) -> None:
+    args = parse_stage_args("uta", argv)  # --stage: one of STAGES; --run checked against its axes
+    from nas.recipes.uta.evaluate import evaluate
+    from nas.recipes.uta.train import train_finetune, train_student, train_teacher
+
+    work = {"uta_teacher": train_teacher, "uta_pretrain": train_student, "uta_finetune": train_finetune}
+    stage_main = partial(work.get(args.stage, evaluate), **args.run_values)
+    run_stage(args.stage, stage_main, args=args, nproc_key=LAUNCH.get(args.stage))
