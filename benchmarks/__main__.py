@@ -48,8 +48,8 @@ MARK = "__NAS_BENCH__"
 
 # case name -> worker spec (defaults); --quick shrinks batch / steps.
 CASES: dict[str, dict[str, Any]] = {
-    "albef_b32": {"case": "albef", "batch": 32, "precisions": ["fp32", "bf16"]},
-    "albef_b64": {"case": "albef", "batch": 64, "precisions": ["fp32", "bf16"]},
+    "albef_b32": {"case": "albef", "batch": 32, "precisions": ["fp32", "default"]},
+    "albef_b64": {"case": "albef", "batch": 64, "precisions": ["fp32", "default"]},
     "nva": {"case": "nva", "batch": 64},
     "mug": {"case": "mug", "batch": 32},
     "uta": {"case": "uta", "batch": 64},

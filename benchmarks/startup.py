@@ -1,18 +1,25 @@
 """Per-stage process start-up: the time from process start to the first line of a stage's own work.
 
 Every process the main command (`dvc repro`) starts is measured as DVC starts it: the commands of
-dvc.yaml, each `foreach` stage once per variant of params.yaml. A stage process is started through a
+dvc.yaml, each `foreach` stage once per variant of params.yaml, each `matrix` stage once per entry
+(`mug_pretrain@mug-0`, ...), in dvc.yaml's order. A stage process is started through a
 small probe that runs `python -m experiments.<stage> ...` unchanged (runpy, `__main__`) except that the
 stage function handed to `nas.recipes.stage.run_stage` is replaced by one that stamps the time and
 exits at once: so the figure covers the interpreter, every import, the params check, the run record
 (git state, source hashes) and Sacred's set-up, and none of the stage's work. Sacred writes its record
-to a temporary `--runs-dir`; no output of the pipeline is touched. `variant_params` (not a Sacred stage:
+to a temporary `--runs-dir`, one per tree and repeat that all its processes share, as `runs/` is shared
+in a main command (so the params checks a stage remembers there, `nas.recipes.stage.load_config`, are
+found by the later processes of the same repeat, and each repeat starts from none, as a fresh clone
+does); no output of the pipeline is touched. `variant_params` (not a Sacred stage:
 `python -m nas.config.params`, writing to a temporary file) is timed whole.
 
 Start-up after the imports is split in two: `imports` (process start until `run_stage` is called: the
 module and everything it imports) and `setup` (until the stage function runs: params, record, Sacred).
-`heavy` lists the heavy top-level packages loaded by then. A bare `python -c pass` is timed as the
-floor. `--compare REV` times the same processes in a `git worktree` of REV, interleaved with this tree.
+`heavy` lists the heavy top-level packages loaded by then. `torch_later` is what the stage would still
+pay for `import torch` after its first line (0 where torch is loaded by then): a stage whose work needs
+torch pays it there, so the figure says how much of a cut only moved into the work. A bare
+`python -c pass` is timed as the floor. `--compare REV` times the same processes in a `git worktree` of
+REV, interleaved with this tree.
 
     python -m benchmarks startup                        # every stage process, 3 repeats
     python -m benchmarks startup --compare HEAD --out reports/bench/startup.json
@@ -67,13 +74,17 @@ if _profile_to:
     import cProfile
     _profiler = cProfile.Profile()
     _profiler.enable()
-def _emit(kind):
+def _stop_profile():
     if _profile_to:
         _profiler.disable()
         _profiler.dump_stats(_profile_to)
-    heavy = sorted({m.split(".")[0] for m in sys.modules} & set(%(heavy)r))
+def _emit(kind, t=None, heavy=None):
+    t = time.time() if t is None else t
+    _stop_profile()
+    if heavy is None:
+        heavy = sorted({m.split(".")[0] for m in sys.modules} & set(%(heavy)r))
     sys.stdout.flush()
-    print(_MARK + json.dumps({"kind": kind, "t": time.time(), "stamps": _stamps, "heavy": heavy}), flush=True)
+    print(_MARK + json.dumps({"kind": kind, "t": t, "stamps": _stamps, "heavy": heavy}), flush=True)
     sys.stderr.flush()
     os._exit(0)
 module, args = sys.argv[1], sys.argv[2:]
@@ -83,7 +94,13 @@ if module.startswith("experiments."):
     def run_stage(stage, main, *a, **k):
         _stamps["imports"] = time.time()
         def first_line_of_work(cfg, record):
-            _emit("stage")
+            _stamps["first_line"] = time.time()
+            _stop_profile()
+            _heavy = sorted({m.split(".")[0] for m in sys.modules} & set(%(heavy)r))
+            _before = time.time()
+            import torch
+            _stamps["torch_later"] = 0.0 if "torch" in _heavy else time.time() - _before
+            _emit("stage", _stamps["first_line"], _heavy)
         return _run_stage(stage, first_line_of_work, *a, **k)
     _common.run_stage = run_stage
 sys.argv = [module, *args]
@@ -103,18 +120,43 @@ class StageProcess:
     argv: tuple[str, ...]  # `python -m ...` words after `python`
 
 
+def _param(params: dict[str, Any], ref: Any) -> list[Any]:
+    """A matrix axis: a list, or `${dotted.key}` of params.yaml (a mapping gives its keys, as in DVC)."""
+    if isinstance(ref, str) and ref.startswith("${") and ref.endswith("}"):
+        node: Any = params
+        for part in ref[2:-1].split("."):
+            node = node[part]
+        ref = node
+    return list(ref)
+
+
 def stage_processes(root: Path = ROOT) -> list[StageProcess]:
-    """The processes `dvc repro` starts: dvc.yaml's commands, `foreach: ${variants}` once per variant."""
+    """The processes `dvc repro` starts: dvc.yaml's commands, `foreach: ${variants}` once per variant,
+    `matrix:` once per entry (DVC's name: `<stage>@<value>-<value>`)."""
+    import itertools
+
     import yaml
 
     stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
-    variants = list(yaml.safe_load((root / "params.yaml").read_text()).get("variants") or {})
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    variants = list(params.get("variants") or {})
     out = []
     for name, spec in stages.items():
         cmd = (spec.get("do") or spec)["cmd"]
-        keys = variants if "foreach" in spec else [None]
-        for key in keys:
-            words = cmd.replace("${key}", key or "").split()
+        entries: list[tuple[str | None, dict[str, str]]] = [(None, {})]
+        if "foreach" in spec:
+            entries = [(key, {"${key}": key}) for key in variants]
+        elif "matrix" in spec:
+            axes = {axis: _param(params, values) for axis, values in spec["matrix"].items()}
+            entries = [
+                ("-".join(map(str, combo)), {f"${{item.{a}}}": str(v) for a, v in zip(axes, combo)})
+                for combo in itertools.product(*axes.values())
+            ]
+        for key, subs in entries:
+            text = cmd
+            for ref, value in subs.items():
+                text = text.replace(ref, value)
+            words = text.split()
             if words[0] != "python":
                 continue
             out.append(StageProcess(name if key is None else f"{name}@{key}", tuple(words[1:])))
@@ -132,10 +174,13 @@ def _probe_argv(process: StageProcess, runs_dir: str, scratch: str) -> list[str]
     return [sys.executable, "-c", _PROBE % {"heavy": HEAVY}, module, *args]
 
 
-def time_process(process: StageProcess, cwd: Path, *, timeout: float = 300) -> dict[str, Any]:
-    """One start of `process` in `cwd`: seconds to the first line of work, split into imports and set-up."""
+def time_process(
+    process: StageProcess, cwd: Path, *, runs_dir: str | None = None, timeout: float = 300
+) -> dict[str, Any]:
+    """One start of `process` in `cwd`: seconds to the first line of work, split into imports and set-up.
+    `runs_dir`: the `--runs-dir` it gets (default: its own temporary one)."""
     with tempfile.TemporaryDirectory(prefix="nas-startup-") as scratch:
-        argv = _probe_argv(process, os.path.join(scratch, "runs"), scratch)
+        argv = _probe_argv(process, runs_dir or os.path.join(scratch, "runs"), scratch)
         env = {**os.environ, "PYTHONPATH": str(cwd), "PYTHONWARNINGS": "default"}
         start = time.time()
         done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -152,6 +197,7 @@ def time_process(process: StageProcess, cwd: Path, *, timeout: float = 300) -> d
         "imports_seconds": imports - start,
         "setup_seconds": mark["t"] - imports,
         "process_seconds": end - start,
+        "torch_later_seconds": mark["stamps"].get("torch_later", 0.0),
         "heavy": mark["heavy"],
         "warnings": warnings,
     }
@@ -166,19 +212,23 @@ def time_bare_python(cwd: Path) -> float:
 def measure(
     processes: list[StageProcess], trees: dict[str, Path], repeats: int, log=print
 ) -> dict[str, dict[str, list[dict[str, Any]]]]:
-    """{tree: {process: [one start per repeat]}}; trees interleaved within each repeat."""
+    """{tree: {process: [one start per repeat]}}; trees interleaved within each repeat. The processes of
+    one tree and repeat share one fresh `--runs-dir`, as a main command's processes share `runs/`."""
     results: dict[str, dict[str, list[dict[str, Any]]]] = {t: {p.name: [] for p in processes} for t in trees}
     for repeat in range(repeats):
-        for process in processes:
-            for tree, cwd in trees.items():
-                one = time_process(process, cwd)
-                results[tree][process.name].append(one)
-                log(f"  [{repeat + 1}/{repeats}] {tree:6s} {process.name:28s} {one['seconds']:6.2f} s")
+        with tempfile.TemporaryDirectory(prefix="nas-startup-runs-") as shared:
+            for process in processes:
+                for tree, cwd in trees.items():
+                    runs_dir = os.path.join(shared, tree.replace("/", "_"))
+                    one = time_process(process, cwd, runs_dir=runs_dir)
+                    results[tree][process.name].append(one)
+                    log(f"  [{repeat + 1}/{repeats}] {tree:6s} {process.name:28s} {one['seconds']:6.2f} s")
     return results
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    med = {k: statistics.median(r[k] for r in runs) for k in ("seconds", "imports_seconds", "setup_seconds")}
+    keys = ("seconds", "imports_seconds", "setup_seconds", "torch_later_seconds")
+    med = {k: statistics.median(r.get(k, 0.0) for r in runs) for k in keys}
     return {
         **{f"median_{k}": v for k, v in med.items()},
         "all_seconds": [round(r["seconds"], 3) for r in runs],
@@ -243,7 +293,12 @@ def run(
     summary: dict[str, Any] = {}
     for tree in trees:
         per = {name: summarise(runs) for name, runs in raw[tree].items()}
-        summary[tree] = {"processes": per, "sum_seconds": sum(p["median_seconds"] for p in per.values())}
+        summary[tree] = {
+            "processes": per,
+            "sum_seconds": sum(p["median_seconds"] for p in per.values()),
+            "sum_torch_later_seconds": sum(p["median_torch_later_seconds"] for p in per.values()),
+            "n_torch_later": sum(p["median_torch_later_seconds"] > 0 for p in per.values()),
+        }
     names = [p.name for p in processes]
     lines = table(summary, names)
     result = {
@@ -261,6 +316,13 @@ def run(
         f"bare `python -c pass` {bare:.2f} s"
     )
     print("\n".join(lines))
+    for tree in trees:
+        later = summary[tree]
+        print(
+            f"{tree}: {later['n_torch_later']} of {len(names)} processes reach their first line without torch; "
+            f"`import torch` after it would add {later['sum_torch_later_seconds']:.1f} s in all (paid inside the "
+            "work by those whose work needs torch)"
+        )
     for tree in trees:
         warned = {n: s["warnings"] for n, s in summary[tree]["processes"].items() if s["warnings"]}
         messages = sorted({w for ws in warned.values() for w in ws})

@@ -449,7 +449,9 @@ def case_eval(
     model, _cfg = ev.untrained_model(cfg, 0)
     phases["model"] = time.perf_counter() - start
     start = time.perf_counter()
-    images = ev.load_split_images(data, eval_cfg.retrieval.max_images, annotation_file=data.test_file)
+    from nas.data.captions import load_split_images
+
+    images = load_split_images(data, eval_cfg.retrieval.max_images, annotation_file=data.test_file)
     phases["images"] = time.perf_counter() - start
     with tempfile.TemporaryDirectory(prefix="nas-bench-eval-") as scratch, torch.no_grad():
         start = time.perf_counter()

@@ -80,6 +80,9 @@ ALLOWED: dict[tuple[str, str, str], str] = {
     ("benchmarks/__main__.py", "run_worker", "subprocess.run"): (
         "the benchmark entry point's worker: [sys.executable, -c, <fixed source>, paths], a timeout, no shell"
     ),
+    ("benchmarks/evaluate_profile.py", "compare", "subprocess.run"): (
+        "developer benchmark re-running its own module on another tree ([sys.executable, -m, ...] built here); no shell"
+    ),
     ("benchmarks/machine.py", "git_commit", "subprocess.run"): (
         "read-only `git rev-parse HEAD`: a literal argument list, a timeout, no shell"
     ),

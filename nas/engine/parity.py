@@ -134,7 +134,9 @@ def record_training(
     `launch` and reads rank 0's recording back from a temporary file. `pythonpath`: folders the
     factories' modules live in. `threads_per_process`: torch threads per spawned worker (None: default).
     """
-    cfg_dict = to_dict(cfg or TrainConfig())
+    # fp32 by default: parity is about the math of N processes (all-reduce, gathers), which bf16's rounding
+    # of a split batch would blur.
+    cfg_dict = to_dict(cfg or TrainConfig(precision="fp32"))
     for folder in reversed([str(f) for f in pythonpath]):
         if folder not in sys.path:
             sys.path.insert(0, folder)  # spawned workers inherit sys.path

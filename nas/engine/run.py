@@ -95,10 +95,16 @@ def epoch_printer(stage: str, label: str, record: ScalarLog, prefix: str = ""):
 
 def run_digest(spec: RunSpec) -> tuple[dict[str, str], str]:
     """(identity, its 12-hex digest) of a run: what it reads, the code, its data files, its init weights."""
-    from nas.engine.identity import identity_digest, run_identity
+    import ignite.distributed as idist
 
+    from nas.engine.identity import identity_digest, run_identity
+    from nas.engine.trainer import resolve_precision
+
+    # `precision: auto` resolves per machine (bf16 where native): the resolved one names the run, so a
+    # checkpoint never resumes under the other precision.
+    precision = resolve_precision(spec.train.precision, idist.device())
     identity = run_identity(
-        dict(spec.reads) | {"stage": spec.stage},
+        dict(spec.reads) | {"stage": spec.stage, "precision": precision},
         data_files=spec.data_files,
         init_checkpoint=spec.init_checkpoint,
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -83,8 +84,23 @@ def native_bf16(device: torch.device) -> bool:
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     if device.type == "cpu":
         probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-        return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+        hardware = any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+        return hardware and _cpu_kernels_use_bf16()
     return False
+
+
+# oneDNN ISA caps below AVX512_CORE_BF16: its bf16 kernels are then emulated.
+_NO_BF16_ISA = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI")
+
+
+def _cpu_kernels_use_bf16() -> bool:
+    """Whether the CPU kernels this process runs may use the hardware's bf16: not when ATen is held to an
+    older code path (ATEN_CPU_CAPABILITY=avx2) or oneDNN's ISA is capped below AVX512_CORE_BF16
+    (ONEDNN_MAX_CPU_ISA). Measured: with both held to AVX2 on an AVX512-BF16 CPU, a bf16 step of the tiny
+    profile took 7.8 s against 0.34 s (benchmarks/reproducibility.py)."""
+    if not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
+        return False
+    return os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper() not in _NO_BF16_ISA
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -106,7 +122,22 @@ def autocast_context(precision: str, device: torch.device) -> Callable[[], conte
     )
     if not supported:
         raise ValueError(f"train.precision='bf16' is not supported on device {device}; use 'fp32'")
+    if device.type == "cpu":
+        return _cpu_bf16_forward
     return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+@contextlib.contextmanager
+def _cpu_bf16_forward() -> Any:
+    """bf16 autocast on a CPU, attention on SDPA's math path. The same attention as the default path's
+    flash kernel, but its backward in bf16 is several times faster on CPU: at the tiny profile, batch 32,
+    2 threads, the step took 502 ms with the flash path and 383 ms with the math path (fp32: 789 ms);
+    `python -m benchmarks` measures it (benchmarks/steps.py). The choice is made in the forward and
+    recorded in the autograd graph, so the backward follows it."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16), sdpa_kernel([SDPBackend.MATH]):
+        yield
 
 
 def move_batch(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:

@@ -13,11 +13,16 @@ Scores (NAS_METHOD.md §7; every benchmark result names the one it used):
              (BENCHMARKS.md §1.8, pitfall 7).
 
 Within one `score` call every distinct image and every distinct text is encoded once (the ARO and
-Winoground cases repeat them), and so are a model's ITM image tokens (NAS: the visual dictionary);
-the benchmark runner sends all pairs of an image in one call (`score_cases`). The model runs in eval
-mode under no_grad, and its mode is restored.
+Winoground cases repeat them), and so are a model's ITM image tokens (NAS: the visual dictionary) and
+each distinct pair's ITM logits; `run_probe_suite` lends a model's scorers one cache for the whole
+suite (`nas.evaluation.encoding_cache`), so that this holds across calls, benchmarks and scorers (images
+keyed by their file's content and crop box, texts by the cleaned string). The benchmark runner sends
+the pairs grouped by image (`score_cases`). Texts are encoded longest first in batches of `batch_size`
+and the ITM pairs go in batches of `batch_size`, longest texts first; each batch is cut to its longest
+text (the padding is masked out of every attention, so only float rounding differs from padding to
+`max_length`: within 1e-6). The model runs in eval mode under no_grad, and its mode is restored.
 Texts are cleaned with ALBEF's `pre_caption` (salesforce/ALBEF evaluates on cleaned captions)
-and padded to `max_length`, so a pair's score does not depend on the batch it arrives in.
+and tokenised to `max_length`.
 """
 
 from __future__ import annotations
@@ -31,10 +36,12 @@ import torch
 from PIL import Image
 
 from nas.data.tokenizer import pre_caption
-from nas.evaluation.scorers import distinct_pairs
+from nas.evaluation.encoding_cache import EncodingCache
+from nas.models.scoring import TextRow, encode_text_rows, itm_functions, itm_pair_logits
 
 ScoreKind = Literal["itm", "itc", "itm+itc"]
 SCORE_KINDS: tuple[str, ...] = ("itm", "itc", "itm+itc")
+IMAGES_WITH_ITM = "images+itm"  # cache table: (ITC feature, ITM image tokens) per image
 
 
 @dataclass
@@ -83,6 +90,8 @@ class ModelPairScorer:
         self.batch_size = batch_size
         self.max_words = max_words
         self.name = name or self.default_name
+        # Encodings kept across `score` calls (`nas.evaluation.encoding_cache`); None: one per call.
+        self.cache: EncodingCache | None = None
 
     # ---- what each score needs -------------------------------------------------------------------
 
@@ -100,79 +109,100 @@ class ModelPairScorer:
             return torch.device("cpu"), torch.float32
         return parameter.device, parameter.dtype
 
-    def _encode_images(self, images: Sequence[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
+    def cache_scope(self) -> tuple:
+        """What the encodings depend on: scorers of one model, transform and tokenizer share a cache."""
+        return ("model-pair", id(self.model), id(self.transform), id(self.tokenizer))
+
+    def _encode_images(self, images: Sequence[Image.Image]) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """Per image, (ITC feature, ITM image tokens or None when this scorer needs no ITM)."""
         device, dtype = self._device_dtype()
-        tokens, feats = [], []
+        itm_tokens_of, _ = itm_functions(self.model)
+        out: list[tuple[torch.Tensor, torch.Tensor | None]] = []
         for start in range(0, len(images), self.batch_size):
             batch = torch.stack([self.transform(image) for image in images[start : start + self.batch_size]])
-            t, f = self.model.encode_image(batch.to(device=device, dtype=dtype))
-            tokens.append(t)
-            feats.append(f)
-        return torch.cat(tokens), torch.cat(feats)
+            tokens, feats = self.model.encode_image(batch.to(device=device, dtype=dtype))
+            itm = None
+            if self.needs_itm:
+                itm = tokens if itm_tokens_of is None else itm_tokens_of(tokens)
+            out.extend((feats[j], None if itm is None else itm[j]) for j in range(len(feats)))
+        return out
 
-    def _encode_texts(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        device, _ = self._device_dtype()
-        cleaned = [pre_caption(t, self.max_words) if self.max_words else t for t in texts]
-        tokens, feats, masks = [], [], []
-        for start in range(0, len(cleaned), self.batch_size):
-            encoded = self.tokenizer(
-                cleaned[start : start + self.batch_size],
-                padding="max_length",
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            )
-            ids = encoded["input_ids"].to(device)
-            mask = encoded["attention_mask"].to(device)
-            t, f = self.model.encode_text(ids, mask)
-            tokens.append(t)
-            feats.append(f)
-            masks.append(mask)
-        return torch.cat(tokens), torch.cat(feats), torch.cat(masks)
+    def _encode_texts(self, texts: Sequence[str]) -> list[TextRow]:
+        """Per cleaned text, `nas.models.scoring.encode_text_rows`'s row: tokenised to `max_length` as
+        ALBEF does (in one tokenizer call), then encoded longest first, each batch cut to its longest."""
+        encoded = self.tokenizer(
+            list(texts),
+            padding="max_length",
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        )
+        return encode_text_rows(self.model, encoded["input_ids"], encoded["attention_mask"], self.batch_size)
 
-    def _itm_inputs(self, image_tokens: torch.Tensor) -> tuple[torch.Tensor, Callable[..., torch.Tensor]]:
-        """(per distinct image, the tokens ITM takes; the pair function). A model that splits ITM into
-        `itm_image_tokens` + `fused_itm_logits` (ALBEF, NAS: its VD tokens) gets its ITM image tokens
-        once per distinct image rather than once per pair; `itm_logits` is exactly their composition."""
-        model = self.model
-        if not (hasattr(model, "itm_image_tokens") and hasattr(model, "fused_itm_logits")):
-            return image_tokens, model.itm_logits
-        parts = [
-            model.itm_image_tokens(image_tokens[start : start + self.batch_size])
-            for start in range(0, len(image_tokens), self.batch_size)
-        ]
-        return torch.cat(parts), model.fused_itm_logits
+    def _itm_logits(
+        self, pairs: list[tuple[Any, Any]], images: dict[Any, tuple], texts: dict[Any, TextRow]
+    ) -> list[torch.Tensor]:
+        """ITM logits (float64 [2]) of each distinct (image key, text key) pair (`itm_pair_logits`)."""
+        _, pair_function = itm_functions(self.model)
+        return itm_pair_logits(
+            pair_function,
+            [images[image][1] for image, _ in pairs],
+            [texts[text] for _, text in pairs],
+            self.batch_size,
+        )
 
     def score(self, images: list[Image.Image], texts: list[str]) -> np.ndarray:
         """Scores of the row-aligned pairs `(images[i], texts[i])`, float64 of shape (len(texts),)."""
-        pairs = distinct_pairs(images, texts, self.name)
+        if len(images) != len(texts):
+            raise ValueError(
+                f"{self.name}: {len(images)} images but {len(texts)} texts; pairs must be row-aligned"
+            )
         if not texts:
             return np.zeros(0, dtype=np.float64)
-        rows, cols = pairs.rows, pairs.cols
+        cache = self.cache if self.cache is not None else EncodingCache()
+        image_keys = [cache.image_key(image) for image in images]
+        first_image = dict(zip(image_keys, images))
+        text_keys = [
+            (self.max_length, pre_caption(t, self.max_words) if self.max_words else t) for t in texts
+        ]
+
+        def encode_images(keys: list[Any]) -> list[Any]:
+            # an ITC-only scorer takes the features an ITM scorer of the same model already computed
+            known = {} if self.needs_itm else {k: cache.peek(IMAGES_WITH_ITM, k) for k in keys}
+            todo = [k for k in keys if known.get(k) is None]
+            encoded = dict(zip(todo, self._encode_images([first_image[k] for k in todo])))
+            return [encoded[k] if known.get(k) is None else (known[k][0], None) for k in keys]
 
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.no_grad():
-                image_tokens, image_feat = self._encode_images(pairs.images)
-                text_tokens, text_feat, text_mask = self._encode_texts(pairs.texts)
+                image_table = IMAGES_WITH_ITM if self.needs_itm else "images"
+                image_values = cache.values(image_table, image_keys, encode_images)
+                image_entries = dict(zip(image_keys, image_values))
+                text_values = cache.values(
+                    "texts", text_keys, lambda keys: self._encode_texts([k[1] for k in keys])
+                )
+                text_entries = dict(zip(text_keys, text_values))
+                logits = cosine = None
                 if self.needs_itm:
-                    itm_tokens, itm_pairs = self._itm_inputs(image_tokens)
-                rows, cols = rows.to(image_tokens.device), cols.to(text_tokens.device)
-                out = []
-                for start in range(0, len(texts), self.batch_size):
-                    r, c = rows[start : start + self.batch_size], cols[start : start + self.batch_size]
-                    logits = (
-                        itm_pairs(itm_tokens[r], text_tokens[c], text_mask[c]) if self.needs_itm else None
+                    pair_keys = list(zip(image_keys, text_keys))
+                    logits = torch.stack(
+                        cache.values(
+                            "itm_logits",
+                            pair_keys,
+                            lambda keys: self._itm_logits(keys, image_entries, text_entries),
+                        )
                     )
+                if self.needs_itc:
                     # float64 so that near-1 probabilities and close cosines do not collapse into ties
-                    cosine = (
-                        (image_feat[r].double() * text_feat[c].double()).sum(-1) if self.needs_itc else None
-                    )
-                    out.append(self.combine(None if logits is None else logits.double(), cosine))
+                    image_feat = torch.stack([entry[0] for entry in image_values]).double()
+                    text_feat = torch.stack([entry[1] for entry in text_values]).double()
+                    cosine = (image_feat * text_feat).sum(-1)
+                scores = self.combine(logits, cosine)
         finally:
             self.model.train(was_training)
-        return torch.cat(out).cpu().numpy().astype(np.float64)
+        return scores.cpu().numpy().astype(np.float64)
 
 
 class ITMScorer(ModelPairScorer):

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from nas.evaluation.encoding_cache import shared_encodings
 from nas.evaluation.scorers import PairScorer
 
 # Benchmark options that depend on the scorer, e.g. VALSE's caption/foil precision needs a match
@@ -34,7 +35,6 @@ def run_probe_suite(
     are the per-case outcomes (`evaluate_benchmark`'s "outcomes"): pass a dict as `outcomes` to
     receive them, `{benchmark: {scorer.name: {"metric", "unit", "case_ids", "outcomes"}}}`."""
     from nas.data.probes import probe_benchmarks
-    from nas.evaluation.benchmarks import evaluate_benchmark
 
     suite = probe_benchmarks(probes_root)
     names = list(benchmarks) or sorted(suite)
@@ -47,20 +47,36 @@ def run_probe_suite(
 
     results: dict[str, dict[str, Any]] = {}
     pairs = [(scorer, name) for scorer in scorers for name in names]
-    for scorer, name in progress(pairs, desc="fine-grained probes (benchmark x scorer)"):
-        spec = suite[name]
-        config = {**spec["config"], **(config_for(scorer, name) if config_for else {})}
-        result = evaluate_benchmark(
-            name,
-            spec["root"],
-            scorer,
-            config,
-            score_file=None if scores_dir is None else Path(scores_dir) / f"{name}.{scorer.name}.jsonl",
-            **spec["load_options"],
-        )
-        result.pop("scores", None)  # kept in the score file, not in the metrics JSON
-        per_case = result.pop("outcomes", None)  # one value per case: not for the metrics JSON either
-        if outcomes is not None and per_case is not None:
-            outcomes.setdefault(name, {})[scorer.name] = per_case
-        results.setdefault(name, {})[scorer.name] = result
+    # One model's scorers share one cache of encodings for the whole suite: each distinct image and
+    # text is encoded once, and each distinct pair scored once, across benchmarks and scorers.
+    with shared_encodings(scorers):
+        for scorer, name in progress(pairs, desc="fine-grained probes (benchmark x scorer)"):
+            _score_one(scorer, name, suite[name], scores_dir, config_for, results, outcomes)
     return results
+
+
+def _score_one(
+    scorer: PairScorer,
+    name: str,
+    spec: dict[str, Any],
+    scores_dir: str | Path | None,
+    config_for: ConfigFor | None,
+    results: dict[str, dict[str, Any]],
+    outcomes: dict[str, dict[str, Any]] | None,
+) -> None:
+    from nas.evaluation.benchmarks import evaluate_benchmark
+
+    config = {**spec["config"], **(config_for(scorer, name) if config_for else {})}
+    result = evaluate_benchmark(
+        name,
+        spec["root"],
+        scorer,
+        config,
+        score_file=None if scores_dir is None else Path(scores_dir) / f"{name}.{scorer.name}.jsonl",
+        **spec["load_options"],
+    )
+    result.pop("scores", None)  # kept in the score file, not in the metrics JSON
+    per_case = result.pop("outcomes", None)  # one value per case: not for the metrics JSON either
+    if outcomes is not None and per_case is not None:
+        outcomes.setdefault(name, {})[scorer.name] = per_case
+    results.setdefault(name, {})[scorer.name] = result

@@ -4,7 +4,9 @@ Every image may have several captions. Image->text: a hit at K if ANY of the ima
 the top K texts. Text->image: a hit if the caption's own image is in the top K images.
 Scores: ITC cosine for all pairs; with `k_test > 0`, ALBEF re-ranks each query's top-k candidates by
 `ITM match logit + ITC score` (ALBEF adds the ITM score to the top-k similarities; the rest stay at
-a floor so they rank below). Ties rank by index (stable sort), so results are deterministic.
+a floor so they rank below). Ties rank by index (stable sort), so results are deterministic. The ITM
+logits of the candidate pairs are computed once per distinct pair (a pair that is a candidate in both
+directions is scored once), in batches of `batch_size` pairs, each cut to its longest text.
 """
 
 from __future__ import annotations
@@ -106,18 +108,17 @@ def rerank_with_itm(
     """ALBEF re-ranking: for each row keep the top-k ITC candidates, score them as
     `pair_score(row_indices, col_indices) + itc`, and put every other entry at `floor`.
     `itc` may be a slice of the query rows (one rank's share): `row_offset` is the global index of
-    its first row, which `pair_score` receives."""
+    its first row, which `pair_score` receives. `pair_score` gets every candidate pair of the slice in
+    one call (row-major), and batches its own forward passes."""
     if k <= 0:
         return itc.clone()
     k = min(k, itc.shape[1])
     out = torch.full_like(itc, floor)
     topk_sim, topk_idx = itc.topk(k, dim=1)
-    from nas.progress import progress
-
-    # one query at a time keeps the fusion batch at k pairs (paper scale: 5k queries x 256 pairs, minutes)
-    for row in progress(range(itc.shape[0]), desc=f"retrieval: ITM re-ranks the top {k}"):
-        rows = torch.full((k,), row + row_offset, dtype=torch.long)
-        out[row, topk_idx[row]] = pair_score(rows, topk_idx[row]).to(out.dtype) + topk_sim[row]
+    rows = torch.arange(itc.shape[0]).repeat_interleave(k)
+    cols = topk_idx.reshape(-1).cpu()
+    scores = pair_score(rows + row_offset, cols).to(out.dtype).view(itc.shape[0], k)
+    out.scatter_(1, topk_idx, scores + topk_sim)
     return out
 
 
@@ -153,9 +154,35 @@ def retrieval_scores(
     if cfg.k_test <= 0:
         return out
 
+    # ITM logit of each distinct (image, text) candidate pair, once for both directions: ITM image
+    # tokens once per image, the pairs in batches of `cfg.batch_size` (nas.models.scoring).
+    from nas.models.scoring import itm_functions, itm_pair_logits, text_lengths
+
+    itm_tokens_of, pair_function = itm_functions(model)
+    lengths = text_lengths(txt["attention_mask"])
+    itm_tokens: dict[int, torch.Tensor] = {}
+    logits: dict[tuple[int, int], float] = {}
+
     def itm_i2t(rows, cols):
-        logits = model.itm_logits(img_tokens[rows], txt["tokens"][cols], txt["attention_mask"][cols])
-        return logits[:, 1]
+        pairs = list(zip(rows.tolist(), cols.tolist()))
+        todo = list(dict.fromkeys(pair for pair in pairs if pair not in logits))
+        images = sorted({image for image, _ in todo} - set(itm_tokens))
+        for start in range(0, len(images), cfg.batch_size):
+            chunk = images[start : start + cfg.batch_size]
+            tokens = img_tokens[chunk]
+            itm_tokens.update(zip(chunk, tokens if itm_tokens_of is None else itm_tokens_of(tokens)))
+        text_rows = {
+            text: (txt["tokens"][text, : lengths[text]], None, txt["attention_mask"][text, : lengths[text]])
+            for _, text in todo
+        }
+        scored = itm_pair_logits(
+            pair_function,
+            [itm_tokens[image] for image, _ in todo],
+            [text_rows[text] for _, text in todo],
+            cfg.batch_size,
+        )
+        logits.update(zip(todo, (float(value[1]) for value in scored)))
+        return torch.tensor([logits[pair] for pair in pairs], dtype=torch.float64)
 
     def itm_t2i(rows, cols):
         return itm_i2t(cols, rows)

@@ -3,7 +3,8 @@ student's image embedding (projected CLS, L2-normalised) with the frozen teacher
 embedding of the caption. The same class scores the teacher itself (its own image tower), so the
 tables show the student beside the CLIP it was aligned to.
 
-Within one `score` call every distinct image and text is encoded once (the benchmarks repeat them);
+Within one `score` call every distinct image and text is encoded once (the benchmarks repeat them), and
+within one probe suite when `run_probe_suite` lends the scorer a cache (`nas.evaluation.encoding_cache`);
 models run under no_grad in eval mode, and the modes are restored afterwards.
 """
 
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from nas.evaluation.scorers import distinct_pairs
+from nas.evaluation.encoding_cache import EncodingCache
 
 ImageEncoder = Callable[[torch.Tensor], torch.Tensor]  # images [B, 3, H, W] -> unit vectors [B, D]
 TextEncoder = Callable[[torch.Tensor], torch.Tensor]  # BPE ids [B, L] -> unit vectors [B, D]
@@ -47,6 +48,8 @@ class CosinePairScorer:
         self.modules = modules  # put in eval mode while scoring
         self.batch_size = batch_size
         self.device = torch.device(device)
+        # Encodings kept across `score` calls (`nas.evaluation.encoding_cache`); None: one per call.
+        self.cache: EncodingCache | None = None
 
     def _embed(self, items: list[Any], encode: Callable[[list[Any]], torch.Tensor]) -> torch.Tensor:
         parts = [encode(items[i : i + self.batch_size]) for i in range(0, len(items), self.batch_size)]
@@ -59,20 +62,35 @@ class CosinePairScorer:
     def _texts(self, texts: list[str]) -> torch.Tensor:
         return self.encode_text(self.tokenizer.encode(texts).input_ids.to(self.device))
 
+    def cache_scope(self) -> tuple:
+        """What the encodings depend on (`nas.evaluation.encoding_cache.shared_encodings`)."""
+        return ("cosine", id(self))
+
     @torch.no_grad()
     def score(self, images: list[Image.Image], texts: list[str]) -> np.ndarray:
-        pairs = distinct_pairs(images, texts, self.name)
+        if len(images) != len(texts):
+            raise ValueError(
+                f"{self.name}: {len(images)} images but {len(texts)} texts; pairs must be row-aligned"
+            )
+        cache = self.cache if self.cache is not None else EncodingCache()
+        image_keys = [cache.image_key(image) for image in images]
+        first_image = dict(zip(image_keys, images))
         modes = [module.training for module in self.modules]
         for module in self.modules:
             module.eval()
         try:
-            image_emb = self._embed(pairs.images, self._images)
-            text_emb = self._embed(pairs.texts, self._texts)
+            image_emb = cache.values(
+                "cosine_images",
+                image_keys,
+                lambda keys: list(self._embed([first_image[k] for k in keys], self._images)),
+            )
+            text_emb = cache.values("cosine_texts", texts, lambda keys: list(self._embed(keys, self._texts)))
         finally:
             for module, mode in zip(self.modules, modes):
                 module.train(mode)
-        rows, cols = pairs.rows, pairs.cols
-        return (image_emb[rows] * text_emb[cols]).sum(dim=-1).double().cpu().numpy()
+        if not texts:
+            return np.zeros(0, dtype=np.float64)
+        return (torch.stack(image_emb) * torch.stack(text_emb)).sum(dim=-1).double().cpu().numpy()
 
 
 def uta_scorer(

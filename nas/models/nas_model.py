@@ -38,8 +38,6 @@ from nas.models.registry import register_model
 from nas.models.visual_dictionary import VDOutput, VisualDictionary, VisualDictionaryConfig
 from nas.objectives.itm import NO_MATCH, ITMBlock
 
-_MASK64 = (1 << 64) - 1
-
 
 @dataclass
 class NASConfig(ALBEFConfig):
@@ -82,16 +80,11 @@ class NASConfig(ALBEFConfig):
 
 
 def nva_step_seed(seed: int, step: int, rank_: int) -> int:
-    """A 64-bit seed for NVA's generator from (seed, training step, rank): SplitMix64 (Steele et al., 2014)
-    chained over the three, so neighbouring steps and ranks get unrelated streams."""
-    state = 0
-    for part in (seed, step, rank_):
-        state = (state ^ part) & _MASK64
-        state = (state + 0x9E3779B97F4A7C15) & _MASK64
-        state = ((state ^ (state >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-        state = ((state ^ (state >> 27)) * 0x94D049BB133111EB) & _MASK64
-        state ^= state >> 31
-    return state
+    """A 64-bit seed for NVA's generator from (seed, training step, rank): numpy's SeedSequence hash of
+    the three (O'Neill's seed_seq mixing), so neighbouring steps and ranks get unrelated streams."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, step, rank_]).generate_state(1, dtype=np.uint64)[0])
 
 
 @contextlib.contextmanager

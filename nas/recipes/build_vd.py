@@ -19,7 +19,6 @@ from nas.config import from_dict
 from nas.config.data import DataConfig
 from nas.config.params import PIPELINE_ROOT, output_root
 from nas.config.stages import ModelSpec, TrainStageConfig
-from nas.data.captions import load_split_images
 from nas.recipes.stage import Recorder, parse_stage_args, run_stage
 
 
@@ -78,6 +77,7 @@ def build_replicate(cfg: dict[str, Any], out_dir: Path, record: Recorder) -> dic
         )
         print(f"build_vd[{label}]: {note}")
         return {"vd": False}
+    from nas.data.captions import load_split_images
     from nas.models.vd_build import build_initial_dictionary
 
     data = from_dict(DataConfig, cfg["data"], "data")

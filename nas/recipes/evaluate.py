@@ -29,13 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nas.atomic import atomic_write_text
 from nas.config import from_dict
 from nas.config.data import DataConfig
 from nas.config.params import PIPELINE_ROOT, input_root, output_root
 from nas.config.stages import study_seeds
-from nas.data.captions import load_split_images
-from nas.engine.checkpoint import atomic_write_text
-from nas.engine.launch import LaunchConfig
+from nas.config.train import LaunchConfig
 from nas.evaluation.model_scorers import ScorerConfig
 from nas.evaluation.retrieval import RetrievalConfig
 from nas.recipes.stage import Recorder, parse_stage_args, run_stage
@@ -323,6 +322,7 @@ def stage(cfg: dict[str, Any], record: Recorder) -> None:
     import ignite.distributed as idist
     import torch
 
+    from nas.data.captions import load_split_images
     from nas.engine.run import load_run
     from nas.evaluation.seeds import aggregate
     from nas.evaluation.sharding import shard_slice

@@ -33,13 +33,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nas.atomic import atomic_write_text
 from nas.config import from_dict, merge
 from nas.config.data import DataConfig
 from nas.config.params import PIPELINE_ROOT, input_root, output_root
 from nas.config.stages import LoaderConfig, ModelSpec, replicate_config, study_seeds
+from nas.config.train import TrainConfig
 from nas.data.nta import NTAConfig
-from nas.engine.checkpoint import atomic_write_text
-from nas.engine.trainer import TrainConfig
 from nas.recipes.pretrain import (
     build_model,
     check_training_set,

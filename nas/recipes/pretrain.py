@@ -21,11 +21,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from nas.atomic import atomic_write_text
 from nas.config import from_dict
 from nas.config.data import DataConfig
 from nas.config.params import PIPELINE_ROOT, input_root, output_root
 from nas.config.stages import LoaderConfig, ModelSpec, TrainStageConfig
-from nas.engine.checkpoint import atomic_write_text
 from nas.recipes.stage import Recorder, parse_stage_args, run_stage
 
 STAGES = ("pretrain_stage1", "pretrain_stage2")

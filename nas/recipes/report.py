@@ -11,8 +11,6 @@ from typing import Any
 from nas.config import from_dict
 from nas.config.params import input_root, output_root
 from nas.recipes.stage import Recorder, parse_stage_args, run_stage
-from nas.reporting.findings import FindingsConfig
-from nas.reporting.results import ReportConfig, write_report
 
 
 def nva_variants(params_path: str | Path) -> set[str] | None:
@@ -36,6 +34,9 @@ def nva_variants(params_path: str | Path) -> set[str] | None:
 
 
 def stage(cfg: dict[str, Any], record: Recorder, *, nva: Collection[str] | None = None) -> None:
+    from nas.reporting.findings import FindingsConfig
+    from nas.reporting.results import ReportConfig, write_report
+
     report_cfg = from_dict(ReportConfig, cfg.get("report", {}), "report")
     # `study`: seeds and how findings are judged (level 0.95, resamples 2000, bootstrap_seed 0 by default).
     study = FindingsConfig.from_study(cfg.get("study"))

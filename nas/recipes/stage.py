@@ -31,22 +31,83 @@ from nas.config.schema import check_params  # noqa: E402
 from nas.recipes.commands import STAGE_COMMANDS, StageCommand, command_of  # noqa: E402,F401
 
 StageMain = Callable[[dict[str, Any], "Recorder"], None]
+# Under --runs-dir: the params checks passed so far (load_config's memo), one small JSON file each.
+CHECKED_PARAMS = "checked-params"
 
 
 # ---- the params sections typed in experiment modules ------------------------------------------------
 
 
 def load_config(
-    params_path: str | Path, variant: str | None = None, overrides: Sequence[str] = ()
+    params_path: str | Path,
+    variant: str | None = None,
+    overrides: Sequence[str] = (),
+    *,
+    memo_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """The params a run sees (file, `variants.<variant>`, `--set` overrides), checked whole before any
     stage work (`nas.config.schema.check_params`). Every user error is a ConfigError: a missing or
-    malformed params file, an unknown variant, a malformed override, any unknown key or wrong value."""
+    malformed params file, an unknown variant, a malformed override, any unknown key or wrong value.
+
+    With `memo_dir`, a check that this exact input passed before is read back instead of repeated
+    (`_memo_key`: the params file's bytes, the variant, the overrides and every source file of nas/); a
+    failed check is never remembered, so every error comes from the check itself. The check types every
+    section and every model spec, which imports the config classes of every section and the module of
+    every registered model (torch, timm, ...): about 2 s, in each of the main command's ~48 processes,
+    for the same answer."""
     try:
         params = load_params(params_path)
     except FileNotFoundError as exc:
         raise ConfigError(str(exc)) from None
-    return check_params(params, variant, overrides, source=str(params_path))
+    memo = None
+    if memo_dir is not None:
+        memo = Path(memo_dir) / f"{_memo_key(params_path, variant, overrides)}.json"
+        try:
+            return json.loads(memo.read_text(encoding="utf-8"))["resolved"]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # not checked yet (or an unreadable memo): check
+    resolved = check_params(params, variant, overrides, source=str(params_path))
+    if memo is not None:
+        try:
+            text = json.dumps({"resolved": resolved})  # in the params' own order (arms, variants)
+        except (TypeError, ValueError):
+            return resolved  # a value JSON cannot hold: not remembered
+        if json.loads(text)["resolved"] == resolved:  # remembered only where JSON gives back the same
+            from nas.atomic import atomic_write_text
+
+            try:
+                memo.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(memo, text)
+                _prune(memo.parent)
+            except OSError:
+                pass  # a read-only runs folder: the next process checks again
+    return resolved
+
+
+_KEPT_CHECKS = 64  # the newest remembered checks kept (each a few KB); older code and params are gone
+
+
+def _prune(folder: Path) -> None:
+    by_age = sorted(folder.glob("*.json"), key=lambda path: path.stat().st_mtime, reverse=True)
+    for path in by_age[_KEPT_CHECKS:]:
+        path.unlink(missing_ok=True)
+
+
+def _memo_key(params_path: str | Path, variant: str | None, overrides: Sequence[str]) -> str:
+    """What a params check's outcome depends on: the params file (its bytes), the variant, the overrides,
+    the code that checks them (every Python file of nas/: `code_digest`, the digest run identities use)
+    and the Python and PyYAML that read them."""
+    import hashlib
+
+    import yaml
+
+    from nas.config.stages import code_digest
+
+    digest = hashlib.sha256(Path(params_path).read_bytes())
+    digest.update(
+        json.dumps([variant, list(overrides), code_digest(), sys.version, yaml.__version__]).encode()
+    )
+    return digest.hexdigest()
 
 
 def report_user_error(prog: str, exc: BaseException) -> int:
@@ -207,7 +268,12 @@ def run_stage(
         if args.stage != stage:
             parser.error(f"--stage {args.stage}: this entry point runs {stage}")
     try:  # before any stage work and before Sacred: a user error leaves no failed run record
-        cfg = load_config(args.params, getattr(args, "variant", None), args.overrides)
+        cfg = load_config(
+            args.params,
+            getattr(args, "variant", None),
+            args.overrides,
+            memo_dir=Path(args.runs_dir) / CHECKED_PARAMS,
+        )
     except ConfigError as exc:
         raise SystemExit(report_user_error(f"nas {stage}", exc)) from None
     cfg["stage"] = stage
@@ -252,9 +318,7 @@ def _run_on_rank(
     observer_dir: Path,
     params_file: str = "params.yaml",
 ) -> None:
-    import ignite.distributed as idist
-
-    if idist.get_rank() != 0:
+    if _rank() != 0:
         main(cfg, Recorder(None))
         return
     import warnings
@@ -271,7 +335,11 @@ def _run_on_rank(
     SETTINGS.DISCOVER_SOURCES = "none"  # the sources are added whole: experiments/ and nas/
     SETTINGS.HOST_INFO.CAPTURED_ENV = list(CAPTURED_ENV)
     record = run_record(params_file)
-    ex = _experiment(stage, record)
+    # The record's `host.torch` (torch_host_info) needs torch, which most stages load only for their
+    # work: read now where torch is loaded already, else filled in (in place: the observer holds this
+    # very dict) when the stage ends, so that the start of a stage does not wait for torch.
+    torch_info: dict[str, Any] = torch_host_info() if "torch" in sys.modules else {}
+    ex = _experiment(stage, record, torch_info)
     mark_interrupted_runs(observer_dir)
     ex.observers.append(FileStorageObserver(str(observer_dir)))
     ex.add_config(cfg)
@@ -279,12 +347,78 @@ def _run_on_rank(
     @ex.main
     def _sacred_main(_run):
         _run.info["pid"] = os.getpid()  # lets the next start tell a killed run from a live one
-        main(to_plain(_run.config), Recorder(_run))
+        # Sacred seeds torch with the run's seed at the start only where torch is loaded by then
+        # (sacred.randomness.set_global_seed); a stage that loads torch later gets the same seeding
+        # as soon as torch is imported, so its random numbers are those of an eager import.
+        hook = None if "torch" in sys.modules else _after_import("torch", _torch_seeder(_run.config["seed"]))
+        try:
+            main(to_plain(_run.config), Recorder(_run))
+        finally:
+            if hook is not None:
+                hook.remove()
+            if not torch_info:
+                torch_info.update(torch_host_info())
 
     ex.run(
         options={"--name": f"{stage}:{cfg.get('variant') or 'all'}"},
         meta_info={"provenance": record["provenance"]},
     )
+
+
+def _rank() -> int:
+    """This process's rank: 0 for a single process (no launcher: neither WORLD_SIZE nor Ignite's launch
+    loaded), else Ignite's (`nas.engine.launch` and torchrun processes)."""
+    if "WORLD_SIZE" not in os.environ and "ignite.distributed" not in sys.modules:
+        return 0
+    import ignite.distributed as idist
+
+    return idist.get_rank()
+
+
+def _torch_seeder(seed: int) -> Callable[[Any], None]:
+    def seed_torch(torch: Any) -> None:  # as sacred.randomness.set_global_seed does
+        torch.manual_seed(seed)
+        if torch.cuda.is_available():
+            torch.cuda.manual_seed_all(seed)
+
+    return seed_torch
+
+
+class _AfterImport:
+    """A post-import hook on `sys.meta_path`: `then(module)` runs once, right after module `name` (a
+    top-level module) has been imported; `remove()` takes the hook away if that has not happened."""
+
+    def __init__(self, name: str, then: Callable[[Any], None]) -> None:
+        self.name, self.then, self.loader = name, then, None
+
+    def remove(self) -> None:
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        if fullname != self.name:
+            return None
+        import importlib.util
+
+        self.remove()
+        spec = importlib.util.find_spec(fullname)  # the spec the other finders give
+        if spec is not None and spec.loader is not None:
+            self.loader, spec.loader = spec.loader, self
+        return spec
+
+    def create_module(self, spec: Any) -> Any:
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        module.__spec__.loader = module.__loader__ = self.loader  # the module keeps its own loader
+        self.loader.exec_module(module)
+        self.then(module)
+
+
+def _after_import(name: str, then: Callable[[Any], None]) -> _AfterImport:
+    hook = _AfterImport(name, then)
+    sys.meta_path.insert(0, hook)
+    return hook
 
 
 # ---- what a run record says about the code and the environment ------------------------------------------
@@ -474,8 +608,9 @@ def run_record(params_file: str | Path = "params.yaml") -> dict[str, Any]:
     return {"packages": package_versions(), "repositories": repositories, "provenance": provenance}
 
 
-def _experiment(stage: str, record: dict[str, Any]) -> Any:
-    """The stage's Sacred experiment, recording `record` (run_record) where Sacred's model puts it."""
+def _experiment(stage: str, record: dict[str, Any], torch_info: dict[str, Any] | None = None) -> Any:
+    """The stage's Sacred experiment, recording `record` (run_record) where Sacred's model puts it, and
+    `torch_info` as `host.torch` (default: torch_host_info() as the run starts)."""
     from sacred import Experiment
     from sacred.dependencies import PackageDependency
     from sacred.host_info import HostInfoGetter
@@ -492,7 +627,9 @@ def _experiment(stage: str, record: dict[str, Any]) -> Any:
         stage,
         base_dir=str(CODE_ROOT),
         save_git_info=False,
-        additional_host_info=[HostInfoGetter(torch_host_info, "torch")],
+        additional_host_info=[
+            HostInfoGetter(torch_host_info if torch_info is None else lambda: torch_info, "torch")
+        ],
     )
     import nas
 

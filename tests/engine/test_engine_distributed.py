@@ -14,7 +14,9 @@ from nas.engine import ScheduleConfig, TrainConfig, read_checkpoint
 from nas.engine.parity import compare_records, record_training
 
 HERE = Path(__file__).parent
-PARITY_CFG = TrainConfig(schedule=ScheduleConfig(lr=1e-2, min_lr=1e-3, warmup_steps=0))
+# fp32: the check is that N processes compute the same math as one (gradient all-reduce, gathered queues);
+# under bf16 autocast the split batch rounds differently, which says nothing about that math.
+PARITY_CFG = TrainConfig(schedule=ScheduleConfig(lr=1e-2, min_lr=1e-3, warmup_steps=0), precision="fp32")
 
 
 @pytest.fixture(scope="module")

@@ -54,7 +54,15 @@ def test_auto_is_bf16_only_where_native(monkeypatch):
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     assert resolve_precision("auto", cpu) == "fp32"
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     assert resolve_precision("auto", cpu) == "bf16"
+    # bf16 hardware, but kernels held to an older path: bf16 would be emulated (20x slower), so fp32.
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")
+    assert resolve_precision("auto", cpu) == "fp32"
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert resolve_precision("auto", cpu) == "fp32"
 
 
 def test_a_short_bf16_run_tracks_fp32():
@@ -65,3 +73,23 @@ def test_a_short_bf16_run_tracks_fp32():
     assert all(torch.isfinite(torch.tensor(bf16)))
     assert bf16 == pytest.approx(fp32, rel=0.03)
     assert bf16 != fp32  # autocast did run in bf16
+
+
+def test_cpu_bf16_runs_attention_on_the_math_path():
+    """On a CPU, bf16 autocast runs SDPA's math path (its backward is several times faster there than the
+    flash kernel's): the forward context gives exactly the math path's attention."""
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from nas.engine.trainer import autocast_context
+
+    if not torch.amp.is_autocast_available("cpu"):
+        pytest.skip("no CPU autocast")
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 17, 16, generator=g) for _ in range(3))
+    with autocast_context("bf16", torch.device("cpu"))():
+        assert torch.is_autocast_enabled("cpu")
+        ours = F.scaled_dot_product_attention(q, k, v)
+    with torch.autocast("cpu", dtype=torch.bfloat16), sdpa_kernel([SDPBackend.MATH]):
+        math = F.scaled_dot_product_attention(q, k, v)
+    assert ours.dtype == torch.bfloat16 and torch.equal(ours, math)

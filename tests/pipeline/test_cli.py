@@ -341,3 +341,52 @@ def test_score_command_rescores_and_exits_2_on_a_bad_file(tmp_path, capsys):
         err
         == f"nas score: error: {bad}, line 2: non-finite number -Infinity (NaN and ±Infinity are refused: a score must be finite)\n"
     )
+
+
+def test_a_passed_params_check_is_remembered_and_a_failed_one_is_not(tmp_path, monkeypatch):
+    """load_config(memo_dir=...): the same params file, variant, overrides and code give the remembered
+    check back without checking again; any change checks again; an error is never remembered."""
+    import nas.recipes.stage as stage
+    from nas.config.base import ConfigError
+
+    params = tmp_path / "params.yaml"
+    params.write_text((ROOT / "params.yaml").read_text())  # mug.arms, variants: not in sorted order
+    memo = tmp_path / "runs" / stage.CHECKED_PARAMS
+    first = stage.load_config(params, "nas", ["seed=3"], memo_dir=memo)
+    assert first["seed"] == 3 and len(list(memo.glob("*.json"))) == 1
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("checked again")
+
+    monkeypatch.setattr(stage, "check_params", refuse)
+    again = stage.load_config(params, "nas", ["seed=3"], memo_dir=memo)
+    assert json.dumps(again) == json.dumps(first)  # the same values, in the same order
+    for variant, overrides in [("vd", ["seed=3"]), ("nas", ["seed=4"]), ("nas", [])]:
+        with pytest.raises(AssertionError, match="checked again"):
+            stage.load_config(params, variant, overrides, memo_dir=memo)
+    params.write_text(params.read_text() + "\n")  # the file's bytes changed
+    with pytest.raises(AssertionError, match="checked again"):
+        stage.load_config(params, "nas", ["seed=3"], memo_dir=memo)
+    monkeypatch.undo()
+    with pytest.raises(ConfigError, match="nope"):
+        stage.load_config(params, "nas", ["nope=1"], memo_dir=memo)
+    assert len(list(memo.glob("*.json"))) == 1
+
+
+@pytest.mark.parametrize("module", ["pretrain", "finetune", "build_vd", "data", "report", "mug", "uta"])
+def test_a_stage_module_starts_without_torch_and_without_warnings(module):
+    """A stage process reaches run_stage having imported no heavy package (torch, timm, ... are imported
+    by the stage functions that need them) and with no warning at import time. (experiments.evaluate:
+    its params section types ScorerConfig and RetrievalConfig, which nas.evaluation defines next to torch.)"""
+    import subprocess
+    import sys
+
+    heavy = ("torch", "timm", "transformers", "ignite", "open_clip", "torchvision", "sacred")
+    code = (
+        f"import sys, experiments.{module}\n"
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({heavy!r})))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr

@@ -234,3 +234,40 @@ def test_torch_host_info_names_threads_kernels_and_devices(monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 90100)
     info = torch_host_info()
     assert info["devices"] == ["GPU 0", "GPU 1"] and info["cudnn"] == 90100
+
+
+def test_a_stage_that_loads_torch_late_records_it_and_seeds_it_as_sacred_did(tmp_path):
+    """The second start of a stage reads its params check back (runs/checked-params) and so reaches its
+    work without torch: `host.torch` is still recorded (when the stage ends), and torch, imported by the
+    work, is seeded with the run's seed as Sacred seeds a torch loaded at the start."""
+    (tmp_path / "params.yaml").write_text(
+        "seed: 7\ndata:\n  root: data/synthetic\n  synthetic: {n_train: 20, n_val: 6, n_test: 6}\n"
+        "  probes: {vg_relation: 2, vg_attribution: 2, order_images: 2, winoground: 2,\n"
+        "           valse_per_instrument: 2, sugarcrepe_per_file: 2}\n"
+    )
+    argv = [sys.executable, "-m", "nas.cli", "data", "--runs-dir", "runs"]
+    for _ in range(2):
+        done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+    assert len(list((tmp_path / "runs/checked-params").glob("*.json"))) == 1
+    entries = [
+        json.loads(p.read_text()) for p in sorted((tmp_path / "runs/sacred/data/all").glob("*/run.json"))
+    ]
+    assert [e["status"] for e in entries] == ["COMPLETED", "COMPLETED"]
+    for entry in entries:
+        assert entry["host"]["torch"]["num_threads"] >= 1 and "cpu_capability" in entry["host"]["torch"]
+
+    code = (
+        "from nas.recipes.stage import _after_import, _torch_seeder\n"
+        "hook = _after_import('torch', _torch_seeder(7))\n"
+        "import ignite.distributed\n"  # torch imported by another module's import
+        "import torch, sys\n"
+        "print(torch.rand(3).tolist(), type(torch.__spec__.loader).__name__, hook in sys.meta_path)\n"
+        "torch.manual_seed(7)\n"
+        "print(torch.rand(3).tolist())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    late, eager = done.stdout.splitlines()
+    assert late.endswith(" SourceFileLoader False") and late.split("] ")[0] + "]" == eager

@@ -255,7 +255,8 @@ def score_cases(
     in calls of at most `batch_size` pairs, and an image's pairs are split over calls only when they
     alone exceed `batch_size`: each image is loaded once, and a scorer that encodes the distinct
     images and texts of a call once (every model scorer does) encodes each image once per benchmark,
-    and each text once per call. A NaN, or a result of the wrong shape, raises ScoreError naming the
+    and each text once per call; within `run_probe_suite` the model scorers keep their encodings across
+    calls, benchmarks and scorers (`nas.evaluation.encoding_cache`), so each is encoded once per model. A NaN, or a result of the wrong shape, raises ScoreError naming the
     benchmark, the scorer and the first case that uses the pair.
     """
     if batch_size < 1:

@@ -21,7 +21,7 @@ from typing import Any, Literal
 from nas.config.base import ConfigError, from_dict, merge, to_dict
 from nas.config.paper_card import CardEntry, Equals, NotNull, _check_card
 from nas.config.stages import ModelSpec
-from nas.engine.trainer import TrainConfig
+from nas.config.train import TrainConfig
 from nas.evaluation.captioning import GenerationConfig
 from nas.evaluation.linear_probe import LinearProbeConfig
 from nas.reporting.recipe_findings import FindingsConfig

@@ -5,20 +5,26 @@ is swept by dvc.yaml (`matrix:` arms x seeds): one process trains `--run arm=A -
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 from nas.recipes.mug.paths import STAGES
-from nas.recipes.stage import parse_stage_args, run_stage
+from nas.recipes.stage import Recorder, parse_stage_args, run_stage
 
 __all__ = ["STAGES", "main"]
 
 
-def main(argv=None) -> None:
-    args = parse_stage_args("mug", argv)  # --stage: one of STAGES; --run checked against its axes
-    if args.stage == "mug_vocabulary":
+def _work(stage: str, cfg: dict[str, Any], record: Recorder, **run_values: Any) -> None:
+    """The stage function of `stage`; its module (and torch) is imported by the stage, not at start-up."""
+    if stage == "mug_vocabulary":
         from nas.recipes.mug.train import vocabulary as work
-    elif args.stage == "mug_pretrain":
+    elif stage == "mug_pretrain":
         from nas.recipes.mug.train import pretrain as work
     else:
         from nas.recipes.mug.evaluate import evaluate as work
+    work(cfg, record, **run_values)
+
+
+def main(argv=None) -> None:
+    args = parse_stage_args("mug", argv)  # --stage: one of STAGES; --run checked against its axes
     launch = ("mug", "train", "launch") if args.stage == "mug_pretrain" else None
-    run_stage(args.stage, partial(work, **args.run_values), args=args, nproc_key=launch)
+    run_stage(args.stage, partial(_work, args.stage, **args.run_values), args=args, nproc_key=launch)

@@ -5,8 +5,9 @@ stage through `nas.recipes.stage.run_stage` (params checked whole, Sacred record
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
-from nas.recipes.stage import parse_stage_args, run_stage
+from nas.recipes.stage import Recorder, parse_stage_args, run_stage
 
 STAGES = ("uta_teacher", "uta_pretrain", "uta_finetune", "uta_evaluate")
 # The process count of a distributed stage, in the resolved params.
@@ -16,11 +17,16 @@ LAUNCH = {
 }
 
 
-def main(argv=None) -> None:
-    args = parse_stage_args("uta", argv)  # --stage: one of STAGES; --run checked against its axes
+def _work(stage: str, cfg: dict[str, Any], record: Recorder, **run_values: Any) -> None:
+    """The stage function of `stage`; its module (and torch) is imported by the stage, not at start-up."""
     from nas.recipes.uta.evaluate import evaluate
     from nas.recipes.uta.train import train_finetune, train_student, train_teacher
 
     work = {"uta_teacher": train_teacher, "uta_pretrain": train_student, "uta_finetune": train_finetune}
-    stage_main = partial(work.get(args.stage, evaluate), **args.run_values)
+    work.get(stage, evaluate)(cfg, record, **run_values)
+
+
+def main(argv=None) -> None:
+    args = parse_stage_args("uta", argv)  # --stage: one of STAGES; --run checked against its axes
+    stage_main = partial(_work, args.stage, **args.run_values)
     run_stage(args.stage, stage_main, args=args, nproc_key=LAUNCH.get(args.stage))
