@@ -172,6 +172,35 @@ def _copy_scene_image(source: _Source, origin: dict[str, Any], folder: Path, nam
         shutil.copyfile(source.root / source.by_name[origin["scene"]]["image"], target)
 
 
+def _write_keyed_files(
+    benchmark: str,
+    groups: dict[str, list[tuple[str, dict, dict]]],
+    source: _Source,
+    out: Path,
+    image_dir: str,
+    specs: dict,
+    provenance: dict,
+) -> None:
+    """A benchmark whose official layout is one JSON file per group ({case key: record}) beside an image
+    folder (VALSE's instruments, SugarCrepe's files): the files, the images, its spec and provenance."""
+    root = out / benchmark
+    counts, origins = {}, {}
+    for name, records in groups.items():
+        for key, _record, origin in records:
+            _copy_scene_image(source, origin, root / image_dir)
+            origins[f"{name}/{key}"] = origin
+        _write_json(root / f"{name}.json", {key: record for key, record, _ in records})
+        counts[name] = len(records)
+    specs[benchmark] = {
+        "root": benchmark,
+        # Paths in a probe config are relative to its root; probe_benchmarks() resolves them.
+        "config": {"annotation_dir": ".", "files": list(counts), "image_dir": image_dir},
+        "cases": sum(counts.values()),
+        "files": counts,
+    }
+    provenance[benchmark] = origins
+
+
 def _refuse_non_empty(out: Path, overwrite: bool) -> None:
     if not overwrite and out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty; pass overwrite=True to rewrite the probes there")

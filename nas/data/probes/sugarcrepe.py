@@ -11,7 +11,6 @@ import numpy as np
 from nas.data.nta import all_edits
 from nas.data.probes.common import (
     _article,
-    _copy_scene_image,
     _pick,
     _provenance,
     _require,
@@ -21,7 +20,7 @@ from nas.data.probes.common import (
     _scene_name,
     _shuffled,
     _Source,
-    _write_json,
+    _write_keyed_files,
 )
 
 SUGARCREPE_FILES = ("replace_obj", "replace_att", "replace_rel", "swap_obj", "swap_att", "add_obj", "add_att")
@@ -95,18 +94,4 @@ def _sugarcrepe_records(source: _Source, seed: int, name: str, count: int) -> li
 def _write_sugarcrepe(
     source: _Source, plan: dict[str, Any], out: Path, specs: dict, provenance: dict
 ) -> None:
-    root = out / "sugarcrepe"
-    counts, origins = {}, {}
-    for name, records in plan["sugarcrepe"].items():
-        for key, _record, origin in records:
-            _copy_scene_image(source, origin, root / "val2017")
-            origins[f"{name}/{key}"] = origin
-        _write_json(root / f"{name}.json", {key: record for key, record, _ in records})
-        counts[name] = len(records)
-    specs["sugarcrepe"] = {
-        "root": "sugarcrepe",
-        "config": {"annotation_dir": ".", "files": list(counts), "image_dir": "val2017"},
-        "cases": sum(counts.values()),
-        "files": counts,
-    }
-    provenance["sugarcrepe"] = origins
+    _write_keyed_files("sugarcrepe", plan["sugarcrepe"], source, out, "val2017", specs, provenance)

@@ -13,7 +13,6 @@ from nas.data.nta import all_edits
 from nas.data.probes.common import (
     ProbeError,
     _article,
-    _copy_scene_image,
     _pick,
     _provenance,
     _require,
@@ -23,7 +22,7 @@ from nas.data.probes.common import (
     _scene_name,
     _shuffled,
     _Source,
-    _write_json,
+    _write_keyed_files,
 )
 
 VALSE_INSTRUMENTS = ("existence", "counting-small-quant", "plurals", "relations", "attributes")
@@ -149,19 +148,4 @@ def _valse_records(source: _Source, seed: int, instrument: str, count: int) -> l
 
 
 def _write_valse(source: _Source, plan: dict[str, Any], out: Path, specs: dict, provenance: dict) -> None:
-    root = out / "valse"
-    counts, origins = {}, {}
-    for instrument, records in plan["valse"].items():
-        for sample_id, _record, origin in records:
-            _copy_scene_image(source, origin, root / "images")
-            origins[f"{instrument}/{sample_id}"] = origin
-        _write_json(root / f"{instrument}.json", {sample_id: record for sample_id, record, _ in records})
-        counts[instrument] = len(records)
-    specs["valse"] = {
-        "root": "valse",
-        # Paths in a probe config are relative to its root; probe_benchmarks() resolves them.
-        "config": {"annotation_dir": ".", "files": list(counts), "image_dir": "images"},
-        "cases": sum(counts.values()),
-        "files": counts,
-    }
-    provenance["valse"] = origins
+    _write_keyed_files("valse", plan["valse"], source, out, "images", specs, provenance)
