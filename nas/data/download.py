@@ -251,11 +251,7 @@ def download(
     dest = Path(dest)
     manifest = manifest if manifest is not None else Manifest(dest.parent / MANIFEST_NAME)
     published, expected, previous = _checksums(url, dest, sha256, manifest)
-
-    if dest.exists():
-        if not dest.is_file():
-            raise DownloadError(f"{dest} exists and is not a file; move it away")
-        _verify_existing(dest, url, expected, published is not None, previous, manifest)
+    if _kept_existing(dest, url, expected, published is not None, previous, manifest):
         return dest
 
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -323,6 +319,24 @@ def _place_verified(
         fetched_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         **_stat_signature(dest),
     )
+
+
+def _kept_existing(
+    dest: Path,
+    url: str,
+    expected: tuple[str, str] | None,
+    published: bool,
+    previous: dict[str, Any] | None,
+    manifest: Manifest,
+) -> bool:
+    """Whether `dest` is already here (then verified against its checksum, `_verify_existing`); a
+    non-file in its place is an error naming it."""
+    if not dest.exists():
+        return False
+    if not dest.is_file():
+        raise DownloadError(f"{dest} exists and is not a file; move it away")
+    _verify_existing(dest, url, expected, published, previous, manifest)
+    return True
 
 
 def _verify_existing(
@@ -408,10 +422,7 @@ def hub_download(
     dest = Path(dest)
     manifest = manifest if manifest is not None else Manifest(dest.parent / MANIFEST_NAME)
     published, expected, previous = _checksums(url, dest, sha256, manifest)
-    if dest.exists():
-        if not dest.is_file():
-            raise DownloadError(f"{dest} exists and is not a file; move it away")
-        _verify_existing(dest, url, expected, published is not None, previous, manifest)
+    if _kept_existing(dest, url, expected, published is not None, previous, manifest):
         return dest
     repo_id, repo_type, revision, path = _hub_file(url)
     dest.parent.mkdir(parents=True, exist_ok=True)
