@@ -15,7 +15,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.steps import _load_config, _model_for, _training_batches, engine_step  # noqa: E402
+from benchmarks.steps import (  # noqa: E402
+    _load_config,
+    _model_for,
+    _step_inputs,
+    _training_batches,
+    engine_step,
+)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -30,7 +36,11 @@ def main(argv: list[str] | None = None) -> dict:
     out: dict = {}
     for arm in ("eager", "compiled"):
         model, train_cfg = _model_for(cfg, "pretrain_stage1")
-        step = engine_step(torch.compile(model) if arm == "compiled" else model, train_cfg)
+        step = engine_step(
+            torch.compile(model) if arm == "compiled" else model,
+            train_cfg,
+            step_inputs=_step_inputs(cfg, "pretrain_stage1"),
+        )
         start = time.perf_counter()
         step(batches[0])
         first = time.perf_counter() - start

@@ -79,6 +79,7 @@ def worker(args: argparse.Namespace) -> None:
     import torch
 
     from nas.config import merge
+    from nas.config.distillation import DistillationConfig
     from nas.config.params import load_params, resolve
     from nas.engine import ScheduleConfig, TrainConfig, fit
     from nas.models.registry import create_model
@@ -115,7 +116,8 @@ def worker(args: argparse.Namespace) -> None:
         schedule=ScheduleConfig(lr=1e-3, min_lr=3e-4, warmup_steps=2),
     )
     with tempfile.TemporaryDirectory() as out:
-        result = fit(model, batches, train, output_dir=out)
+        # ALBEF's distillation at the paper's α (0.4, ramped), as the engine's step input.
+        result = fit(model, batches, train, output_dir=out, step_inputs=DistillationConfig().step_inputs)
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())

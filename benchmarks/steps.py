@@ -75,8 +75,11 @@ def _losses(value: Any) -> dict[str, float] | None:
 # ---- the engine's step -------------------------------------------------------------------------------
 
 
-def engine_step(model, train_cfg, *, epoch_length: int = 1000) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    """The step `fit` runs: the engine's process function, after its ITERATION_STARTED handlers (lr)."""
+def engine_step(
+    model, train_cfg, *, epoch_length: int = 1000, step_inputs: Callable[[int, int], Any] | None = None
+) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """The step `fit` runs: the engine's process function, after its ITERATION_STARTED handlers (lr).
+    `step_inputs`: the recipe's per-step model inputs (ALBEF's α; None in trees where α was a train param)."""
     from ignite.engine import Events
 
     from nas.engine.optim import build_optimizer
@@ -92,7 +95,8 @@ def engine_step(model, train_cfg, *, epoch_length: int = 1000) -> Callable[[dict
 
     model.to(idist.device())  # the engine moves each batch there (CUDA when there is one)
     optimizer = build_optimizer(model, train_cfg.optim, lr=train_cfg.schedule.lr)
-    engine = create_trainer(model, optimizer, train_cfg, epoch_length=epoch_length)
+    extra = {} if step_inputs is None else {"step_inputs": step_inputs}
+    engine = create_trainer(model, optimizer, train_cfg, epoch_length=epoch_length, **extra)
     from ignite.engine import State
 
     engine.state = State(iteration=0, epoch=1, max_epochs=1, epoch_length=epoch_length)
@@ -162,6 +166,21 @@ def _model_for(cfg: dict[str, Any], stage: str):
     return model.train(), stage_cfg.train
 
 
+def _step_inputs(cfg: dict[str, Any], stage: str):
+    """The stage's distillation hook (ALBEF's α), or None in a tree where α was still a `train` param."""
+    distillation = getattr(_stage_cfg(cfg, stage), "distillation", None)
+    return None if distillation is None else distillation.step_inputs
+
+
+def _paper_step_inputs():
+    """ALBEF's paper distillation (α 0.4, ramped) as the engine's hook; None in a tree without one."""
+    try:
+        from nas.config.distillation import DistillationConfig
+    except ImportError:  # older trees: α came from TrainConfig
+        return None
+    return DistillationConfig().step_inputs
+
+
 # ---- cases -------------------------------------------------------------------------------------------
 
 
@@ -179,7 +198,7 @@ def case_albef(
         train_cfg = dataclasses.replace(
             train_cfg, precision=default_precision if precision == "default" else precision
         )
-        step = engine_step(model, train_cfg)
+        step = engine_step(model, train_cfg, step_inputs=_step_inputs(cfg, "pretrain_stage1"))
         arms[precision] = (lambda s: lambda i: s(batches[i % n]))(step)
         meta[precision] = {"precision": train_cfg.precision}
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -203,7 +222,7 @@ def case_nva(batch: int, warmup: int, steps: int, blocks: int, **_: Any) -> dict
     arms = {}
     for variant, cfg in configs.items():
         model, train_cfg = _model_for(cfg, "pretrain_stage2")
-        step = engine_step(model, train_cfg)
+        step = engine_step(model, train_cfg, step_inputs=_step_inputs(cfg, "pretrain_stage2"))
         arms[variant] = (lambda s: lambda i: s(batches[i % n]))(step)
     timed = time_arms(arms, warmup=warmup, steps=steps, blocks=blocks)
     return {"arms": timed, "baseline": "albef", "data_seconds_per_batch": data_seconds, "batch": batch}
@@ -385,7 +404,7 @@ def case_paper(
     if cuda:
         torch.cuda.reset_peak_memory_stats()
         # idist.device() decides the engine's device: CUDA when available.
-    step = engine_step(net, train_cfg)
+    step = engine_step(net, train_cfg, step_inputs=_paper_step_inputs())
     timed = time_arms({model: lambda i: step(data)}, warmup=warmup, steps=steps, blocks=blocks)
     arm = timed[model]
     result: dict[str, Any] = {

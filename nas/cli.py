@@ -1,8 +1,9 @@
 """`nas` — a thin command line over the pipeline stages and a few inspection tools.
 
 Every stage subcommand hands its arguments to the stage's Sacred experiment in `experiments/`, so
-`nas pretrain --stage pretrain_stage1 --variant nas --set pretrain_stage1.train.epochs=2` and the DVC
-command `python -m nas.recipes.pretrain --stage pretrain_stage1 --variant nas ...` are the same run.
+`nas pretrain --stage pretrain_stage1 --variant nas --run seed=0 --set pretrain_stage1.train.epochs=2` and
+the DVC command `python -m experiments.pretrain --stage pretrain_stage1 --variant nas --run seed=0 ...` are the
+same run.
 An experiment module with several stages (pretrain, mug, uta) is one subcommand with `--stage`.
 """
 

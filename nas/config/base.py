@@ -161,7 +161,8 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, path: str = "", default
     unknown = [k for k in data if k not in fields]
     if unknown:
         key = unknown[0]
-        hint = did_you_mean(key, fields, lambda name: _fmt(path, name))
+        moved = getattr(cls, "MOVED_KEYS", {}).get(key)  # a key that left the class: say where it went
+        hint = f" ({moved})" if moved else did_you_mean(key, fields, lambda name: _fmt(path, name))
         raise ConfigError(
             f"unknown config key {_fmt(path, str(key))!r}{hint}; {cls.__name__} accepts: {sorted(fields)}",
             path=_fmt(path, str(key)),

@@ -10,14 +10,17 @@ from pathlib import Path
 from typing import Any
 
 from nas.config.data import LoaderConfig
+from nas.config.distillation import DistillationConfig
 from nas.config.train import TrainConfig
 
 __all__ = [
+    "DistillationConfig",
     "LoaderConfig",
     "ModelSpec",
     "StudyConfig",
     "TrainConfig",
     "TrainStageConfig",
+    "checked_offset",
     "config_digest",
     "study_seeds",
 ]
@@ -46,6 +49,8 @@ class TrainStageConfig:
     # `{nva_enabled: true, vd: {frozen: true}}`); the weights stay compatible across stages.
     model_overrides: dict[str, Any] = field(default_factory=dict)
     train: TrainConfig = field(default_factory=TrainConfig)
+    # ALBEF's momentum distillation weight α, fed to the model each step (the engine's step-input hook).
+    distillation: DistillationConfig = field(default_factory=DistillationConfig)
 
     def __post_init__(self):
         allowed = {"model", "optimizer", "lr_scheduler", "trainer", "rng", "history"}
@@ -99,6 +104,16 @@ def study_seeds(cfg: dict[str, Any]) -> tuple[int, ...]:
     from nas.config.base import from_dict
 
     return from_dict(StudyConfig, cfg.get("study") or {}, "study").seeds
+
+
+def checked_offset(cfg: dict[str, Any], offset: int) -> int:
+    """`offset` (a `--run seed=` value) if `study.seeds` lists it; a ConfigError naming `study.seeds` if not."""
+    from nas.config.base import ConfigError
+
+    seeds = study_seeds(cfg)
+    if offset not in seeds:
+        raise ConfigError(f"--run seed={offset}: not among study.seeds ({list(seeds)})", path="study.seeds")
+    return offset
 
 
 def replicate_config(cfg: dict[str, Any], offset: int) -> dict[str, Any]:

@@ -15,8 +15,14 @@ from nas.engine.fit import fit
 from nas.engine.launch import LaunchConfig, launch, resolve_backend, unwrap_model, wrap_model
 from nas.engine.optim import OptimConfig, build_optimizer
 from nas.engine.rng import RngState
-from nas.engine.schedules import ScheduleConfig, WarmupCosineLR, alpha_at, build_lr_scheduler, lr_at
-from nas.engine.trainer import NonFiniteLossError, NonFiniteTrainingError, TrainConfig, create_trainer
+from nas.engine.schedules import ScheduleConfig, WarmupCosineLR, build_lr_scheduler, lr_at
+from nas.engine.trainer import (
+    NonFiniteLossError,
+    NonFiniteTrainingError,
+    StepInputs,
+    TrainConfig,
+    create_trainer,
+)
 
 __all__ = [
     "LaunchConfig",
@@ -25,9 +31,9 @@ __all__ = [
     "OptimConfig",
     "RngState",
     "ScheduleConfig",
+    "StepInputs",
     "TrainConfig",
     "WarmupCosineLR",
-    "alpha_at",
     "atomic_save",
     "build_lr_scheduler",
     "build_optimizer",

@@ -50,7 +50,7 @@ from nas.engine.launch import unwrap_model, wrap_model
 from nas.engine.optim import build_optimizer
 from nas.engine.rng import RngState
 from nas.engine.schedules import build_lr_scheduler
-from nas.engine.trainer import TrainConfig, create_trainer
+from nas.engine.trainer import StepInputs, TrainConfig, create_trainer, step_input_names
 
 logger = logging.getLogger(__name__)
 
@@ -151,8 +151,12 @@ def fit(
     on_log_step: EpochCallback | None = None,
     identity: Mapping[str, str] | None = None,
     tensorboard_dir: str | Path | None = None,
+    step_inputs: StepInputs | None = None,
 ) -> dict[str, Any]:
     """Train `model` (a plain nn.Module honouring the engine contract) for `cfg.epochs` epochs.
+
+    `step_inputs(iteration, epoch_length)`: the recipe's per-step keyword arguments of the model (ALBEF's
+    {"alpha": α}, nas.config.distillation), logged with the step's scalars; None: `model(batch)`.
 
     `init_checkpoint` starts a new stage from another stage's file (e.g. its `last.pt`), loading only
     `init_objects` ("model", "optimizer", "lr_scheduler", "trainer", "rng", "history"); it is ignored
@@ -185,6 +189,7 @@ def fit(
             on_log_step,
             identity,
             Path(tensorboard_dir) if tensorboard_dir is not None else output_dir / "tb",
+            step_inputs,
         )
 
     if idist.get_rank() != 0:
@@ -207,6 +212,7 @@ def _fit(
     on_log_step: EpochCallback | None,
     identity: Mapping[str, str] | None,
     tensorboard_dir: Path,
+    step_inputs: StepInputs | None,
 ) -> dict[str, Any]:
     rank, world = idist.get_rank(), idist.get_world_size()
     manual_seed(cfg.seed + rank)
@@ -222,8 +228,14 @@ def _fit(
     lr_scheduler = build_lr_scheduler(optimizer, cfg.schedule, total_steps=cfg.epochs * epoch_length)
     forward_model = torch.compile(wrapped) if cfg.compile else wrapped
     trainer = create_trainer(
-        forward_model, optimizer, cfg, epoch_length=epoch_length, lr_scheduler=lr_scheduler
+        forward_model,
+        optimizer,
+        cfg,
+        epoch_length=epoch_length,
+        lr_scheduler=lr_scheduler,
+        step_inputs=step_inputs,
     )
+    inputs = step_input_names(step_inputs, epoch_length)
 
     history = EpochHistory()
     data_order = DataOrder()
@@ -290,12 +302,14 @@ def _fit(
         Events.ITERATION_COMPLETED(every=cfg.log_every_steps),
         lambda engine: history.log_step(engine.state.iteration, dict(engine.state.output)),
     )
-    _attach_epoch_handlers(trainer, cfg, train_loader, history, checkpointer, on_epoch_end, data_order)
+    _attach_epoch_handlers(
+        trainer, cfg, train_loader, history, checkpointer, on_epoch_end, data_order, inputs
+    )
     trainer.add_event_handler(Events.COMPLETED, lambda _: _finish(to_save, last, checkpoint_dir, cfg))
     tensorboard = None
     if rank == 0:
         if cfg.progress_bar:
-            attach_progress_bar(trainer, desc="train " + "/".join(tensorboard_dir.parts[-3:]))
+            attach_progress_bar(trainer, desc="train " + "/".join(tensorboard_dir.parts[-3:]), inputs=inputs)
         if resumed_from is None and tensorboard_dir.is_dir():
             shutil.rmtree(tensorboard_dir)  # a fresh run: another run's events would mix with its curves
         # A resumed run purges the events logged after its checkpoint: no duplicate steps.
@@ -424,8 +438,9 @@ def _attach_epoch_handlers(
     checkpointer: Checkpoint,
     on_epoch_end: EpochCallback | None,
     data_order: DataOrder,
+    inputs: Sequence[str] = (),
 ) -> None:
-    meter = EpochMeter()
+    meter = EpochMeter(inputs)
     sampler = getattr(loader, "sampler", None)
 
     @trainer.on(Events.EPOCH_STARTED)

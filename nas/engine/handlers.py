@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,16 +11,19 @@ from ignite.engine import Engine, Events
 from ignite.handlers.tensorboard_logger import TensorboardLogger
 from ignite.handlers.tqdm_logger import ProgressBar
 
-from nas.engine.trainer import ALPHA, CAPTION_COUNTS, COUNTS, IMAGES, LR, SKIPPED
+from nas.engine.trainer import CAPTION_COUNTS, COUNTS, IMAGES, LR, SKIPPED
 
 
 class EpochMeter:
     """Means of the step outputs over one epoch, plus images seen/skipped and wall-clock seconds.
 
-    The step outputs are already means over ranks (the trainer all-reduces them), so these are too.
+    The step outputs are already means over ranks (the trainer all-reduces them), so these are too. The
+    lr and the recipe's step inputs (`inputs`, e.g. ALBEF's "alpha") are schedules, not losses: the
+    epoch keeps their values at its last step.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, inputs: Sequence[str] = ()) -> None:
+        self.last_keys = (LR, *inputs)
         self.reset()
 
     def reset(self) -> None:
@@ -33,9 +37,9 @@ class EpochMeter:
         self._steps += 1
         for name in COUNTS:
             self._counts[name] += int(output.get(name, 0))
-        self._last = {LR: float(output[LR]), ALPHA: float(output[ALPHA])}
+        self._last = {name: float(output[name]) for name in self.last_keys}
         for name, value in output.items():
-            if name not in (*COUNTS, LR, ALPHA):
+            if name not in (*COUNTS, *self.last_keys):
                 self._sums[name] = self._sums.get(name, 0.0) + float(value)
 
     def compute(self) -> dict[str, float | int]:
@@ -44,7 +48,7 @@ class EpochMeter:
         means = {name: total / self._steps for name, total in self._sums.items()}
         return {
             **means,
-            **self._last,  # lr and alpha at the epoch's last step
+            **self._last,  # lr and the step inputs at the epoch's last step
             "steps": self._steps,
             "images_seen": self._counts[IMAGES],
             "images_skipped": self._counts[SKIPPED],
@@ -79,13 +83,14 @@ class EpochHistory:
 
 
 def _scalars(output: dict[str, float]) -> dict[str, float]:
-    """The loss terms, total, lr and alpha of a step output (the counts are logged per epoch)."""
+    """The loss terms, total, lr and step inputs of a step output (the counts are logged per epoch)."""
     return {name: value for name, value in output.items() if name not in COUNTS}
 
 
-def attach_progress_bar(trainer: Engine, desc: str = "train") -> Any:
-    """Ignite's tqdm ProgressBar on a terminal; plain lines every 10 s elsewhere (`nas.progress`: a log
-    file or CI holds no carriage-return frames); nothing with NAS_PROGRESS=off."""
+def attach_progress_bar(trainer: Engine, desc: str = "train", inputs: Sequence[str] = ()) -> Any:
+    """Ignite's tqdm ProgressBar on a terminal (losses and lr; not the step `inputs`); plain lines every
+    10 s elsewhere (`nas.progress`: a log file or CI holds no carriage-return frames); nothing with
+    NAS_PROGRESS=off."""
     from nas import progress
 
     chosen = progress.mode()
@@ -94,7 +99,7 @@ def attach_progress_bar(trainer: Engine, desc: str = "train") -> Any:
     if chosen == "bar":
         bar = ProgressBar(persist=False)
         bar.attach(
-            trainer, output_transform=lambda out: {k: v for k, v in _scalars(out).items() if k != ALPHA}
+            trainer, output_transform=lambda out: {k: v for k, v in _scalars(out).items() if k not in inputs}
         )
         return bar
     lines = progress.LineProgress(None, desc)
@@ -116,7 +121,8 @@ def attach_progress_bar(trainer: Engine, desc: str = "train") -> Any:
 def attach_tensorboard(
     trainer: Engine, log_dir: str | Path, *, every: int, purge_step: int | None = None
 ) -> TensorboardLogger:
-    """Scalars `train/<term>`, `train/total`, `train/lr`, `train/alpha` every `every` iterations.
+    """Scalars `train/<term>`, `train/total`, `train/lr` and `train/<step input>` (ALBEF: `train/alpha`)
+    every `every` iterations.
     `purge_step` (a resumed run: its first new iteration) drops events at or after it that a killed run
     had logged past its checkpoint, so the curves hold each step once."""
     tb = TensorboardLogger(log_dir=str(log_dir), purge_step=purge_step)

@@ -13,6 +13,9 @@ the check then shows by how much.
 
 Factories are given as "module:function" strings so spawned workers can import them: the model
 factory takes no argument, the batch factory takes the 0-based step and returns a global batch dict.
+A model with per-step inputs (ALBEF's distillation α) gets the engine's `step_inputs` hook, given the
+same way ("module:attribute", e.g. a `DistillationConfig(...).step_inputs` at module level) or, from
+Python, as a picklable callable.
 From Python, `record_training(..., nproc=2)` spawns the workers; on a GPU node, run
 `torchrun --nproc_per_node=N -m nas.engine.parity MODEL_FACTORY BATCH_FACTORY --out record.pt`
 and compare with an `nproc=1` recording.
@@ -37,7 +40,7 @@ from ignite.utils import manual_seed
 from nas.config.base import from_dict, to_dict
 from nas.engine.launch import launch, unwrap_model, wrap_model
 from nas.engine.optim import build_optimizer
-from nas.engine.trainer import CAPTION_COUNTS, TrainConfig, create_trainer
+from nas.engine.trainer import CAPTION_COUNTS, StepInputs, TrainConfig, create_trainer
 
 
 def resolve(spec: str) -> Any:
@@ -79,6 +82,7 @@ def _record_worker(
     cfg_dict: dict,
     out_path: str | None,
     threads: int | None = None,
+    step_inputs: str | StepInputs | None = None,
 ) -> dict[str, Any]:
     if threads is not None:
         torch.set_num_threads(threads)
@@ -88,7 +92,9 @@ def _record_worker(
     wrapped = wrap_model(resolve(model_factory)(), find_unused_parameters=cfg.launch.find_unused_parameters)
     model = unwrap_model(wrapped)
     optimizer = build_optimizer(model, cfg.optim, lr=cfg.schedule.lr)
-    trainer = create_trainer(wrapped, optimizer, cfg, epoch_length=steps)
+    if isinstance(step_inputs, str):
+        step_inputs = resolve(step_inputs)
+    trainer = create_trainer(wrapped, optimizer, cfg, epoch_length=steps, step_inputs=step_inputs)
     make_batch = resolve(batch_factory)
     batches = [shard(make_batch(step), rank, world) for step in range(steps)]
 
@@ -127,12 +133,14 @@ def record_training(
     cfg: TrainConfig | None = None,
     pythonpath: Sequence[str | Path] = (),
     threads_per_process: int | None = 1,
+    step_inputs: str | StepInputs | None = None,
 ) -> dict[str, Any]:
     """Train `steps` steps on `nproc` processes and return the recording (see the module docstring).
 
     nproc 1 runs in this process (and re-seeds its global RNGs); nproc > 1 spawns workers through
     `launch` and reads rank 0's recording back from a temporary file. `pythonpath`: folders the
     factories' modules live in. `threads_per_process`: torch threads per spawned worker (None: default).
+    `step_inputs`: the engine's per-step model inputs ("module:attribute" or a picklable callable).
     """
     # fp32 by default: parity is about the math of N processes (all-reduce, gathers), which bf16's rounding
     # of a split batch would blur.
@@ -141,7 +149,7 @@ def record_training(
         if folder not in sys.path:
             sys.path.insert(0, folder)  # spawned workers inherit sys.path
     if nproc == 1:
-        return launch(_record_worker, model_factory, batch_factory, steps, cfg_dict, None)
+        return launch(_record_worker, model_factory, batch_factory, steps, cfg_dict, None, None, step_inputs)
     with tempfile.TemporaryDirectory(prefix="nas-parity-") as tmp:
         out = Path(tmp) / "record.pt"
         launch(
@@ -152,6 +160,7 @@ def record_training(
             cfg_dict,
             str(out),
             threads_per_process,
+            step_inputs,
             nproc_per_node=nproc,
             backend=backend,
         )
@@ -197,6 +206,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--nproc", type=int, default=2, help="ignored under torchrun")
     parser.add_argument("--backend", default="gloo")
     parser.add_argument("--config", default="{}", help="TrainConfig as JSON")
+    parser.add_argument(
+        "--step-inputs", default=None, help="module:attribute of the per-step model inputs hook (ALBEF's α)"
+    )
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     cfg = to_dict(from_dict(TrainConfig, json.loads(args.config)))  # fail here, not in every worker
@@ -207,6 +219,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.steps,
         cfg,
         args.out,
+        None,
+        args.step_inputs,
         nproc_per_node=args.nproc,
         backend=args.backend,
     )

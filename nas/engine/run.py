@@ -31,7 +31,7 @@ from typing import Any, Protocol
 from torch import nn
 
 from nas.atomic import atomic_link, atomic_write_text
-from nas.engine.trainer import TrainConfig
+from nas.engine.trainer import StepInputs, TrainConfig
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CONFIG_FILE = "config.json"
@@ -53,7 +53,10 @@ class RunSpec:
     """One training run. `reads` is every params section the run's result depends on, and only those:
     it is hashed into the checkpoint digest. `model` is the registry spec ({"name", "overrides"}) that
     rebuilds the saved module; `export` the attribute prefix of that module inside the trained one
-    (e.g. "student" for a student trained inside a distillation wrapper; "" for the trained module)."""
+    (e.g. "student" for a student trained inside a distillation wrapper; "" for the trained module).
+    `step_inputs` is the recipe's per-step hook of model keyword arguments (ALBEF's distillation α, from
+    the stage's `distillation` section; None: the model takes the batch alone); the hook is not hashed,
+    so the section it is built from must be among `reads`."""
 
     stage: str
     label: str  # for logs and metric names, e.g. "albef/seed0"
@@ -71,6 +74,7 @@ class RunSpec:
     init_by_build: bool = False  # build() loads init_checkpoint itself (e.g. resized): it only names the run
     tensorboard_dir: Path | None = None
     metric_prefix: str = ""  # before every recorded scalar name (several runs in one record)
+    step_inputs: StepInputs | None = None  # per-step model kwargs (ALBEF: {"alpha": α}), logged per step
 
 
 def epoch_printer(stage: str, label: str, record: ScalarLog, prefix: str = ""):
@@ -157,6 +161,7 @@ def train_run(
         on_log_step=on_log_step,
         identity=identity,
         tensorboard_dir=spec.tensorboard_dir,
+        step_inputs=spec.step_inputs,
     )
     if idist.get_rank() == 0 and spec.run_dir is not None:
         # The next stage reads these: written atomically (never a truncated copy beside an older config).

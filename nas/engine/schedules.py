@@ -1,4 +1,4 @@
-"""The two per-iteration schedules of ALBEF/NAS training: the learning rate and the distillation weight α.
+"""The learning-rate schedule of every training run (ALBEF/NAS, MUG, UTA).
 
 Learning rate (NAS paper, "Experiment setup"): linear warm-up over the first 1,000 iterations to the
 peak 1e-4, then cosine decay to 1e-5. Both are pure functions of the global iteration, so the
@@ -6,9 +6,8 @@ schedule itself holds no state except "how many iterations have run" (`event_ind
 `ParamScheduler` already saves and restores; stage 2 loads that counter from stage 1 and continues
 (at the floor, NAS_METHOD.md §6).
 
-α (ALBEF, salesforce/ALBEF Pretrain.py `train`): in the first epoch
-`alpha = config['alpha'] * min(1, i / len(data_loader))` with `i` the 0-based iteration inside the
-epoch, afterwards the configured value (0.4, NAS paper "Experiment setup").
+ALBEF's other per-iteration schedule, the distillation weight α, is not the engine's: it is ALBEF's
+step input (nas.config.distillation), which the recipes hand to the engine as its `step_inputs` hook.
 """
 
 from __future__ import annotations
@@ -46,15 +45,6 @@ def lr_at(
         return floor
     progress = (step - warmup_steps) / (total_steps - warmup_steps)
     return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def alpha_at(iteration: int, epoch_length: int, alpha: float) -> float:
-    """Distillation weight at 0-based global `iteration`: ramps 0 -> alpha over the first epoch."""
-    if iteration < 0:
-        raise ValueError(f"iteration must be >= 0, got {iteration}")
-    if epoch_length < 1:
-        raise ValueError(f"epoch_length must be >= 1, got {epoch_length}")
-    return alpha * min(1.0, iteration / epoch_length)
 
 
 class WarmupCosineLR(ParamScheduler):

@@ -1,10 +1,13 @@
 """The one training step every recipe uses (ALBEF, NAS stages, ablations, MUG, UTA), as an Ignite Engine.
 
-The contract with the model (fixed): `model(batch, *, alpha) -> {term: scalar loss}`, already
-weighted; the total loss is their sum. The model updates its momentum copies and queues inside
-forward. Recipes differ only by which terms their model returns and by this config.
+The contract with the model (fixed): `model(batch, **inputs) -> {term: scalar loss}`, already
+weighted; the total loss is their sum. `inputs` is what the recipe's step-input hook returns for the
+step (`step_inputs(iteration, epoch_length) -> {name: float}`, e.g. ALBEF's distillation weight
+{"alpha": α}, nas.config.distillation); without a hook the model is called `model(batch)`. The model
+updates its momentum copies and queues inside forward. Recipes differ only by which terms their model
+returns, by their step inputs and by this config.
 
-One step: α from the ramp, forward (optionally under bf16 autocast), one all-reduce of the loss terms
+One step: the step inputs, forward (optionally under bf16 autocast), one all-reduce of the loss terms
 and the image counts (so every rank sees the same global means and a non-finite loss stops every
 rank at the same step, before any rank enters backward), backward, optional clipping, AdamW step.
 """
@@ -14,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import ignite.distributed as idist
@@ -25,11 +28,11 @@ from torch import nn
 
 from nas.config.train import TrainConfig  # the `train` params block (pure data), re-exported here
 from nas.distributed import all_reduce_sum
-from nas.engine.schedules import alpha_at, build_lr_scheduler
+from nas.engine.schedules import build_lr_scheduler
 from nas.finite import NonFiniteTensorError
 
-# Keys of the step output besides the model's loss terms.
-TOTAL, LR, ALPHA, IMAGES, SKIPPED = "total", "lr", "alpha", "images", "skipped"
+# Keys of the step output besides the model's loss terms (and the recipe's step inputs).
+TOTAL, LR, IMAGES, SKIPPED = "total", "lr", "images", "skipped"
 # Caption counts a collate may add to a batch (nas.data.loader.COUNT_KEYS) -> step-output names; summed
 # over ranks each step and over the epoch in the run record, so no input problem passes silently.
 CAPTION_COUNTS = {
@@ -38,7 +41,13 @@ CAPTION_COUNTS = {
     "num_unk_only": "captions_unk_only",  # tokenised to [UNK] only
 }
 COUNTS = (IMAGES, SKIPPED, *CAPTION_COUNTS.values())
-RESERVED_KEYS = (TOTAL, LR, ALPHA, *COUNTS)
+RESERVED_KEYS = (TOTAL, LR, *COUNTS)
+
+# A recipe's per-step model inputs: (0-based global iteration, steps per epoch) -> {keyword: value}. Each
+# value is passed as `model(batch, keyword=value)` and logged with the step's scalars under its keyword.
+StepInputs = Callable[[int, int], Mapping[str, float]]
+# Names the run record gives its own fields (the logged step's "step", the epoch's counts and seconds).
+_RECORD_KEYS = ("step", "epoch", "steps", "images_seen", "images_skipped", "seconds")
 
 
 _ADVICE = (
@@ -164,12 +173,40 @@ def _batch_count(batch: Mapping[str, Any], key: str) -> int:
     return value
 
 
-def check_loss_terms(terms: Any) -> dict[str, torch.Tensor]:
+def check_step_inputs(inputs: Any, names: Sequence[str] | None = None) -> dict[str, float]:
+    """A step-input hook's return value as {keyword: float}: a mapping of identifier keywords that are
+    not the engine's own output names to finite numbers; the same keywords every step (`names`)."""
+    if not isinstance(inputs, Mapping):
+        raise TypeError(f"step_inputs must return a dict of keyword -> number, got {type(inputs).__name__}")
+    out: dict[str, float] = {}
+    for name, value in inputs.items():
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ValueError(f"step input {name!r} is not a keyword argument name")
+        if name in (*RESERVED_KEYS, *_RECORD_KEYS):
+            raise ValueError(f"step input name {name!r} is reserved for the engine's own output")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"step input {name!r} must be a finite number, got {value!r}")
+        out[name] = float(value)
+    if names is not None and set(out) != set(names):
+        raise ValueError(f"step_inputs returned {sorted(out)} at this step, {sorted(names)} at step 0")
+    return out
+
+
+def step_input_names(step_inputs: StepInputs | None, epoch_length: int) -> tuple[str, ...]:
+    """The keywords a step-input hook gives (its step-0 dict, checked); () without a hook."""
+    if step_inputs is None:
+        return ()
+    return tuple(check_step_inputs(step_inputs(0, epoch_length)))
+
+
+def check_loss_terms(terms: Any, inputs: Sequence[str] = ()) -> dict[str, torch.Tensor]:
     if not isinstance(terms, Mapping) or not terms:
         raise TypeError(f"the model must return a non-empty dict of loss terms, got {type(terms).__name__}")
     for name, value in terms.items():
         if name in RESERVED_KEYS:
             raise ValueError(f"loss term name {name!r} is reserved for the engine's own output")
+        if name in inputs:
+            raise ValueError(f"loss term name {name!r} is also a step input's name")
         if not torch.is_tensor(value) or value.numel() != 1:
             raise ValueError(f"loss term {name!r} must be a scalar tensor, got {value!r:.100}")
     if not any(value.requires_grad for value in terms.values()):
@@ -190,15 +227,19 @@ def create_trainer(
     *,
     epoch_length: int,
     lr_scheduler: ParamScheduler | None = None,
+    step_inputs: StepInputs | None = None,
 ) -> Engine:
     """Ignite Engine whose step trains `model` once; the lr schedule is attached on ITERATION_STARTED.
 
     `lr_scheduler` defaults to the config's warm-up + cosine over `cfg.epochs * epoch_length` steps.
-    The step output: every loss term, "total", "lr", "alpha" (floats, means over all ranks) and
-    "images", "skipped" (counts summed over ranks).
+    `step_inputs(iteration, epoch_length)` (0-based global iteration): the recipe's per-step keyword
+    arguments of the model (ALBEF: {"alpha": α}); None: `model(batch)`.
+    The step output: every loss term, "total", "lr", each step input (floats; the terms and total are
+    means over all ranks) and "images", "skipped" and the caption counts (counts summed over ranks).
     """
     if epoch_length < 1:
         raise ValueError(f"epoch_length must be >= 1, got {epoch_length}")
+    input_names = step_input_names(step_inputs, epoch_length)  # checked here, before any step
     device = idist.device()
     autocast = autocast_context(cfg.precision, device)
     params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -212,15 +253,19 @@ def create_trainer(
         )
 
     def train_step(engine: Engine, batch: Mapping[str, Any]) -> dict[str, float]:
-        iteration = engine.state.iteration - 1  # Ignite counts from 1, ALBEF's ramp from 0
-        alpha = alpha_at(iteration, epoch_length, cfg.alpha) if cfg.alpha_ramp else cfg.alpha
+        iteration = engine.state.iteration - 1  # Ignite counts from 1, the hooks (ALBEF's ramp) from 0
+        inputs = (
+            {}
+            if step_inputs is None
+            else check_step_inputs(step_inputs(iteration, epoch_length), input_names)
+        )
         images, skipped = count_images(batch, cfg.image_key)
         batch = move_batch(batch, device)
         model.train()
         optimizer.zero_grad(set_to_none=True)
         try:
             with autocast():
-                terms = check_loss_terms(model(batch, alpha=alpha))
+                terms = check_loss_terms(model(batch, **inputs), input_names)
         except NonFiniteTensorError as exc:  # a sampling distribution or similar inside forward
             raise stop(engine, exc.name, f"is not finite ({exc.detail})", "in the forward pass") from exc
         total = torch.stack([t.reshape(()).float() for t in terms.values()]).sum()
@@ -263,7 +308,7 @@ def create_trainer(
             **means,
             TOTAL: sum(means.values()),
             LR: float(optimizer.param_groups[0]["lr"]),
-            ALPHA: alpha,
+            **inputs,
             **{name: int(value) for name, value in zip(COUNTS, reduced[len(terms) :])},
         }
 

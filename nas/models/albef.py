@@ -189,8 +189,9 @@ class ALBEF(nn.Module):
     def forward(
         self, batch: Mapping[str, Any], *, alpha: float, generator: torch.Generator | None = None
     ) -> dict[str, torch.Tensor]:
-        """Weighted loss terms. `alpha`: distillation weight α; `generator`: for MLM masking and
-        ITM negative sampling (torch's global RNG when None). Terms with weight 0 are left out."""
+        """Weighted loss terms. `alpha`: distillation weight α (in training, the step input the stage's
+        `distillation` section gives the engine: nas.config.distillation); `generator`: for MLM masking
+        and ITM negative sampling (torch's global RNG when None). Terms with weight 0 are left out."""
         image, input_ids, attention_mask, image_ids = _unpack(batch)
         negative_text = _unpack_negative_text(batch, input_ids.shape[0])
         cfg = self.cfg

@@ -240,7 +240,7 @@ class ClipTrainer(nn.Module):
         # recommends it for multi-GPU runs); on one process ClipLoss is plain symmetric CE.
         self.loss = ClipLoss(gather_with_grad=True, rank=idist.get_rank(), world_size=idist.get_world_size())
 
-    def forward(self, batch: dict[str, Any], *, alpha: float = 0.0) -> dict[str, torch.Tensor]:
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         image = self.teacher.encode_image(batch["image"])
         text = self.teacher.encode_text(batch["input_ids"])
         return {"clip": self.loss(image, text, self.teacher.logit_scale())}

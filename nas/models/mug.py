@@ -157,6 +157,21 @@ MUG_BASE: dict[str, Any] = {
 
 
 # ---- the caption decoder ------------------------------------------------------------------------
+# Kept hand-written rather than open_clip's CoCa decoder (open_clip.transformer.Transformer for the
+# unimodal layers + MultimodalTransformer), measured by benchmarks/mug_caption_decoder.py
+# (benchmarks/results/mug_caption_decoder.json; default profile, batch 32, 1 thread, same masks, arms
+# alternating in one process). Both are causal, pre-LN, right-padded, cross-attend to the latent; but
+# - open_clip's multimodal layer is a different parameterisation: an MLP after the self-attention AND
+#   after the cross-attention, and a LayerNorm on the keys/values per layer: 166,656 caption-decoder
+#   parameters against our 133,440 (+25%) at the default profile;
+# - it is slower here: the engine's training step 36.4 vs 33.3 ms median under bf16 autocast (paired
+#   ratio x1.06), 47.8 vs 44.4 ms in fp32 (x1.08); two earlier runs gave x1.06 and x1.09 each; the
+#   caption branch alone x1.21 / x1.28; even one unimodal block holding our weights (outputs
+#   identical, max |diff| 0) is x1.07 / x1.07 (nn.MultiheadAttention with a float mask against SDPA's
+#   is_causal);
+# - as a drop-in it needs repairs: `text_projection` is torch.empty (NaN/garbage: our head is tied),
+#   `MultimodalTransformer.init_parameters` raises AttributeError (open_clip 3.3.0 reads
+#   `self.transformer`), and the packed `in_proj_weight` is not an nn.Linear, so MUG's init rule misses it.
 
 
 class CaptionBlock(nn.Module):
@@ -414,9 +429,8 @@ class MUG(nn.Module):
             images.shape[0], self.num_patches, self.cfg.mask_ratio, device=images.device, generator=generator
         )
 
-    def forward(self, batch: dict[str, Any], *, alpha: float = 0.0) -> dict[str, torch.Tensor]:
-        """The engine contract: {"recon": w_r * L_recon, "caption": w_c * L_cap}, a term per active branch.
-        `alpha` (ALBEF's distillation ramp) has no role in MUG."""
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The engine contract: {"recon": w_r * L_recon, "caption": w_c * L_cap}, a term per active branch."""
         images = batch["image"]
         view = self.mask(images)
         latent = self.encode(images, view)  # one encoder pass serves both branches

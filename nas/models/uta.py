@@ -162,7 +162,7 @@ register_model(
 
 
 class UTAPretrainer(nn.Module):
-    """Engine model of `uta_pretrain`: `model(batch, alpha=...) -> {"uta": 1 - cos}`.
+    """Engine model of `uta_pretrain`: `model(batch) -> {"uta": 1 - cos}`.
 
     The teacher is a frozen submodule (no parameter requires grad, so the optimizer never sees it;
     it stays in eval mode whatever `train()` is called with). Masks are drawn from the torch global
@@ -215,7 +215,7 @@ class UTAPretrainer(nn.Module):
             self.token_cache.update(zip(missing, fresh))
         return torch.stack([self.token_cache[image_id] for image_id in ids])
 
-    def forward(self, batch: dict[str, Any], *, alpha: float = 0.0) -> dict[str, torch.Tensor]:
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         images = batch["image"]
         keep = self.draw_visible(images.shape[0], images.device)
         targets = gather_tokens(self.targets(batch), keep)
@@ -256,7 +256,7 @@ class UTAContrastive(nn.Module):
             "blocks": [(r"^student\.vit\.blocks\.(\d+)", None), (r"^student\.vit\.norm", (99999,))],
         }
 
-    def forward(self, batch: dict[str, Any], *, alpha: float = 0.0) -> dict[str, torch.Tensor]:
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         image = self.student.encode_image(batch["image"])
         text = self.text.encode_text(batch["input_ids"])
         return {"clip": self.loss(image, text, self.logit_scale)}

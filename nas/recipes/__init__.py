@@ -8,6 +8,7 @@ companion recipes (each with its paper card). experiments/<stage>.py only calls 
 import nas.recipes.sections  # noqa: F401  (registers the sections typed above nas.config)
 from nas.reporting.audit import register_card
 
-# The companion recipes' paper cards, for the audit (`nas audit`, the report): module paths, imported on use.
+# Every recipe's paper card, for the audit (`nas audit`, the report): module paths, imported on use.
+register_card("nas", "nas.recipes.paper_card")
 register_card("mug", "nas.recipes.mug.card")
 register_card("uta", "nas.recipes.uta.card")

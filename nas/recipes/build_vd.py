@@ -3,8 +3,9 @@
 `vd.init: kmeans` (default): k-means over the neck features of a sample of training images, taken
 from the very model stage 1 starts from (same seed, same registry entry), with the EMA state seeded
 consistently (N_j = cluster sizes, m_j = d_j N_j). `vd.init: random`: the sources' behaviour.
-One per pretraining replicate k (`study.seeds`): `runs/build_vd/<variant>/seed<k>/vd_init.pt` holds the VD state (neck + codebook + EMA state);
-its health (codes in use, perplexity, dead codes) is a DVC metric.
+One per pretraining replicate k (`--run seed=k`, an offset of `study.seeds`; dvc.yaml's matrix entry
+`build_vd@<variant>-<k>`): `runs/build_vd/<variant>/seed<k>/vd_init.pt` holds the VD state (neck + codebook +
+EMA state); its health (codes in use, perplexity, dead codes) goes to metrics/build_vd/<variant>/seed<k>.json.
 Variants without a visual dictionary (the ALBEF baseline) record that they have none.
 An ad-hoc run (`--set`, another `--params`) writes the same files under runs/adhoc/<tag>/ instead.
 """
@@ -26,32 +27,30 @@ def build_vd_paths(variant: str, root: Path = PIPELINE_ROOT) -> dict[str, Path]:
     """The stage's outputs under the output root `root` (the repository root: the paths dvc.yaml names)."""
     return {
         "run": root / "runs" / "build_vd" / variant,
-        "metrics": root / "metrics" / "build_vd" / f"{variant}.json",
+        "metrics": root / "metrics" / "build_vd" / variant,  # one <replicate>.json per seed
     }
 
 
-def stage(cfg: dict[str, Any], record: Recorder) -> None:
-    """The initial dictionary of every pretraining replicate (`study.seeds`): replicate k's k-means runs on
-    the model stage 1 builds with seed `params.seed + k`."""
-    from nas.config.stages import replicate_config, study_seeds
+def stage(cfg: dict[str, Any], record: Recorder, *, seed: int) -> None:
+    """The initial dictionary of pretraining replicate `seed` (an offset of `study.seeds`): its k-means runs
+    on the model stage 1 builds with seed `params.seed + seed`."""
+    from nas.config.stages import checked_offset, replicate_config
     from nas.engine.checkpoint import atomic_write_text
-    from nas.recipes.pretrain import init_source
+    from nas.recipes.pretrain import init_source, replicate_paths, write_replicate_metrics
 
     variant = cfg["variant"]
-    paths = build_vd_paths(variant, output_root(cfg))
-    offsets = study_seeds(cfg)
+    offset = checked_offset(cfg, seed)
+    paths = replicate_paths(build_vd_paths(variant, output_root(cfg)), offset)
+    out_dir = paths["run"]
     source = init_source(cfg, "pretrain_stage1")
     if source != variant:  # study.stage1_of: this variant continues another's stage 1, dictionary included
-        note = {"variant": variant, "shared_with": source, "seeds": list(offsets)}
-        atomic_write_text(paths["run"] / "shared.json", json.dumps(note) + "\n")
+        note = {"variant": variant, "shared_with": source, "seed_offset": offset}
+        atomic_write_text(out_dir / "shared.json", json.dumps(note) + "\n")
         atomic_write_text(paths["metrics"], json.dumps(note, indent=2) + "\n")
-        print(f"build_vd[{variant}]: stage 1 is {source}'s (study.stage1_of); nothing to build")
+        print(f"build_vd[{variant} seed+{offset}]: stage 1 is {source}'s (study.stage1_of); nothing to build")
         return
-    replicates = {
-        str(k): build_replicate(replicate_config(cfg, k), paths["run"] / f"seed{k}", record) for k in offsets
-    }
-    metrics = {**replicates[str(offsets[0])], "seeds": list(offsets), "replicates": replicates}
-    atomic_write_text(paths["metrics"], json.dumps(metrics, indent=2) + "\n")
+    built = build_replicate(replicate_config(cfg, offset), out_dir, record)
+    write_replicate_metrics(paths["metrics"], {"seed_offset": offset, **built}, record)
 
 
 def build_replicate(cfg: dict[str, Any], out_dir: Path, record: Recorder) -> dict[str, Any]:
@@ -96,8 +95,13 @@ def build_replicate(cfg: dict[str, Any], out_dir: Path, record: Recorder) -> dic
 
 
 def main(argv=None) -> None:
-    args = parse_stage_args("build-vd", argv)
-    run_stage(args.stage, stage, args=args)
+    from functools import partial
+
+    from nas.config.stages import checked_offset
+
+    args = parse_stage_args("build-vd", argv)  # --run seed=<offset>
+    seed = args.run_values["seed"]
+    run_stage(args.stage, partial(stage, seed=seed), args=args, check=partial(checked_offset, offset=seed))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,10 @@ class StageCommand:
     default: str | None = None  # the stage without `--stage` (several stages only)
     needs_variant: bool = False
     # A swept stage (a dvc.yaml `matrix:`) -> its axes, in the matrix's order: one process trains one entry,
-    # named by `--run KEY=VALUE` for each axis (DVC names the entry `<stage>@<value>-<value>`).
+    # named by `--run KEY=VALUE` for each axis (DVC names the entry `<stage>@<value>-<value>`; with
+    # `needs_variant`, the variant is the matrix's first axis: `<stage>@<variant>-<value>`). NAS's seed is
+    # an offset of `study.seeds`, MUG's and UTA's one of `mug.seeds` / `uta.seeds` (`uta.context_seeds` for
+    # `uta_context`).
     runs: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
@@ -43,6 +46,7 @@ STAGE_COMMANDS: dict[str, StageCommand] = {
         "build the initial visual dictionary of a variant",
         {"build_vd": "the initial visual dictionary (k-means over neck features, or random)"},
         needs_variant=True,
+        runs={"build_vd": ("seed",)},
     ),
     "pretrain": StageCommand(
         "experiments.pretrain",
@@ -53,12 +57,14 @@ STAGE_COMMANDS: dict[str, StageCommand] = {
         },
         default="pretrain_stage1",
         needs_variant=True,
+        runs={"pretrain_stage1": ("seed",), "pretrain_stage2": ("seed",)},
     ),
     "finetune": StageCommand(
         "experiments.finetune",
-        "text-augmented fine-tuning of a variant, once per pretraining replicate (study.seeds)",
+        "text-augmented fine-tuning of one pretraining replicate of a variant",
         {"finetune": "text-augmented fine-tuning (NTA hard-negative captions, NVA)"},
         needs_variant=True,
+        runs={"finetune": ("seed",)},
     ),
     "evaluate": StageCommand(
         "experiments.evaluate",
@@ -83,13 +89,15 @@ STAGE_COMMANDS: dict[str, StageCommand] = {
         {
             "uta_teacher": "train and freeze the tiny CLIP teacher (or load an EVA-CLIP checkpoint)",
             "uta_pretrain": "one student run: --run arm=<uta.arms key> --run seed=<one of uta.seeds>",
+            "uta_context": "one context-arm student run: --run arm=<uta.context_arms key> "
+            "--run seed=<one of uta.context_seeds>",
             "uta_finetune": "contrastive fine-tuning of the main arm's student: --run seed=<seed> "
             "(uta.finetune.enabled)",
             "uta_evaluate": "zero-shot, probes, held-out 1 - cos, heatmaps and the fine-grained probes of "
             "every run",
         },
         default="uta_pretrain",
-        runs={"uta_pretrain": ("arm", "seed"), "uta_finetune": ("seed",)},
+        runs={"uta_pretrain": ("arm", "seed"), "uta_context": ("arm", "seed"), "uta_finetune": ("seed",)},
     ),
     "report": StageCommand(
         "experiments.report",

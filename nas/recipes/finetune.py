@@ -6,9 +6,10 @@ interpolated, before the optimizer exists), and train ITC + ITM on the training 
 hard-negative caption as an extra ITC negative text and an extra ITM negative (nas.data.finetune_data).
 NAS variants overlay `model_overrides` (VD frozen, NVA on and not detached, §4.8).
 
-Seeds: one replicate per pretraining replicate (`study.seeds`): replicate k fine-tunes pretraining
-replicate k's checkpoint with seed `params.seed + k` (data order, NTA draws, NVA draws), so a figure's
-spread over replicates includes pretraining's (issue 12).
+Seeds: one replicate per pretraining replicate (`--run seed=k`, an offset of `study.seeds`; dvc.yaml's
+matrix entry `finetune@<variant>-<k>`): replicate k fine-tunes pretraining replicate k's checkpoint with seed
+`params.seed + k` (data order, NTA draws, NVA draws), so a figure's spread over replicates includes
+pretraining's (issue 12).
 
 Outputs (paths fixed for dvc.yaml; an ad-hoc run, with `--set` or another `--params`, writes the same
 tree under its own runs/adhoc/<tag>/ instead), per replicate `s`:
@@ -19,32 +20,32 @@ tree under its own runs/adhoc/<tag>/ instead), per replicate `s`:
                                                    `model.overrides.vision.img_size` and
                                                    `data.transform.image_size`), so evaluation rebuilds
                                                    exactly this model and its input size
-  checkpoints/finetune/<variant>/<digest>/         resumable checkpoints (digest per replicate; last.pt
-                                                   only once the run is done: train.prune_when_done)
-  metrics/finetune/<variant>.json                  per-replicate losses and NTA counts
+  checkpoints/finetune/<variant>/seed<s>/<digest>/ resumable checkpoints (last.pt only once the run is
+                                                   done: train.prune_when_done)
+  metrics/finetune/<variant>/seed<s>.json          the replicate's losses and NTA counts
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nas.atomic import atomic_write_text
 from nas.config import from_dict, merge
 from nas.config.data import DataConfig
+from nas.config.distillation import DistillationConfig
 from nas.config.params import PIPELINE_ROOT, input_root, output_root
-from nas.config.stages import LoaderConfig, ModelSpec, replicate_config, study_seeds
+from nas.config.stages import LoaderConfig, ModelSpec, checked_offset, replicate_config
 from nas.config.train import TrainConfig
 from nas.data.nta import NTAConfig
 from nas.recipes.pretrain import (
     build_model,
     check_training_set,
     has_dictionary,
+    replicate_paths,
     stage_paths,
+    write_replicate_metrics,
 )
 from nas.recipes.pretrain import (
     replicate_dir as pretrain_replicate_dir,
@@ -73,6 +74,8 @@ class FinetuneConfig:
     # nva_enabled: true, nva: {detach: false}}`); `vision.img_size` and `mlm_weight` are set by the stage.
     model_overrides: dict[str, Any] = field(default_factory=dict)
     train: TrainConfig = field(default_factory=TrainConfig)
+    # ALBEF's momentum distillation weight α, fed to the model each step ([B] Retrieval_coco: 0.4, ramped).
+    distillation: DistillationConfig = field(default_factory=DistillationConfig)
 
     def __post_init__(self) -> None:
         if self.image_size <= 0:
@@ -150,53 +153,35 @@ def build_nta_loader(data: DataConfig, loader: LoaderConfig, annotation_file: Pa
 
 
 def replicate_dir(variant: str, seed: int, root: Path = PIPELINE_ROOT) -> Path:
-    return stage_paths(STAGE, variant, root)["run"] / f"seed{seed}"
+    return replicate_paths(stage_paths(STAGE, variant, root), seed)["run"]
 
 
-def replicate_dirs(variant: str, seeds: Sequence[int], root: Path = PIPELINE_ROOT) -> list[Path]:
-    return [replicate_dir(variant, s, root) for s in seeds]
-
-
-def stage(cfg: dict[str, Any], record: Recorder) -> None:
+def stage(cfg: dict[str, Any], record: Recorder, *, seed: int) -> None:
+    """Fine-tune pretraining replicate `seed` (an offset of `study.seeds`) of the variant; its summary goes
+    to metrics/finetune/<variant>/seed<k>.json."""
     variant = cfg["variant"]
+    offset = checked_offset(cfg, seed)
     section = dict(cfg[STAGE])
     section["train"] = {**section.get("train", {}), "seed": cfg["seed"]}
     ft = from_dict(FinetuneConfig, section, STAGE)
     root = output_root(cfg)
     init_in = input_root(root, stage_paths(ft.init_from, variant)["run"], ft.init_from)
-    offsets = study_seeds(cfg)
-    init_checkpoints = {
-        k: pretrain_replicate_dir(ft.init_from, variant, k, init_in) / "checkpoint.pt" for k in offsets
-    }
-    for init_checkpoint in init_checkpoints.values():
-        if not init_checkpoint.is_file():
-            raise FileNotFoundError(f"{STAGE}: {init_checkpoint} is missing; run {ft.init_from} first")
+    init_checkpoint = pretrain_replicate_dir(ft.init_from, variant, offset, init_in) / "checkpoint.pt"
+    if not init_checkpoint.is_file():
+        raise FileNotFoundError(f"{STAGE}: {init_checkpoint} is missing; run {ft.init_from} first")
     typed = Typed(
         data=from_dict(DataConfig, cfg["data"], "data"),
         loader=from_dict(LoaderConfig, cfg["loader"], "loader"),
         model=from_dict(ModelSpec, cfg["model"], "model"),
         finetune=ft,
     )
-    replicates = {}
-    for offset in offsets:
-        replicates[str(offset)] = finetune_replicate(cfg, typed, offset, init_checkpoints[offset], record)
-    if not replicates or next(iter(replicates.values())) is None:
+    summary = finetune_replicate(cfg, typed, offset, init_checkpoint, record)
+    if summary is None:
         return  # ranks other than 0
-    first = next(iter(replicates.values()))
-    summary = {
-        "stage": STAGE,
-        "variant": variant,
-        "seeds": list(offsets),
-        # The first replicate's curves stand for the stage in the loss plots; every replicate's
-        # final losses are below.
-        "final": first["final"],
-        "epochs": first["epochs"],
-        "steps": first["steps"],
-        "replicates": replicates,
-    }
-    paths = stage_paths(STAGE, variant, root)
-    atomic_write_text(paths["metrics"], json.dumps(summary, indent=2) + "\n")
-    record.add_artifact(paths["metrics"], name="stage_metrics.json")
+    summary = {"stage": STAGE, "variant": variant, "seed_offset": offset, **summary}
+    write_replicate_metrics(
+        replicate_paths(stage_paths(STAGE, variant, root), offset)["metrics"], summary, record
+    )
 
 
 @dataclass
@@ -244,7 +229,7 @@ def finetune_replicate(
     recorded = replicate_config(cfg, offset)
     recorded["model"]["overrides"] = effective_overrides(spec, ft, image_size=ft.image_size)
     recorded["data"].setdefault("transform", {})["image_size"] = ft.image_size
-    paths = stage_paths(STAGE, variant, root)
+    paths = replicate_paths(stage_paths(STAGE, variant, root), offset)
     # init_checkpoint only names the run (identity): the weights are loaded (and resized) in build(), and
     # a resumed run loads its own.
     run = RunSpec(
@@ -260,7 +245,8 @@ def finetune_replicate(
         data_files=[annotation_file],
         init_checkpoint=init_checkpoint,
         init_by_build=True,
-        tensorboard_dir=paths["tensorboard"] / f"seed{offset}",
+        tensorboard_dir=paths["tensorboard"],
+        step_inputs=ft.distillation.step_inputs,  # α each step; `finetune.distillation` is in reads
     )
     result = train_run(run, build, record)
     if idist.get_rank() != 0:
@@ -278,8 +264,17 @@ def finetune_replicate(
 
 
 def main(argv=None) -> None:
-    args = parse_stage_args("finetune", argv)
-    run_stage(args.stage, stage, args=args, nproc_key=(args.stage, "train", "launch"))
+    from functools import partial
+
+    args = parse_stage_args("finetune", argv)  # --run seed=<offset>
+    seed = args.run_values["seed"]
+    run_stage(
+        args.stage,
+        partial(stage, seed=seed),
+        args=args,
+        nproc_key=(args.stage, "train", "launch"),
+        check=partial(checked_offset, offset=seed),
+    )
 
 
 if __name__ == "__main__":

@@ -4,15 +4,17 @@ The variant (ALBEF, +VD, NAS, ...) only changes params: which model the registry
 objectives it returns. Stage 2 starts from the same variant's stage-1 checkpoint and takes over what
 `init_objects` names (model with momentum copies, queues and VD; optimizer; lr schedule).
 
-Pretraining replicates: the stage trains once per `study.seeds` offset k, with seed `params.seed + k`
-(issue 12: the variance is in pretraining); replicate k of stage 2 continues replicate k of stage 1.
+Pretraining replicates: one process trains one offset k of `study.seeds` (`--run seed=k`, a dvc.yaml
+`matrix:` entry `<stage>@<variant>-<k>`), with seed `params.seed + k` (issue 12: the variance is in
+pretraining); replicate k of stage 2 continues replicate k of stage 1. A new seed is a params edit with
+outputs of its own; the other seeds' entries keep theirs.
 
 Outputs (paths fixed so dvc.yaml can name them; an ad-hoc run, with `--set` or another `--params`,
 writes the same tree under its own runs/adhoc/<tag>/ instead: nas.config.params.decide_output_root):
-  checkpoints/<stage>/<variant>/<config digest>/        resumable epoch checkpoints (DVC persist)
+  checkpoints/<stage>/<variant>/seed<k>/<digest>/       resumable epoch checkpoints (DVC persist)
   runs/<stage>/<variant>/seed<k>/checkpoint.pt          the run's last.pt (a hard link), for the next stage
   runs/<stage>/<variant>/seed<k>/config.json            the resolved config the replicate used
-  metrics/<stage>/<variant>.json                        per-replicate epoch losses (report input)
+  metrics/<stage>/<variant>/seed<k>.json                the replicate's epoch losses (report input)
 """
 
 from __future__ import annotations
@@ -40,8 +42,20 @@ def stage_paths(stage: str, variant: str, root: Path = PIPELINE_ROOT) -> dict[st
         # TensorBoard events, one folder per replicate (`tensorboard --logdir runs/tensorboard`); not a DVC
         # output, so a rerun that resumes keeps the curves it had.
         "tensorboard": root / "runs" / "tensorboard" / stage / variant,
-        "metrics": root / "metrics" / stage / f"{variant}.json",
+        "metrics": root / "metrics" / stage / variant,  # one <replicate>.json per seed
     }
+
+
+def replicate_name(offset: int) -> str:
+    """The folder/file stem of pretraining replicate `offset` under a stage's variant folders."""
+    return f"seed{offset}"
+
+
+def replicate_paths(paths: dict[str, Path], offset: int) -> dict[str, Path]:
+    """One DVC matrix entry's outputs (`<stage>@<variant>-<offset>`) from its stage's variant folders
+    (`stage_paths`, `build_vd_paths`): `<folder>/seed<k>`, and the metrics file `<metrics>/seed<k>.json`."""
+    name = replicate_name(offset)
+    return {key: folder / (f"{name}.json" if key == "metrics" else name) for key, folder in paths.items()}
 
 
 def build_model(spec: ModelSpec, stage_overrides: dict[str, Any] | None = None):
@@ -77,44 +91,49 @@ def check_training_set(name: str, loader, data: DataConfig, seed: int) -> dict[s
     return checked
 
 
-def stage(cfg: dict[str, Any], record: Recorder) -> None:
-    """One variant's stage, once per pretraining replicate (`study.seeds`); the metrics file holds every
-    replicate's summary under `replicates` and the first one's at the top level (the loss curves)."""
+def stage(cfg: dict[str, Any], record: Recorder, *, seed: int) -> None:
+    """One variant's stage for pretraining replicate `seed` (an offset of `study.seeds`): its summary
+    goes to metrics/<stage>/<variant>/seed<k>.json (the report gathers the seeds `study.seeds` lists)."""
     import ignite.distributed as idist
 
-    from nas.config.stages import replicate_config, study_seeds
+    from nas.config.stages import checked_offset, replicate_config
 
     name, variant = cfg["stage"], cfg["variant"]
-    offsets = study_seeds(cfg)
+    offset = checked_offset(cfg, seed)
+    root = output_root(cfg)
     if name == "pretrain_stage1" and init_source(cfg, name) != variant:
         # study.stage1_of: this variant's stage 2 continues another variant's stage-1 run (checked there).
         if idist.get_rank() == 0:
-            record_shared_stage(name, variant, init_source(cfg, name), offsets, output_root(cfg))
+            record_shared_stage(name, variant, init_source(cfg, name), offset, root)
         return
-    summaries = {str(k): train_replicate(replicate_config(cfg, k), k, record) for k in offsets}
+    summary = train_replicate(replicate_config(cfg, offset), offset, record)
     if idist.get_rank() != 0:
         return
-    first = summaries[str(offsets[0])]
-    summary = {**first, "seeds": list(offsets), "replicates": summaries}
-    paths = stage_paths(name, variant, output_root(cfg))
-    atomic_write_text(paths["metrics"], json.dumps(summary, indent=2) + "\n")
-    record.add_artifact(paths["metrics"], name="stage_metrics.json")
+    write_replicate_metrics(
+        replicate_paths(stage_paths(name, variant, root), offset)["metrics"], summary, record
+    )
 
 
-def record_shared_stage(name: str, variant: str, source: str, offsets, root: Path) -> None:
-    """The outputs dvc.yaml names for a stage that `variant` shares with `source`: a note saying so."""
-    paths = stage_paths(name, variant, root)
-    note = {"stage": name, "variant": variant, "shared_with": source, "seeds": list(offsets)}
+def write_replicate_metrics(path: Path, summary: dict[str, Any], record: Recorder) -> None:
+    """A replicate's summary (its `seed<k>.json`, atomic), recorded with the Sacred run."""
+    atomic_write_text(path, json.dumps(summary, indent=2) + "\n")
+    record.add_artifact(path, name="stage_metrics.json")
+
+
+def record_shared_stage(name: str, variant: str, source: str, offset: int, root: Path) -> None:
+    """The outputs dvc.yaml names for a replicate of a stage that `variant` shares with `source`: a note."""
+    paths = replicate_paths(stage_paths(name, variant, root), offset)
+    note = {"stage": name, "variant": variant, "shared_with": source, "seed_offset": offset}
     text = json.dumps(note, indent=2) + "\n"
     atomic_write_text(paths["run"] / "shared.json", text)
     atomic_write_text(paths["checkpoints"] / "shared.json", text)
     atomic_write_text(paths["metrics"], text)
-    print(f"{name}[{variant}]: shares {source}'s run (study.stage1_of); nothing to train")
+    print(f"{name}[{variant} seed+{offset}]: shares {source}'s run (study.stage1_of); nothing to train")
 
 
 def replicate_dir(stage: str, variant: str, offset: int, root: Path = PIPELINE_ROOT) -> Path:
     """Run folder of pretraining replicate `offset` (seed `params.seed + offset`)."""
-    return stage_paths(stage, variant, root)["run"] / f"seed{offset}"
+    return replicate_paths(stage_paths(stage, variant, root), offset)["run"]
 
 
 def init_source(cfg: dict[str, Any], init_from: str) -> str:
@@ -175,14 +194,14 @@ def train_replicate(cfg: dict[str, Any], offset: int, record: Recorder) -> dict[
     section["train"] = {**section.get("train", {}), "seed": cfg["seed"]}  # one seed: params `seed`
     stage_cfg = from_dict(TrainStageConfig, section, name)
     root = output_root(cfg)
-    paths = stage_paths(name, variant, root)
+    paths = replicate_paths(stage_paths(name, variant, root), offset)
 
     vd_file = None
     if stage_cfg.init_from is None:
         from nas.recipes.build_vd import build_vd_paths
 
         built_in = input_root(root, build_vd_paths(variant)["run"], "build_vd")
-        vd_file = build_vd_paths(variant, built_in)["run"] / f"seed{offset}" / "vd_init.pt"
+        vd_file = replicate_paths(build_vd_paths(variant, built_in), offset)["run"] / "vd_init.pt"
     init_checkpoint = None
     if stage_cfg.init_from is not None:
         source = init_source(cfg, stage_cfg.init_from)
@@ -225,13 +244,14 @@ def train_replicate(cfg: dict[str, Any], offset: int, record: Recorder) -> dict[
         reads=run_reads(cfg, name),
         train=stage_cfg.train,
         checkpoints=paths["checkpoints"],
-        run_dir=replicate_dir(name, variant, offset, root),
+        run_dir=paths["run"],
         model=cfg["model"],  # what evaluation rebuilds (the stage's model_overrides change training only)
         config=cfg,
         data_files=data_files,
         init_checkpoint=init_checkpoint,
         init_objects=stage_cfg.init_objects,
-        tensorboard_dir=paths["tensorboard"] / f"seed{offset}",
+        tensorboard_dir=paths["tensorboard"],
+        step_inputs=stage_cfg.distillation.step_inputs,  # α each step; `<stage>.distillation` is in reads
     )
     result = train_run(run, build, record)
     if idist.get_rank() != 0:
@@ -241,6 +261,7 @@ def train_replicate(cfg: dict[str, Any], offset: int, record: Recorder) -> dict[
     summary = {
         "stage": name,
         "variant": variant,
+        "seed_offset": offset,
         "seed": cfg["seed"],
         "config_digest": result["config_digest"],
         "identity": result["identity"],
@@ -258,8 +279,19 @@ def train_replicate(cfg: dict[str, Any], offset: int, record: Recorder) -> dict[
 
 
 def main(argv=None) -> None:
-    args = parse_stage_args("pretrain", argv)  # --stage: one of STAGES
-    run_stage(args.stage, stage, args=args, nproc_key=(args.stage, "train", "launch"))
+    from functools import partial
+
+    from nas.config.stages import checked_offset
+
+    args = parse_stage_args("pretrain", argv)  # --stage: one of STAGES; --run seed=<offset>
+    seed = args.run_values["seed"]
+    run_stage(
+        args.stage,
+        partial(stage, seed=seed),
+        args=args,
+        nproc_key=(args.stage, "train", "launch"),
+        check=partial(checked_offset, offset=seed),
+    )
 
 
 if __name__ == "__main__":

@@ -257,10 +257,13 @@ def run_stage(
     *,
     args: argparse.Namespace | None = None,
     nproc_key: tuple[str, ...] | None = None,
+    check: Callable[[dict[str, Any]], Any] | None = None,
 ) -> None:
     """Entry point of every experiment module: `args` as `parse_stage_args` returns them, or `argv`,
     parsed by the parser of the stage's `nas` command. `nproc_key` points into the resolved params at
-    the process count of a distributed stage (e.g. ("pretrain_stage1", "train", "launch"))."""
+    the process count of a distributed stage (e.g. ("pretrain_stage1", "train", "launch")). `check(cfg)`
+    may raise a ConfigError about the run's own choice (e.g. `--run seed=` not among the params' seeds):
+    a usage error like a bad params key, before Sacred records a run."""
     if args is None:
         parser = stage_parser(command_of(stage))
         parser.set_defaults(stage=stage)
@@ -274,13 +277,16 @@ def run_stage(
             args.overrides,
             memo_dir=Path(args.runs_dir) / CHECKED_PARAMS,
         )
+        if check is not None:
+            check(cfg)
     except ConfigError as exc:
         raise SystemExit(report_user_error(f"nas {stage}", exc)) from None
     cfg["stage"] = stage
     # A pipeline run (DVC runs it, or by hand: params.yaml, no --set) writes the paths dvc.yaml names;
     # any other run writes the same tree under runs/adhoc/<tag>/ (nas.config.params.decide_output_root).
-    # The DVC address of this process: `<stage>@<variant>` (foreach) or `<stage>@<arm>-<seed>` (matrix).
-    key = cfg.get("variant") or getattr(args, "run_key", None)
+    # The DVC address of this process: `<stage>@<variant>` (foreach), `<stage>@<arm>-<seed>` or
+    # `<stage>@<variant>-<seed>` (matrix).
+    key = "-".join(k for k in (cfg.get("variant"), getattr(args, "run_key", None)) if k) or None
     where = decide_output_root(stage, key, args.params, args.overrides)
     if not where.pipeline:
         cfg["output_root"] = where.path.as_posix()

@@ -12,7 +12,7 @@ Input: a resolved config (`nas.config.params.resolve`), a run folder's `config.j
 `runs/sacred/<stage>/<variant>/<id>/`, the stage's own `runs/<stage>/<variant>/` or a fine-tuning
 replicate's `runs/finetune/<variant>/seed<k>/`), or a params file + variant (`main`). Sections are
 read the way the stages read them, dataclass defaults included, and the model's fields as the
-registry builds it (see nas/config/paper_card.py).
+registry builds it (see nas/config/card.py).
 
 A fine-tuning replicate's config.json records the model it fine-tuned: `model.overrides` holds the
 EFFECTIVE overrides (`finetune.model_overrides`, `finetune.mlm_weight` and `finetune.image_size`
@@ -34,12 +34,14 @@ from pathlib import Path
 from typing import Any
 
 from nas.config.base import ConfigError, from_dict, merge, to_dict
-from nas.config.paper_card import E2, FT, MISSING, PAPER_CARD, CardEntry, SameAs, same_value, show
+from nas.config.card import MISSING, CardEntry, SameAs, same_value, show
 from nas.jsonfile import read_json_file
 
 MATCH, DEVIATION, ABLATION, NOT_APPLICABLE, UNCHECKED = "match", "deviation", "ablation", "n/a", "unchecked"
 
 STAGE_SECTIONS = ("pretrain_stage1", "pretrain_stage2")
+FT = "finetune"
+E2 = "pretrain_stage2.model_overrides"  # the model as stage 2 builds it
 # In the view of a fine-tuning replicate's config.json: the params paths (and everything under them)
 # whose pretraining value that config no longer holds (see the module docstring).
 REPLACED_KEY = "_replaced_by_finetune"
@@ -49,39 +51,40 @@ REPLACED_NOTE = (
     "runs/pretrain_stage2/<variant>/config.json"
 )
 
-# The companion recipes' cards (MUG_UTA.md): recipe -> module defining `CARD` and `<recipe>_view(run_config)`
-# (its params section typed, defaults filled in). A run's recipe is the prefix of its recorded stage
-# name (`mug_pretrain` -> mug); NAS's own stages use PAPER_CARD and `audit_view`. The recipes register
-# their cards from above (nas/recipes/__init__.py: `register_card`), so reporting imports no recipe.
+# The recipes' cards, each beside its recipe: recipe -> module defining `CARD` (NAS's: nas/recipes/paper_card.py;
+# the companion recipes', MUG_UTA.md, also `<recipe>_view(run_config)`: its params section typed, defaults
+# filled in). A run's recipe is the prefix of its recorded stage name (`mug_pretrain` -> mug); NAS's own
+# stages are "nas", viewed by `audit_view`. The recipes register their cards from above
+# (nas/recipes/__init__.py: `register_card`), so reporting imports no recipe.
+NAS = "nas"
 RECIPE_CARDS: dict[str, str] = {}
 
 
 def register_card(recipe: str, module: str) -> None:
-    """Make `recipe`'s card (module path of its `CARD` and `<recipe>_view`) known to the audit."""
-    if recipe == "nas":
-        raise ValueError("register_card: 'nas' is the paper's own card (PAPER_CARD)")
+    """Make `recipe`'s card (module path of its `CARD`, and but for NAS its `<recipe>_view`) known."""
     RECIPE_CARDS[recipe] = module
 
 
 def recipes() -> tuple[str, ...]:
-    """The recipes the audit knows: the paper's own (`nas`) and every registered card's."""
-    return ("nas", *RECIPE_CARDS)
+    """The recipes whose cards are registered, the paper's own (`nas`) first."""
+    return tuple(sorted(RECIPE_CARDS, key=lambda recipe: recipe != NAS))
 
 
 def recipe_of(run_config: dict[str, Any]) -> str:
     prefix = str(run_config.get("stage") or "").split("_", 1)[0]
-    return prefix if prefix in RECIPE_CARDS else "nas"
+    return prefix if prefix in RECIPE_CARDS and prefix != NAS else NAS
 
 
 def card_for(
     recipe: str,
 ) -> tuple[Sequence[CardEntry], Callable[[dict[str, Any]], tuple[dict[str, Any], list[str]]]]:
     """(card, view function) of a recipe."""
-    if recipe == "nas":
-        return PAPER_CARD, audit_view
     if recipe not in RECIPE_CARDS:
-        raise AuditError(f"unknown recipe {recipe!r}; known: {list(recipes())}")
+        hint = " (its card registers when nas.recipes is imported)" if recipe == NAS else ""
+        raise AuditError(f"unknown recipe {recipe!r}{hint}; known: {list(recipes())}")
     module = importlib.import_module(RECIPE_CARDS[recipe])
+    if recipe == NAS:
+        return module.CARD, audit_view
     view = getattr(module, f"{recipe}_view")
 
     def recipe_view(run_config: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
@@ -417,7 +420,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             out.write_text(text + "\n")
     return code
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,16 +34,52 @@ def read_json_dir(folder: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def collect(metrics_dir: Path) -> dict[str, Any]:
+def read_replicates(folder: Path, seeds: Sequence[int] | None = None) -> dict[str, dict[str, Any]]:
+    """`{variant: run}` of a training stage's metrics folder, whose DVC matrix entries wrote one
+    `<variant>/seed<k>.json` per pretraining replicate: `run` is the first replicate's summary (its curves
+    stand for the stage in the loss plots) with `seeds` and every replicate under `replicates`.
+
+    `seeds`: the offsets to gather (`study.seeds`, in that order): a listed seed whose file is missing is an
+    error naming the file; the files of seeds no longer listed are left out (DVC keeps an old entry's outs).
+    None: every seed file present, in offset order."""
+    if not folder.is_dir():
+        return {}
+    out = {}
+    for variant_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+        if seeds is None:
+            files = sorted(variant_dir.glob("seed*.json"), key=lambda p: int(p.stem.removeprefix("seed")))
+        else:
+            files = [variant_dir / f"seed{k}.json" for k in seeds]
+            missing = [str(path) for path in files if not path.is_file()]
+            if missing:
+                raise FileNotFoundError(
+                    f"{', '.join(missing)}: missing; study.seeds lists it (run dvc repro)"
+                )
+        if not files:
+            continue
+        replicates = {}
+        for path in files:
+            try:
+                replicates[path.stem.removeprefix("seed")] = json.loads(path.read_text())
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+        first = next(iter(replicates.values()))
+        out[variant_dir.name] = {**first, "seeds": [int(k) for k in replicates], "replicates": replicates}
+    return out
+
+
+def collect(metrics_dir: Path, seeds: Sequence[int] | None = None) -> dict[str, Any]:
+    """Every stage's metrics under `metrics_dir`; the training stages' replicates `seeds` (`study.seeds`;
+    None: every one present)."""
     return {
         "data": json.loads((metrics_dir / "data.json").read_text())
         if (metrics_dir / "data.json").is_file()
         else {},
-        "stage1": read_json_dir(metrics_dir / "pretrain_stage1"),
-        "stage2": read_json_dir(metrics_dir / "pretrain_stage2"),
-        "finetune": read_json_dir(metrics_dir / "finetune"),
+        "stage1": read_replicates(metrics_dir / "pretrain_stage1", seeds),
+        "stage2": read_replicates(metrics_dir / "pretrain_stage2", seeds),
+        "finetune": read_replicates(metrics_dir / "finetune", seeds),
         "evaluate": read_json_dir(metrics_dir / "evaluate"),
-        "build_vd": read_json_dir(metrics_dir / "build_vd"),
+        "build_vd": read_replicates(metrics_dir / "build_vd", seeds),
         "recipes": read_json_dir(metrics_dir / "fine_grained"),  # MUG, UTA: rows of the same tables
     }
 
@@ -644,9 +680,9 @@ def write_report(
         load_cases,
     )
 
-    results = collect(metrics_dir)
-    runs_dir = Path(runs_dir) if runs_dir is not None else metrics_dir.parent / "runs"
     study = study or FindingsConfig()
+    results = collect(metrics_dir, study.seeds)
+    runs_dir = Path(runs_dir) if runs_dir is not None else metrics_dir.parent / "runs"
     findings = compute_findings(load_cases(runs_dir / "evaluate", study.seeds), results["evaluate"], study)
     if findings_path is not None:
         write_findings(findings, Path(findings_path))

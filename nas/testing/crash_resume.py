@@ -236,6 +236,8 @@ RECIPES: dict[str, Callable[[], Any]] = {
     "mug": _mug,
     "uta": _uta,
 }
+# The recipes whose models distil (ALBEF's α, ramped over the first epoch: the engine's step input).
+DISTILLING = ("albef", "nas_stage1", "nas_stage2")
 # nas_stage2 continues nas_stage1's uninterrupted run, as the pipeline's stage 2 does.
 INIT_FROM = {"nas_stage2": "nas_stage1"}
 INIT_OBJECTS = ("model", "optimizer", "lr_scheduler", "rng")
@@ -248,7 +250,6 @@ def _train_config():
         epochs=EPOCHS,
         max_steps_per_epoch=STEPS_PER_EPOCH,
         schedule=ScheduleConfig(lr=1e-3, min_lr=1e-4, warmup_steps=2),
-        alpha=0.4,
         progress_bar=False,
         log_every_steps=1,
     )
@@ -315,6 +316,7 @@ def _child(
     import numpy as np
     import torch
 
+    from nas.config.distillation import DistillationConfig
     from nas.engine import fit, read_checkpoint
 
     torch.set_num_threads(threads)
@@ -336,6 +338,7 @@ def _child(
         init_objects=INIT_OBJECTS,
         on_log_step=on_log_step,
         identity={"recipe": recipe},
+        step_inputs=DistillationConfig(alpha=0.4).step_inputs if recipe in DISTILLING else None,
     )
     if compare_with is not None:  # compared here: the campaign process itself never computes with torch
         diff = differences(read_checkpoint(compare_with), read_checkpoint(Path(run_dir) / "last.pt"))

@@ -1,4 +1,4 @@
-"""The paper card as data, and the paper profile (profiles/paper/params.yaml) that must satisfy it."""
+"""NAS's paper card as data (nas/recipes/paper_card.py, in the format of nas/config/card.py), and the paper profile (profiles/paper/params.yaml) that must satisfy it."""
 
 from __future__ import annotations
 
@@ -7,21 +7,21 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nas.config.paper_card import (
+from nas.config.card import (
     MISSING,
-    PAPER_CARD,
     CardEntry,
     Equals,
     KnownDifference,
     NotNull,
     Present,
     SameAs,
-    _check_card,
     card_paths,
+    check_card,
     same_value,
     show,
 )
 from nas.config.params import load_params, resolve
+from nas.recipes.paper_card import PAPER_CARD
 
 ROOT = Path(__file__).resolve().parents[2]
 PAPER = ROOT / "profiles" / "paper" / "params.yaml"
@@ -133,7 +133,7 @@ def test_known_differences_of_a_are_recorded_with_their_values():
 def test_card_validation_rejects_duplicates_and_stray_known_differences():
     entry = CardEntry("k", "h", "v", "[P]", (("a.b", Equals(1)),))
     with pytest.raises(ValueError, match="duplicate keys"):
-        _check_card([entry, entry])
+        check_card([entry, entry])
     stray = CardEntry(
         "s",
         "h",
@@ -143,7 +143,7 @@ def test_card_validation_rejects_duplicates_and_stray_known_differences():
         known_differences=(KnownDifference("[A]", "n", "a.c", 2),),
     )
     with pytest.raises(ValueError, match="unchecked path 'a.c'"):
-        _check_card([stray])
+        check_card([stray])
 
 
 def test_value_comparison_and_display():
@@ -166,18 +166,24 @@ def test_value_comparison_and_display():
 
 
 def _key_tree(data, skip=("variants",), prefix=""):
-    """Dotted keys of a params mapping, not descending into free-form override dicts."""
+    """Dotted keys of a params mapping, not descending into free-form override dicts nor into the named
+    entries of a sweep (which arms a profile compares, and which it keeps as context, is its own choice)."""
     keys = set()
     for key, value in data.items():
         path = f"{prefix}{key}"
         if key in skip:
             continue
         keys.add(path)
-        if isinstance(value, dict) and key not in (
-            "overrides",
-            "model_overrides",
-            "path_anchors",
-            "stage1_of",
+        if (
+            isinstance(value, dict)
+            and path not in ("mug.arms", "uta.arms", "uta.context_arms")
+            and key
+            not in (
+                "overrides",
+                "model_overrides",
+                "path_anchors",
+                "stage1_of",
+            )
         ):
             keys |= _key_tree(value, (), path + ".")
     return keys
@@ -194,5 +200,5 @@ def test_every_card_path_exists_in_the_resolved_paper_profile():
 
     view, notes = audit_view(resolve(load_params(PAPER), "nas"))
     assert notes == []
-    missing = [path for path in card_paths() if lookup(view, path) is MISSING]
+    missing = [path for path in card_paths(PAPER_CARD) if lookup(view, path) is MISSING]
     assert missing == []

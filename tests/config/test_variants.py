@@ -203,8 +203,11 @@ def test_the_lineage_file_changes_only_with_the_variant_or_its_bases(tmp_path, s
 
 
 def test_dvc_runs_every_variant_of_the_params_table():
-    """A new `variants.<name>` gets every variant stage: dvc.yaml's `foreach` is the params table itself."""
+    """A new `variants.<name>` gets every variant stage: dvc.yaml's `foreach` (evaluation) and the variant
+    axis of the training stages' `matrix:` (variant x study.seeds) are the params table itself."""
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     per_variant = {name for name, stage in stages.items() if "foreach" in stage}
-    assert per_variant >= {"build_vd", "pretrain_stage1", "pretrain_stage2", "finetune", "evaluate"}
+    assert per_variant >= {"variant_params", "evaluate"}
     assert {stages[name]["foreach"] for name in per_variant} == {"${variants}"}
+    for name in ("build_vd", "pretrain_stage1", "pretrain_stage2", "finetune"):
+        assert stages[name]["matrix"] == {"variant": "${variants}", "seed": "${study.seeds}"}, name

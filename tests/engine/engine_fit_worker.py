@@ -10,7 +10,7 @@ import sys
 
 import ignite.distributed as idist
 import torch
-from engine_toy import ToyDataset, ToyMomentumModel, collate
+from engine_toy import ToyDataset, ToyMomentumModel, collate, toy_step_inputs
 
 from nas.engine import ScheduleConfig, TrainConfig, fit, launch
 
@@ -27,7 +27,7 @@ def run(local_rank: int, out_dir: str) -> None:
         collate_fn=collate,
     )
     cfg = TrainConfig(epochs=2, schedule=ScheduleConfig(warmup_steps=1), progress_bar=False)
-    result = fit(model, loader, cfg, output_dir=out_dir)
+    result = fit(model, loader, cfg, output_dir=out_dir, step_inputs=toy_step_inputs)
     torch.save(
         {"state": model.state_dict(), "history": result["history"]}, f"{out_dir}/rank{idist.get_rank()}.pt"
     )

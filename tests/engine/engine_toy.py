@@ -3,8 +3,10 @@
 Hazards, as in ALBEF: a momentum copy updated inside forward, a feature queue with a pointer filled
 from `nas.distributed.all_gather_cat` of the momentum features, random ops inside forward (noise,
 standing in for MLM masking / ITM negative sampling) and dropout, a LayerNorm and biases (no weight
-decay), and α-weighted distillation. Every loss is a mean over independent samples, so N processes
-on 1/N of a batch compute the same as one process on the whole batch when the randomness is off.
+decay), and α-weighted distillation (α is a step input, as ALBEF's: `toy_step_inputs` is the engine's
+hook that ramps it 0 -> 0.4 over the first epoch; without the hook the toy is called `model(batch)` and
+distils nothing). Every loss is a mean over independent samples, so N processes on 1/N of a batch
+compute the same as one process on the whole batch when the randomness is off.
 """
 
 from __future__ import annotations
@@ -16,9 +18,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from nas.config.distillation import DistillationConfig
 from nas.distributed import all_gather_cat
 
 IN_DIM = 6
+# ALBEF's distillation as the toy's step input (a module attribute: spawned workers resolve it by name).
+TOY_DISTILLATION = DistillationConfig(alpha=0.4, ramp=True)
+toy_step_inputs = TOY_DISTILLATION.step_inputs
 
 
 class ToyMomentumModel(nn.Module):
@@ -62,7 +68,7 @@ class ToyMomentumModel(nn.Module):
         self.queue[rows] = feats.to(self.queue.dtype)  # features may be bf16 under autocast
         self.queue_ptr.copy_((self.queue_ptr + feats.shape[0]) % size)
 
-    def forward(self, batch: dict, *, alpha: float) -> dict[str, torch.Tensor]:
+    def forward(self, batch: dict, *, alpha: float = 0.0) -> dict[str, torch.Tensor]:
         self.calls += 1
         x, target = batch["image"], batch["target"]
         if self.noise:

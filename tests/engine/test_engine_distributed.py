@@ -22,10 +22,12 @@ PARITY_CFG = TrainConfig(schedule=ScheduleConfig(lr=1e-2, min_lr=1e-3, warmup_st
 @pytest.fixture(scope="module")
 def recordings():
     args = ("engine_toy:parity_model", "engine_toy:parity_batch")
-    single = record_training(*args, steps=3, nproc=1, cfg=PARITY_CFG, pythonpath=[HERE])
+    # α-weighted distillation as ALBEF's, its hook named for the spawned workers
+    inputs = {"step_inputs": "engine_toy:toy_step_inputs"}
+    single = record_training(*args, steps=3, nproc=1, cfg=PARITY_CFG, pythonpath=[HERE], **inputs)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("CUDA_VISIBLE_DEVICES", "")  # gloo workers on the CPU even on a 1-GPU host
-        double = record_training(*args, steps=3, nproc=2, cfg=PARITY_CFG, pythonpath=[HERE])
+        double = record_training(*args, steps=3, nproc=2, cfg=PARITY_CFG, pythonpath=[HERE], **inputs)
     return single, double
 
 
@@ -41,6 +43,9 @@ def test_two_processes_equal_one_process_on_the_same_global_batch(recordings):
     assert [s["output"]["images"] for s in double["steps"]] == [8, 8, 8]  # summed over ranks
     assert [s["output"]["skipped"] for s in double["steps"]] == [2, 2, 2]
     assert [int(s["buffers"]["queue_ptr"]) for s in double["steps"]] == [8, 4, 0]  # queue of 12
+    # the hook reached the workers: α ramps over the 3-step epoch, and the distillation term follows it
+    assert [s["output"]["alpha"] for s in double["steps"]] == pytest.approx([0.0, 0.4 / 3, 0.8 / 3])
+    assert double["steps"][0]["output"]["distill"] == 0.0 and double["steps"][1]["output"]["distill"] > 0
 
 
 def test_the_comparison_notices_a_difference(recordings):

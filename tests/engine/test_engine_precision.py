@@ -12,6 +12,7 @@ import pytest
 import torch
 from ignite.engine import Events
 
+from nas.config.distillation import DistillationConfig
 from nas.engine import ScheduleConfig, TrainConfig, build_optimizer, create_trainer
 from nas.engine.trainer import native_bf16, resolve_precision
 from nas.models import create_model
@@ -38,7 +39,9 @@ def _losses(model, precision: str) -> list[float]:
         precision=precision, schedule=ScheduleConfig(lr=1e-3, warmup_steps=0), progress_bar=False
     )
     optimizer = build_optimizer(model, cfg.optim, lr=cfg.schedule.lr)
-    trainer = create_trainer(model, optimizer, cfg, epoch_length=4)
+    # ALBEF's distillation (α 0.4, ramped over the 4-step epoch) as the engine's step input
+    distillation = DistillationConfig(alpha=0.4, ramp=True)
+    trainer = create_trainer(model, optimizer, cfg, epoch_length=4, step_inputs=distillation.step_inputs)
     totals: list[float] = []
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: totals.append(e.state.output["total"]))
     torch.manual_seed(0)

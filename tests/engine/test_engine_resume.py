@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 import torch
-from engine_toy import ToyDataset, ToyMomentumModel, collate, make_loader
+from engine_toy import ToyDataset, ToyMomentumModel, collate, make_loader, toy_step_inputs
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DataLoader, RandomSampler
 
@@ -57,7 +57,7 @@ def _without_seconds(history):
 def uninterrupted(tmp_path_factory):
     out = tmp_path_factory.mktemp("uninterrupted")
     model = _fresh_model()
-    result = fit(model, make_loader(size=20), CFG, output_dir=out)
+    result = fit(model, make_loader(size=20), CFG, output_dir=out, step_inputs=toy_step_inputs)
     return out, model, result
 
 
@@ -74,6 +74,7 @@ def test_killed_and_rerun_equals_uninterrupted(tmp_path, uninterrupted):
             CFG,
             output_dir=tmp_path,
             on_epoch_end=crash_after_first_epoch,
+            step_inputs=toy_step_inputs,
         )
     assert not (tmp_path / "last.pt").exists()
 
@@ -81,7 +82,7 @@ def test_killed_and_rerun_equals_uninterrupted(tmp_path, uninterrupted):
     random.seed(7)
     np.random.seed(7)
     model = _fresh_model(seed=123)
-    result = fit(model, make_loader(size=20), CFG, output_dir=tmp_path)
+    result = fit(model, make_loader(size=20), CFG, output_dir=tmp_path, step_inputs=toy_step_inputs)
 
     assert result["resumed_from"] == str(tmp_path / "checkpoints" / "checkpoint_1.pt")
     assert _without_seconds(result["history"]) == _without_seconds(reference["history"])
@@ -107,7 +108,7 @@ def test_rerunning_a_finished_stage_trains_nothing(uninterrupted):
     reference_dir, reference_model, reference = uninterrupted
     before = (reference_dir / "last.pt").stat().st_mtime_ns
     model = _fresh_model(seed=5)
-    result = fit(model, make_loader(size=20), CFG, output_dir=reference_dir)
+    result = fit(model, make_loader(size=20), CFG, output_dir=reference_dir, step_inputs=toy_step_inputs)
     assert _without_seconds(result["history"]) == _without_seconds(reference["history"])
     assert result["steps"] == reference["steps"]
     assert torch.equal(model.head.weight, reference_model.head.weight)  # loaded, not retrained
@@ -196,6 +197,11 @@ def test_tensorboard_has_every_term_lr_and_alpha_per_step(uninterrupted):
     assert tags == {f"train/{k}" for k in ("fit", "queue", "distill", "total", "lr", "alpha")}
     assert [e.step for e in events.Scalars("train/alpha")] == [1, 2, 3, 4, 5, 6]
     assert [e.value for e in events.Scalars("train/alpha")][:4] == pytest.approx([0.0, 0.4 / 3, 0.8 / 3, 0.4])
+    # The step input is a schedule like the lr: in every logged step, and per epoch its last step's value.
+    assert [row["alpha"] for row in reference["steps"]] == pytest.approx(
+        [0.0, 0.4 / 3, 0.8 / 3, 0.4, 0.4, 0.4]
+    )
+    assert [epoch["alpha"] for epoch in reference["history"]] == pytest.approx([0.8 / 3, 0.4])
 
 
 class _EpochAwareSampler(RandomSampler):

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from hypothesis import given
@@ -9,7 +7,7 @@ from hypothesis import strategies as st
 from ignite.engine import Engine, Events
 
 from nas.config import ConfigError, from_dict
-from nas.engine.schedules import ScheduleConfig, WarmupCosineLR, alpha_at, lr_at
+from nas.engine.schedules import ScheduleConfig, WarmupCosineLR, lr_at
 
 # NAS paper "Experiment setup": warm-up 1,000 iterations to 1e-4, cosine to 1e-5.
 PAPER = {"peak": 1e-4, "floor": 1e-5, "warmup_steps": 1000, "total_steps": 10_000}
@@ -57,17 +55,6 @@ def test_lr_is_monotone_within_each_phase_and_bounded(warmup, span, a, b):
 def test_lr_rejects_negative_step():
     with pytest.raises(ValueError, match="step"):
         lr_at(-1, **PAPER)
-
-
-def test_alpha_ramps_over_the_first_epoch_only():
-    # ALBEF Pretrain.py: alpha * min(1, i / len(loader)) in epoch 0, alpha afterwards.
-    assert alpha_at(0, 100, 0.4) == 0.0
-    assert alpha_at(50, 100, 0.4) == pytest.approx(0.2)
-    assert alpha_at(99, 100, 0.4) == pytest.approx(0.396)
-    assert alpha_at(100, 100, 0.4) == 0.4  # first iteration of the second epoch
-    assert alpha_at(12_345, 100, 0.4) == 0.4
-    ramp = [alpha_at(i, 100, 0.4) for i in range(100)]
-    assert all(math.isclose(b - a, 0.004) for a, b in zip(ramp, ramp[1:]))
 
 
 def test_scheduler_sets_the_optimizer_lr_every_iteration_and_resumes():

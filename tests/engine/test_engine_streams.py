@@ -31,10 +31,10 @@ class Recording(ToyMomentumModel):
     def seed_random_streams(self, seed: int) -> None:
         self.stream_seed = seed
 
-    def forward(self, batch, *, alpha):
+    def forward(self, batch):
         self.batches.append(batch["image"].clone())
         self.deterministic_seen.append(torch.are_deterministic_algorithms_enabled())
-        return super().forward(batch, alpha=alpha)
+        return super().forward(batch)
 
 
 def _model(seed: int = 0) -> Recording:

@@ -2,10 +2,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from engine_toy import ToyMomentumModel, make_loader, parity_batch
+from engine_toy import ToyMomentumModel, make_loader, parity_batch, toy_step_inputs
 from ignite.engine import Events
 
 from nas.config import ConfigError, from_dict
+from nas.config.distillation import DistillationConfig
 from nas.engine import (
     NonFiniteLossError,
     ScheduleConfig,
@@ -19,14 +20,16 @@ from nas.engine import (
 CFG = TrainConfig(epochs=2, schedule=ScheduleConfig(lr=1e-3, min_lr=1e-4, warmup_steps=2), progress_bar=False)
 
 
-def _trainer(model, cfg=CFG, epoch_length=4):
+def _trainer(model, cfg=CFG, epoch_length=4, step_inputs=None):
     optimizer = build_optimizer(model, cfg.optim, lr=cfg.schedule.lr)
-    return create_trainer(model, optimizer, cfg, epoch_length=epoch_length), optimizer
+    return create_trainer(
+        model, optimizer, cfg, epoch_length=epoch_length, step_inputs=step_inputs
+    ), optimizer
 
 
 def test_step_outputs_alpha_ramp_lr_schedule_and_counts():
     torch.manual_seed(0)
-    trainer, _ = _trainer(ToyMomentumModel())
+    trainer, _ = _trainer(ToyMomentumModel(), step_inputs=toy_step_inputs)  # α 0.4, ramped
     outputs = []
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: outputs.append(dict(e.state.output)))
     trainer.run([parity_batch(i) for i in range(4)], max_epochs=2)
@@ -125,7 +128,7 @@ class _Returns(torch.nn.Module):
         self.w = torch.nn.Parameter(torch.ones(()))
         self.make = make
 
-    def forward(self, batch, *, alpha):
+    def forward(self, batch):
         return self.make(self.w)
 
 
@@ -177,3 +180,101 @@ def test_caption_counts_of_the_batches_are_summed_into_the_step_and_the_epoch(tm
     ) == (3, 3, 6)
     with pytest.raises(KeyError, match="num_unk_only"):
         fit(ToyMomentumModel(), [{**parity_batch(0), "num_unk_only": 1.5}], cfg, output_dir=tmp_path / "bad")
+
+
+class _Kwargs(torch.nn.Module):
+    """Records the keyword arguments of every call; `forward(batch)` alone unless `takes_alpha`."""
+
+    def __init__(self, takes_alpha: bool):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(()))
+        self.calls: list[dict] = []
+        self.takes_alpha = takes_alpha
+
+    def forward(self, batch, **kwargs):
+        if kwargs and not self.takes_alpha:
+            raise TypeError(f"forward() got unexpected keyword arguments {sorted(kwargs)}")
+        self.calls.append(kwargs)
+        return {"fit": self.w * batch["image"].mean()}
+
+
+def test_without_a_step_input_hook_the_model_is_called_with_the_batch_alone():
+    model = _Kwargs(takes_alpha=False)
+    trainer, _ = _trainer(model)
+    outputs = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: outputs.append(dict(e.state.output)))
+    trainer.run([parity_batch(i) for i in range(2)], max_epochs=1)
+    assert model.calls == [{}, {}]
+    assert "alpha" not in outputs[0] and set(outputs[0]) >= {"fit", "total", "lr", "images"}
+
+
+@pytest.mark.parametrize(
+    ("distillation", "expected"),
+    [
+        # ramp: α * min(1, i / 4) at 0-based global iteration i, epochs of 4 steps
+        (DistillationConfig(alpha=0.4, ramp=True), [0.0, 0.1, 0.2, 0.3, 0.4, 0.4, 0.4, 0.4]),
+        (DistillationConfig(alpha=0.3, ramp=False), [0.3] * 8),  # no ramp: α from the first step
+        (DistillationConfig(alpha=0.0, ramp=True), [0.0] * 8),
+    ],
+    ids=["ramp", "constant", "zero"],
+)
+def test_the_step_input_hook_feeds_the_model_and_is_logged(distillation, expected):
+    model = _Kwargs(takes_alpha=True)
+    trainer, _ = _trainer(model, step_inputs=distillation.step_inputs)
+    outputs = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: outputs.append(dict(e.state.output)))
+    trainer.run([parity_batch(i) for i in range(4)], max_epochs=2)
+    assert [call["alpha"] for call in model.calls] == pytest.approx(expected)
+    assert [set(call) for call in model.calls] == [{"alpha"}] * 8
+    assert [o["alpha"] for o in outputs] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("hook", "match"),
+    [
+        (lambda i, n: [0.4], "dict of keyword -> number"),
+        (lambda i, n: {"lr": 0.4}, "'lr' is reserved"),
+        (lambda i, n: {"seconds": 0.4}, "'seconds' is reserved"),
+        (lambda i, n: {"not a name": 0.4}, "not a keyword argument name"),
+        (lambda i, n: {"alpha": "0.4"}, "'alpha' must be a finite number"),
+        (lambda i, n: {"alpha": float("nan")}, "'alpha' must be a finite number"),
+    ],
+)
+def test_a_bad_step_input_hook_is_refused_before_the_first_step(hook, match):
+    with pytest.raises((TypeError, ValueError), match=match):
+        _trainer(_Kwargs(takes_alpha=True), step_inputs=hook)
+
+
+def test_step_inputs_keep_their_names_and_do_not_clash_with_loss_terms():
+    trainer, _ = _trainer(
+        _Kwargs(takes_alpha=True), step_inputs=lambda i, n: {"alpha": 0.1} if i == 0 else {"beta": 0.1}
+    )
+    with pytest.raises(ValueError, match=r"\['beta'\] at this step, \['alpha'\] at step 0"):
+        trainer.run([parity_batch(i) for i in range(2)], max_epochs=1)
+    trainer, _ = _trainer(_Kwargs(takes_alpha=True), step_inputs=lambda i, n: {"fit": 0.1})
+    with pytest.raises(ValueError, match="'fit' is also a step input"):
+        trainer.run([parity_batch(0)], max_epochs=1)
+
+
+def test_fit_logs_the_step_inputs_per_step_and_per_epoch(tmp_path):
+    torch.manual_seed(0)
+    cfg = TrainConfig(
+        epochs=2, schedule=ScheduleConfig(lr=1e-3, warmup_steps=0), progress_bar=False, log_every_steps=1
+    )
+    distillation = DistillationConfig(alpha=0.4, ramp=True)
+    result = fit(
+        _Kwargs(takes_alpha=True),
+        [parity_batch(i) for i in range(4)],
+        cfg,
+        output_dir=tmp_path,
+        step_inputs=distillation.step_inputs,
+    )
+    assert [row["alpha"] for row in result["steps"]] == pytest.approx(
+        [0.0, 0.1, 0.2, 0.3, 0.4, 0.4, 0.4, 0.4]
+    )
+    # per epoch: the value at the epoch's last step, like the lr (not a mean, not a loss term)
+    assert [epoch["alpha"] for epoch in result["history"]] == pytest.approx([0.3, 0.4])
+    plain = fit(
+        _Kwargs(takes_alpha=False), [parity_batch(i) for i in range(4)], cfg, output_dir=tmp_path / "plain"
+    )
+    assert "alpha" not in plain["history"][0] and "alpha" not in plain["steps"][0]

@@ -29,7 +29,7 @@ PARAMS = {
     "data": {"root": "data/synthetic"},
     "model": {"name": "albef_tiny", "overrides": {}},
     "loader": {"batch_size_per_gpu": 4},
-    STAGE: {"train": {"epochs": 2}},
+    STAGE: {"train": {"epochs": 2}, "distillation": {"alpha": 0.0, "ramp": True}},
     "report": {"title": "results"},
     "uta": {"evaluation": {"batch_size": 64}},
     "mug": {"seeds": [0, 1]},
@@ -49,7 +49,7 @@ class KillAfterFirstEpoch:
             raise Killed
 
 
-def spec_for(params, tmp_path) -> RunSpec:
+def spec_for(params, tmp_path, **changes) -> RunSpec:
     return RunSpec(
         stage=STAGE,
         label="toy/seed0",
@@ -60,6 +60,7 @@ def spec_for(params, tmp_path) -> RunSpec:
         run_dir=tmp_path / "run",
         config=params,
         tensorboard_dir=tmp_path / "tb",
+        **changes,
     )
 
 
@@ -106,8 +107,10 @@ def test_a_killed_run_resumes_after_an_unrelated_params_edit(tmp_path, uninterru
         lambda p: p["loader"].__setitem__("batch_size_per_gpu", 8),
         lambda p: p["model"]["overrides"].__setitem__("embed_dim", 64),
         lambda p: p[STAGE]["train"].__setitem__("epochs", 3),
+        lambda p: p[STAGE]["distillation"].__setitem__("alpha", 0.4),  # ALBEF's α: another run
+        lambda p: p[STAGE]["distillation"].__setitem__("ramp", False),
     ],
-    ids=["seed", "loader", "model", "own-section"],
+    ids=["seed", "loader", "model", "own-section", "distillation-alpha", "distillation-ramp"],
 )
 def test_an_edit_the_run_reads_names_another_run(tmp_path, edit):
     edited = copy.deepcopy(PARAMS)
@@ -159,3 +162,41 @@ def test_load_run_rebuilds_the_exported_module_through_the_registry(tmp_path):
     (tmp_path / "config.json").unlink()
     with pytest.raises(FileNotFoundError, match="config.json"):
         load_run(tmp_path)
+
+
+class _RecordsKwargs(ToyMomentumModel):
+    def __init__(self) -> None:
+        super().__init__()
+        self.kwargs: list[dict] = []
+
+    def forward(self, batch, **kwargs):
+        self.kwargs.append(kwargs)
+        return super().forward(batch, **kwargs)
+
+
+def test_the_run_spec_hands_its_step_inputs_to_the_model_and_the_record(tmp_path):
+    from nas.config import from_dict
+    from nas.config.distillation import DistillationConfig
+
+    class Record:
+        def __init__(self):
+            self.scalars = {}
+
+        def log_scalar(self, name, value, step=None):
+            self.scalars[(name, step)] = value
+
+    model, record = _RecordsKwargs(), Record()
+    params = copy.deepcopy(PARAMS)
+    params[STAGE]["distillation"]["alpha"] = 0.3  # as a pretraining stage builds its hook: from its section
+    distillation = from_dict(DistillationConfig, params[STAGE]["distillation"], f"{STAGE}.distillation")
+    spec = spec_for(params, tmp_path, step_inputs=distillation.step_inputs)
+    result = train_run(spec, lambda: (model, make_loader(size=20)), record)
+    # 2 epochs of 3 steps: α = 0.3 * i / 3 over the first epoch, then 0.3
+    assert [k["alpha"] for k in model.kwargs] == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.3, 0.3])
+    assert [row["alpha"] for row in result["steps"]] == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.3, 0.3])
+    assert record.scalars[("train.alpha", 1)] == pytest.approx(0.2)  # the epoch printer: last step's α
+    assert record.scalars[("train.alpha", 2)] == pytest.approx(0.3)
+
+    plain = _RecordsKwargs()
+    bare = train_run(spec_for(PARAMS, tmp_path / "bare"), lambda: (plain, make_loader(size=20)))
+    assert plain.kwargs == [{}] * 6 and "alpha" not in bare["final"]

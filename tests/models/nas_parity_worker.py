@@ -1,11 +1,13 @@
 """Factories for the 2-process gloo parity run of the NAS model (`nas.engine.parity`): a small NAS with an
 unfrozen dictionary (stage 1's EMA) and NVA on, and a global batch per step. Imported by spawned workers
-as "nas_parity_worker:model" / "nas_parity_worker:batch"."""
+as "nas_parity_worker:model" / "nas_parity_worker:batch", with ALBEF's distillation (α 0.4, ramped) as the
+engine's step input "nas_parity_worker:step_inputs"."""
 
 from __future__ import annotations
 
 import torch
 
+from nas.config.distillation import DistillationConfig
 from nas.models.nas_model import NAS
 from nas.models.registry import create_model
 
@@ -18,6 +20,7 @@ SMALL = {
     "queue_size": 64,
 }
 TOTAL_STEPS = 5  # the γ ramp's T: γ = 0.2, 0.4, 0.6 over the recorded steps
+step_inputs = DistillationConfig(alpha=0.4, ramp=True).step_inputs
 
 
 def model() -> NAS:

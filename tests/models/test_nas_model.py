@@ -16,6 +16,7 @@ from nas_parity_worker import SMALL
 import nas.models.albef as albef_module
 import nas.models.nas_model as nas_module
 from nas.config.base import ConfigError
+from nas.config.distillation import DistillationConfig
 from nas.engine import ScheduleConfig, TrainConfig
 from nas.engine.parity import record_training
 from nas.models.nas_model import NAS, NAS_BASE, NASConfig, nva_step_seed
@@ -274,7 +275,7 @@ def _nva_draws_of_a_run(state: dict, monkeypatch, out: Path, seed: int, **overri
     cfg = TrainConfig(
         epochs=1, seed=seed, progress_bar=False, schedule=ScheduleConfig(lr=1e-3, warmup_steps=0)
     )
-    fit(model, [_batch(0), _batch(1)], cfg, output_dir=out)
+    fit(model, [_batch(0), _batch(1)], cfg, output_dir=out, step_inputs=DistillationConfig().step_inputs)
     return torch.stack([torch.stack([nva.anchor, nva.code]) for nva in seen.nva])
 
 
@@ -378,10 +379,11 @@ def test_nva_figure_writes_a_png(stage1_state, tmp_path):
 def parity_recordings():
     cfg = TrainConfig(schedule=ScheduleConfig(lr=1e-12, min_lr=0.0, warmup_steps=0))
     args = ("nas_parity_worker:model", "nas_parity_worker:batch")
-    single = record_training(*args, steps=3, nproc=1, cfg=cfg, pythonpath=[HERE])
+    inputs = {"step_inputs": "nas_parity_worker:step_inputs"}  # ALBEF's α, ramped
+    single = record_training(*args, steps=3, nproc=1, cfg=cfg, pythonpath=[HERE], **inputs)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("CUDA_VISIBLE_DEVICES", "")
-        double = record_training(*args, steps=3, nproc=2, cfg=cfg, pythonpath=[HERE])
+        double = record_training(*args, steps=3, nproc=2, cfg=cfg, pythonpath=[HERE], **inputs)
     return single, double
 
 

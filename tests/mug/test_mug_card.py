@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from nas.config.base import ConfigError
-from nas.config.paper_card import MISSING, card_paths
+from nas.config.card import MISSING, card_paths
 from nas.config.params import load_params, resolve
 from nas.recipes.mug.card import CARD, MUGEvaluateConfig, MUGSection, mug_view, read_section
 from nas.reporting.audit import DEVIATION, audit, exit_code, lookup

@@ -87,7 +87,7 @@ def test_arms_return_their_terms_and_freeze_the_other_branch():
         ({"recon_weight": 0.0}, {"caption"}, "decoder"),
     ):
         model = small(**overrides)
-        out = model(data, alpha=0.0)
+        out = model(data)
         assert set(out) == terms
         sum(out.values()).backward()
         assert all(p.grad is not None for p in model.encoder.parameters() if p.requires_grad)
@@ -95,9 +95,9 @@ def test_arms_return_their_terms_and_freeze_the_other_branch():
             assert not any(p.requires_grad for p in getattr(model, frozen).parameters())
     model, reference = small(recon_weight=2.0, cap_weight=0.5), small()
     torch.manual_seed(3)
-    weighted = model(data, alpha=0.0)
+    weighted = model(data)
     torch.manual_seed(3)
-    plain = reference(data, alpha=0.0)
+    plain = reference(data)
     assert weighted["recon"].item() == pytest.approx(2.0 * plain["recon"].item(), rel=1e-5)
     assert weighted["caption"].item() == pytest.approx(0.5 * plain["caption"].item(), rel=1e-5)
     with pytest.raises(ConfigError, match="nothing to train"):
@@ -112,13 +112,13 @@ def test_one_encoder_pass_on_the_masked_view_serves_both_branches():
     torch.manual_seed(5)
     view = model.mask(data["image"])
     torch.manual_seed(5)
-    first = model(data, alpha=0.0)
+    first = model(data)
     assert calls == [torch.Size([3, 1 + 4, 24])]  # one pass, [CLS] + 4 of 16 patches
     # the caption sees only the masked-view latent: hidden pixels change the pixel targets, not the caption
     hidden = view.mask.reshape(3, 1, 4, 1, 4, 1).expand(3, 3, 4, 16, 4, 16).reshape(3, 3, 64, 64)
     other = dict(data, image=data["image"] + hidden * torch.randn(3, 3, 64, 64))
     torch.manual_seed(5)
-    second = model(other, alpha=0.0)
+    second = model(other)
     assert torch.allclose(first["caption"], second["caption"]) and not torch.allclose(
         first["recon"], second["recon"]
     )

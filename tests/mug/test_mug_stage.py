@@ -69,7 +69,7 @@ def test_grayscale_rgba_palette_images_reach_the_model_as_rgb(tmp_path):
     batch = next(iter(build_train_loader(typed, census["annotation"], tokenizer)))
     assert batch["image"].shape == (3, 3, 64, 64) and batch["num_skipped"] == 0
     model = build_mug(typed["section"], "mug", 0, census["bpe_ids"])
-    terms = model(batch, alpha=0.0)
+    terms = model(batch)
     assert set(terms) == {"recon", "caption"} and all(torch.isfinite(t) for t in terms.values())
 
 
@@ -93,6 +93,9 @@ def test_a_runs_digest_reads_only_what_the_run_reads():
         lambda c: c["mug"]["evaluate"].update(batch_size=7),
         lambda c: c["mug"].update(seeds=[0, 1, 2, 3], torch_threads=2),
         lambda c: c["mug"]["arms"].update(mae_only={"cap_weight": 0.5}),
+        # ALBEF's distillation α is the ALBEF stages' section, which no MUG run reads
+        lambda c: c["pretrain_stage1"]["distillation"].update(alpha=0.4, ramp=False),
+        lambda c: c["finetune"]["distillation"].update(alpha=0.4),
     ):
         assert reads(same) == base
     for other in (

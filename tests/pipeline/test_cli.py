@@ -98,7 +98,7 @@ def test_every_stage_has_help(command, capsys):
         (["mug", "--help"], "usage: nas mug [-h] [--stage {mug_vocabulary,mug_pretrain,mug_evaluate}]"),
         (
             ["uta", "--help"],
-            "usage: nas uta [-h] [--stage {uta_teacher,uta_pretrain,uta_finetune,uta_evaluate}]",
+            "usage: nas uta [-h] [--stage {uta_teacher,uta_pretrain,uta_context,uta_finetune,uta_evaluate}]",
         ),
     ],
 )
@@ -207,12 +207,15 @@ def _stage_error(module: str, argv: list[str], tmp_path: Path, capsys) -> str:
     assert exit_info.value.code == 2
     out, err = capsys.readouterr()
     assert err.count("\n") == 1 and "Traceback" not in err, err
-    assert not (tmp_path / "runs").exists()  # no Sacred run folder: the stage never started
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+    # No Sacred run folder: the stage never started (a params check that passed is remembered, e.g. before
+    # a `--run seed=` the params do not list is refused).
+    runs = tmp_path / "runs"
+    assert not runs.exists() or [p.name for p in runs.iterdir()] == ["checked-params"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "runs") == ["params.yaml"]
     return err.rstrip("\n")
 
 
-PRETRAIN = ["--stage", "pretrain_stage1", "--variant", "albef"]
+PRETRAIN = ["--stage", "pretrain_stage1", "--variant", "albef", "--run", "seed=0"]
 
 
 @pytest.mark.parametrize(
@@ -244,12 +247,20 @@ PRETRAIN = ["--stage", "pretrain_stage1", "--variant", "albef"]
             "captions_per_image=2)",
         ),
         (
-            ["--stage", "pretrain_stage1", "--variant", "nsa"],
+            ["--stage", "pretrain_stage1", "--variant", "nsa", "--run", "seed=0"],
             "nas pretrain_stage1: error: unknown variant 'nsa' (did you mean 'nas'?); ",
         ),
         (
             [*PRETRAIN, "--set", "nonsense"],
             "nas pretrain_stage1: error: --set nonsense: an override must look like",
+        ),
+        (  # one matrix entry: a seed offset study.seeds lists
+            ["--stage", "pretrain_stage1", "--variant", "albef", "--run", "seed=7"],
+            "nas pretrain_stage1: error: --run seed=7: not among study.seeds ([0, 1, 2])",
+        ),
+        (
+            ["--stage", "pretrain_stage1", "--variant", "albef"],
+            "nas pretrain_stage1: error: pretrain_stage1 takes --run seed=..., got []",
         ),
     ],
 )
@@ -263,7 +274,7 @@ def test_a_top_level_typo_in_the_params_file_stops_every_stage(stage_dir, capsys
     expected = f"{path}: unknown config key 'pretrain_stag1' (did you mean 'pretrain_stage1'?)"
     err = _stage_error("nas.recipes.data", [], stage_dir, capsys)
     assert err.startswith(f"nas data: error: {expected}")
-    err = _stage_error("nas.recipes.finetune", ["--variant", "nas"], stage_dir, capsys)
+    err = _stage_error("nas.recipes.finetune", ["--variant", "nas", "--run", "seed=0"], stage_dir, capsys)
     assert err.startswith(f"nas finetune: error: {expected}")
 
 
@@ -290,7 +301,8 @@ def test_the_command_line_exits_2_without_a_traceback(tmp_path):
     import sys
 
     (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
-    args = ["pretrain", "--variant", "albef", "--set", "pretrain_stag1.train.epochs=5", "--runs-dir", "runs"]
+    args = ["pretrain", "--variant", "albef", "--run", "seed=0", "--set", "pretrain_stag1.train.epochs=5"]
+    args += ["--runs-dir", "runs"]
     done = subprocess.run(
         [sys.executable, "-m", "nas.cli", *args], cwd=tmp_path, capture_output=True, text=True, timeout=120
     )

@@ -59,6 +59,7 @@ TINY = {
         "teacher": {"loader": {"batch_size_per_gpu": 8}, "train": {"epochs": 1, "max_steps_per_epoch": 2}},
         "student": {"loader": {"batch_size_per_gpu": 8}, "train": {"epochs": 1, "max_steps_per_epoch": 2}},
         "seeds": [0, 1],
+        "context_seeds": [0],  # uta_context: the context arms' seed 0
         "finetune": {"loader": {"batch_size_per_gpu": 8}, "train": {"max_steps_per_epoch": 1}},
         "evaluation": {"probe_train_images": 40, "visibility_draws": 50},
     },
@@ -82,6 +83,12 @@ def _run(args, cwd, env):
 
 def _stages_run(log: str) -> set[str]:
     return {line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage '")}
+
+
+def training_entries(variants, seeds) -> set[str]:
+    """DVC's names of NAS's training entries (`<stage>@<variant>-<seed offset>`)."""
+    stages = ("build_vd", "pretrain_stage1", "pretrain_stage2", "finetune")
+    return {f"{stage}@{v}-{k}" for stage in stages for v in variants for k in seeds}
 
 
 @pytest.mark.slow
@@ -117,19 +124,15 @@ def test_dvc_repro_small_profile(tmp_path):
     # The swept stages (dvc.yaml `matrix:`): one entry per arm x seed, named as DVC names them.
     expected |= {f"mug_pretrain@{arm}-{seed}" for arm in tiny["mug"]["arms"] for seed in tiny["mug"]["seeds"]}
     expected |= {f"uta_pretrain@{arm}-{seed}" for arm in tiny["uta"]["arms"] for seed in tiny["uta"]["seeds"]}
-    expected |= {f"uta_finetune@{seed}" for seed in tiny["uta"]["seeds"]}
     expected |= {
-        f"{stage}@{v}"
-        for stage in (
-            "variant_params",
-            "build_vd",
-            "pretrain_stage1",
-            "pretrain_stage2",
-            "finetune",
-            "evaluate",
-        )
-        for v in variants
+        f"uta_context@{arm}-{seed}"
+        for arm in tiny["uta"]["context_arms"]
+        for seed in tiny["uta"]["context_seeds"]
     }
+    expected |= {f"uta_finetune@{seed}" for seed in tiny["uta"]["seeds"]}
+    # NAS's training stages: one entry per variant x pretraining seed offset (study.seeds).
+    expected |= training_entries(variants, tiny["study"]["seeds"])
+    expected |= {f"{stage}@{v}" for stage in ("variant_params", "evaluate") for v in variants}
     assert _stages_run(first) == expected
     for v in variants:
         result = json.loads((work / "metrics" / "evaluate" / f"{v}.json").read_text())
@@ -154,16 +157,21 @@ def test_dvc_repro_small_profile(tmp_path):
             )
             assert recorded["seed"] == params["seed"] + seed
     for v in sorted(shared):  # a shared stage 1 only records whose run it is
-        note = json.loads((work / "metrics" / "pretrain_stage1" / f"{v}.json").read_text())
-        assert note["shared_with"] == shared[v] and not (work / "runs/pretrain_stage1" / v / "seed0").exists()
+        note = json.loads((work / "metrics" / "pretrain_stage1" / v / "seed0.json").read_text())
+        assert (
+            note["shared_with"] == shared[v]
+            and not (work / "runs/pretrain_stage1" / v / "seed0/config.json").exists()
+        )
     for v in owners:
-        sacred_runs = list((work / "runs" / "sacred" / "pretrain_stage1" / v).glob("*/config.json"))
+        sacred_runs = list((work / "runs" / "sacred" / "pretrain_stage1" / f"{v}-1").glob("*/config.json"))
         assert sacred_runs, "Sacred recorded no stage-1 run"
         recorded = json.loads(sacred_runs[0].read_text())
         assert recorded["pretrain_stage1"]["train"]["max_steps_per_epoch"] == 2
     # NAS's stage 2 continued VD's stage-1 run of the same seed
-    nas_stage2 = json.loads((work / "metrics" / "pretrain_stage2" / "nas.json").read_text())
-    for seed, replicate in nas_stage2["replicates"].items():
+    for seed in (0, 1):
+        replicate = json.loads(
+            (work / "metrics" / "pretrain_stage2" / "nas" / f"seed{seed}.json").read_text()
+        )
         assert replicate["init_checkpoint"].endswith(f"pretrain_stage1/vd/seed{seed}/checkpoint.pt")
     findings = json.loads((work / "metrics" / "findings.json").read_text())
     assert findings and all(
@@ -174,6 +182,13 @@ def test_dvc_repro_small_profile(tmp_path):
     assert "Zero-shot retrieval" in report and "chance" in report
     assert "Fine-grained probes" in report and "Hyperparameter audit" in report
     assert "## MUG" in report and "## UTA" in report
+    uta = json.loads((work / "metrics" / "uta" / "evaluate.json").read_text())
+    assert {arm: block["seeds"] for arm, block in uta["arms"].items()} == {
+        "none": [0, 1],
+        "reversed_blockwise": [0, 1],
+        "random": [0],  # uta_context's runs, read from the same folders
+        "blockwise": [0],
+    }
     # the recipes' rows join the shared fine-grained tables (MUG: 1 seed, UTA: 2 seeds)
     assert "| mug | caption-ll | 1 |" in report and "| uta | uta | 2 |" in report
     assert (work / "reports" / "figures" / "loss_curves.png").stat().st_size > 1000
@@ -197,14 +212,25 @@ def test_dvc_repro_small_profile(tmp_path):
     second = _run([str(DVC), "repro"], work, env)
     assert _stages_run(second) == set(), second
 
-    # A stage-2 training param: stage 1 and data stay cached; stage 2 and what follows re-run.
+    # A new seed is a params edit: its own entries train, and data, the trained seeds' stage 1 and their
+    # fine-tuning stay cached (their stage-2 entries depend on every stage-1 run, as study.stage1_of may
+    # name another variant's: they re-run, find their finished runs and leave their run folders as they
+    # were, so fine-tuning does not re-run).
+    finetuned = {v: (work / "runs/finetune" / v / "seed0/checkpoint.pt").stat().st_ino for v in variants}
     params2 = yaml.safe_load((work / "params.yaml").read_text())
-    params2["pretrain_stage2"]["train"]["alpha"] = 0.3
+    params2["study"]["seeds"] = [0, 1, 2]
     (work / "params.yaml").write_text(yaml.safe_dump(params2, sort_keys=False))
-    third = _run([str(DVC), "repro"], work, env)
-    assert _stages_run(third) == {"report"} | {
-        f"{stage}@{v}" for stage in ("pretrain_stage2", "finetune", "evaluate") for v in variants
-    }
+    new_seed = _run([str(DVC), "repro"], work, env)
+    assert _stages_run(new_seed) == (
+        training_entries(variants, [2])
+        | {f"pretrain_stage2@{v}-{k}" for v in variants for k in (0, 1)}
+        | {f"evaluate@{v}" for v in variants}
+        | {"report"}
+    )
+    for v in variants:
+        assert (work / "runs/finetune" / v / "seed0/checkpoint.pt").stat().st_ino == finetuned[v]
+        evaluated = json.loads((work / "metrics/evaluate" / f"{v}.json").read_text())
+        assert len(evaluated["models"]["finetune"]["replicates"]) == 3  # the new seed joins the pairs
 
     # A model-code change (ITC's loss scaled by 10): DVC re-runs stage 1, and the stage trains afresh
     # instead of finding its old checkpoint "already done" (the run identity covers the code).
@@ -215,12 +241,10 @@ def test_dvc_repro_small_profile(tmp_path):
     itc.write_text(
         source.replace("return -(targets * F.log_softmax", "return -10.0 * (targets * F.log_softmax")
     )
-    fourth = _run([str(DVC), "repro", "--single-item", "pretrain_stage1@albef"], work, env)
-    assert _stages_run(fourth) == {"pretrain_stage1@albef"}
+    code_change = _run([str(DVC), "repro", "--single-item", "pretrain_stage1@albef-0"], work, env)
+    assert _stages_run(code_change) == {"pretrain_stage1@albef-0"}
     after = hashlib.md5((work / "runs/pretrain_stage1/albef/seed0/checkpoint.pt").read_bytes()).hexdigest()
     assert after != before
-    assert (
-        len(list((work / "checkpoints/pretrain_stage1/albef").iterdir())) == 4
-    )  # old runs kept (one per replicate), new ones beside
-    metrics = json.loads((work / "metrics/pretrain_stage1/albef.json").read_text())
+    assert len(list((work / "checkpoints/pretrain_stage1/albef/seed0").iterdir())) == 2  # the old run kept
+    metrics = json.loads((work / "metrics/pretrain_stage1/albef/seed0.json").read_text())
     assert metrics["resumed_from"] is None and metrics["identity"]["code"]

@@ -83,15 +83,16 @@ ROOT = Path(__file__).resolve().parents[2]
 ADHOC = Path("runs/adhoc/0123456789")
 
 
-def dvc_paths() -> dict[str, set[Path]]:
+def dvc_paths(params: dict | None = None) -> dict[str, set[Path]]:
     """Every path dvc.yaml names (outs, metrics, plots, deps) -> by stage, `foreach` (variants) and `matrix`
-    (arms x seeds) stages expanded to their entries, named as DVC names them."""
+    (arms x seeds) stages expanded to their entries, named as DVC names them (params: params.yaml's)."""
     import itertools
 
     import yaml
 
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    if params is None:
+        params = yaml.safe_load((ROOT / "params.yaml").read_text())
 
     def lookup(text: str):
         node = params
@@ -130,15 +131,16 @@ def stage_outputs(root: Path) -> dict[str, list[Path]]:
     from nas.recipes.evaluate import evaluate_paths
     from nas.recipes.finetune import replicate_dir
     from nas.recipes.mug import paths as mug
-    from nas.recipes.pretrain import stage_paths
+    from nas.recipes.pretrain import replicate_paths, stage_paths
     from nas.recipes.uta import paths as uta
 
     out: dict[str, list[Path]] = {}
     for v in ("albef", "vd", "nas"):
-        out[f"build_vd@{v}"] = list(build_vd_paths(v, root).values())
-        for s in ("pretrain_stage1", "pretrain_stage2", "finetune"):
-            out[f"{s}@{v}"] = list(stage_paths(s, v, root).values())
-        out[f"finetune@{v}"].append(replicate_dir(v, 2, root))
+        for k in (0, 2):  # matrix entries <stage>@<variant>-<seed offset>
+            out[f"build_vd@{v}-{k}"] = list(replicate_paths(build_vd_paths(v, root), k).values())
+            for s in ("pretrain_stage1", "pretrain_stage2", "finetune"):
+                out[f"{s}@{v}-{k}"] = list(replicate_paths(stage_paths(s, v, root), k).values())
+        out[f"finetune@{v}-2"].append(replicate_dir(v, 2, root))
         out[f"evaluate@{v}"] = list(evaluate_paths(v, root).values())
     out["mug_vocabulary"] = [
         root / mug.VOCABULARY_DIR / mug.VOCABULARY,
@@ -156,9 +158,9 @@ def stage_outputs(root: Path) -> dict[str, list[Path]]:
         root / uta.TEACHER_CHECKPOINTS,
         root / uta.METRICS / "teacher.json",
     ]
-    out["uta_pretrain@random-1"] = [
-        uta.student_run("random", 1, root),
-        uta.student_checkpoints("random", 1, root),
+    out["uta_pretrain@none-1"] = [
+        uta.student_run("none", 1, root),
+        uta.student_checkpoints("none", 1, root),
     ]
     out["uta_finetune@2"] = [uta.finetune_run(2, root), uta.finetune_checkpoints(2, root)]
     out["uta_evaluate"] = [
@@ -185,13 +187,57 @@ def test_a_pipeline_run_writes_the_paths_dvc_yaml_names():
             if within(path, TENSORBOARD):  # by design no DVC output: a rerun that resumes keeps its curves
                 continue
             assert any(within(path, declared) for declared in named[stage]), (stage, path)
-    from nas.recipes.pretrain import stage_paths
+    from nas.recipes.pretrain import replicate_paths, stage_paths
 
-    assert stage_paths("pretrain_stage1", "nas") == {
-        "run": Path("runs/pretrain_stage1/nas"),
-        "checkpoints": Path("checkpoints/pretrain_stage1/nas"),
-        "metrics": Path("metrics/pretrain_stage1/nas.json"),
-        "tensorboard": TENSORBOARD / "pretrain_stage1/nas",
+    assert replicate_paths(stage_paths("pretrain_stage1", "nas"), 1) == {
+        "run": Path("runs/pretrain_stage1/nas/seed1"),
+        "checkpoints": Path("checkpoints/pretrain_stage1/nas/seed1"),
+        "metrics": Path("metrics/pretrain_stage1/nas/seed1.json"),
+        "tensorboard": TENSORBOARD / "pretrain_stage1/nas/seed1",
+    }
+
+
+def test_the_uta_matrices_have_no_idle_entry():
+    """uta_pretrain: the compared arms x uta.seeds; uta_context: the context arms x uta.context_seeds (none
+    by default), in the folders uta_evaluate reads; each entry's params are the arm's own overlay."""
+    import yaml
+
+    from nas.recipes.uta import paths as uta
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+    def entries(named, stage):
+        return {name for name in named if name.startswith(f"{stage}@")}
+
+    pretrain = {f"uta_pretrain@{arm}-{seed}" for arm in ("none", "reversed_blockwise") for seed in (0, 1, 2)}
+    named = dvc_paths(params)
+    assert entries(named, "uta_pretrain") == pretrain and entries(named, "uta_context") == set()
+    params["uta"]["context_seeds"] = [0]
+    named = dvc_paths(params)
+    assert entries(named, "uta_pretrain") == pretrain
+    assert entries(named, "uta_context") == {"uta_context@random-0", "uta_context@blockwise-0"}
+    for arm in ("random", "blockwise"):
+        declared = named[f"uta_context@{arm}-0"]
+        for path in (uta.student_run(arm, 0, Path(".")), uta.student_checkpoints(arm, 0, Path("."))):
+            assert any(within(path, d) for d in declared), (arm, path)
+        assert any(within(d, uta.PRETRAIN_RUN) for d in declared)  # uta_evaluate depends on that folder
+    assert uta.PRETRAIN_RUN in named["uta_evaluate"]
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert {p for p in stages["uta_pretrain"]["params"] if p.startswith("uta.")} == {
+        "uta.teacher",
+        "uta.student",
+        "uta.masking",
+        "uta.arms.${item.arm}",
+        "uta.memoize_images",
+        "uta.torch_threads",
+    }
+    assert {p for p in stages["uta_context"]["params"] if p.startswith("uta.")} == {
+        "uta.teacher",
+        "uta.student",
+        "uta.masking",
+        "uta.context_arms.${item.arm}",
+        "uta.memoize_images",
+        "uta.torch_threads",
     }
 
 
@@ -234,10 +280,11 @@ def test_an_ad_hoc_stage_run_writes_under_its_folder_only(tmp_path, monkeypatch)
         "output_root": str(ADHOC),
     }
     monkeypatch.chdir(tmp_path)
-    stage(cfg, Recorder())
-    written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
     seeds = cfg["study"]["seeds"]
-    assert written == [f"{ADHOC}/metrics/build_vd/albef.json"] + [
+    for k in seeds:  # one matrix entry each
+        stage(cfg, Recorder(), seed=k)
+    written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
+    assert written == [f"{ADHOC}/metrics/build_vd/albef/seed{k}.json" for k in seeds] + [
         f"{ADHOC}/runs/build_vd/albef/seed{k}/vd_init.json" for k in seeds
     ]
 

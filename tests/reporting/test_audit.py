@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import nas.recipes  # noqa: F401  (registers every recipe's card with the audit, as `nas audit` does)
 from nas.config.base import merge
 from nas.config.params import load_params, resolve
 from nas.reporting.audit import (

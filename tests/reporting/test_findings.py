@@ -95,10 +95,19 @@ def _pretrain_summary(itm: float) -> dict:
     return {"final": final, "epochs": [final]}
 
 
-def _pretrain_metrics(itms: list[float]) -> dict:
-    first = _pretrain_summary(itms[0])
-    steps = [{"step": s, "itc": 3.0, "itm": itms[0], "mlm": 0.3, "total": 3.3 + itms[0]} for s in (1, 2)]
-    return {**first, "steps": steps, "replicates": {str(k): _pretrain_summary(v) for k, v in enumerate(itms)}}
+def _pretrain_metrics(itms: list[float]) -> dict[int, dict]:
+    """A training stage's per-replicate metric files (`<stage>/<variant>/seed<k>.json`), by seed offset."""
+    replicates = {k: _pretrain_summary(v) for k, v in enumerate(itms)}
+    replicates[0]["steps"] = [
+        {"step": s, "itc": 3.0, "itm": itms[0], "mlm": 0.3, "total": 3.3 + itms[0]} for s in (1, 2)
+    ]
+    return replicates
+
+
+def _write_replicates(folder: Path, replicates: dict[int, dict]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, payload in replicates.items():
+        (folder / f"seed{k}.json").write_text(json.dumps(payload))
 
 
 def build_tree(
@@ -129,20 +138,18 @@ def build_tree(
                 path.write_text(json.dumps(payload))
     metrics = root / "metrics"
     for variant in variants:
-        for folder, payload in (
-            ("evaluate", _evaluate_metrics(variant)),
-            (
-                "pretrain_stage2",
-                _pretrain_metrics([0.55, 0.56, 0.54] if variant == "nas" else [0.62, 0.63, 0.61]),
-            ),
-        ):
-            (metrics / folder).mkdir(parents=True, exist_ok=True)
-            (metrics / folder / f"{variant}.json").write_text(json.dumps(payload))
-        # nas starts stage 2 from vd's stage 1 (study.stage1_of): its stage-1 metrics are a note saying so
-        note = {"stage": "pretrain_stage1", "variant": variant, "shared_with": "vd", "seeds": list(seeds)}
-        stage1 = note if variant == "nas" else _pretrain_metrics([0.636] * 3)
-        (metrics / "pretrain_stage1").mkdir(parents=True, exist_ok=True)
-        (metrics / "pretrain_stage1" / f"{variant}.json").write_text(json.dumps(stage1))
+        (metrics / "evaluate").mkdir(parents=True, exist_ok=True)
+        (metrics / "evaluate" / f"{variant}.json").write_text(json.dumps(_evaluate_metrics(variant)))
+        stage2 = _pretrain_metrics([0.55, 0.56, 0.54] if variant == "nas" else [0.62, 0.63, 0.61])
+        _write_replicates(metrics / "pretrain_stage2" / variant, stage2)
+        # nas starts stage 2 from vd's stage 1 (study.stage1_of): its stage-1 metrics are notes saying so
+        note = {"stage": "pretrain_stage1", "variant": variant, "shared_with": "vd"}
+        stage1 = (
+            {k: {**note, "seed_offset": k} for k in seeds}
+            if variant == "nas"
+            else _pretrain_metrics([0.636] * 3)
+        )
+        _write_replicates(metrics / "pretrain_stage1" / variant, stage1)
     return root
 
 

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from nas.reporting.results import fine_grained_rows, fine_grained_tables, model_rows, retrieval_table
+import json
+
+import pytest
+
+from nas.reporting.results import (
+    fine_grained_rows,
+    fine_grained_tables,
+    model_rows,
+    read_replicates,
+    retrieval_table,
+)
 
 
 def _winoground(text: float) -> dict:
@@ -77,3 +87,21 @@ def test_recipe_rows_join_the_benchmark_tables():
     assert "| nas (fine-tuned) | itm_probability | 2 | 20.0 ± 14.1 | 0.0 ± 0.0 | 0.0 ± 0.0 |" in lines
     assert "| mug (caption-ll) | itm_probability | 3 | 30.0 ± 10.0 | 0.0 ± 0.0 | 0.0 ± 0.0 |" in lines
     assert "| chance | — | | 25.0 | 25.0 | 16.7 |" in lines
+
+
+def test_a_training_stage_is_gathered_from_its_seed_files_as_study_seeds_lists(tmp_path):
+    """Each matrix entry `<stage>@<variant>-<k>` writes `<variant>/seed<k>.json`; the report gathers the seeds
+    `study.seeds` lists, in that order, leaves out a seed no longer listed (DVC keeps an old entry's outs) and
+    names a listed seed whose file is missing."""
+    folder = tmp_path / "pretrain_stage1"
+    (folder / "albef").mkdir(parents=True)
+    for k in (0, 1, 2, 10):
+        (folder / "albef" / f"seed{k}.json").write_text(json.dumps({"seed": 42 + k, "final": {"itm": k}}))
+    gathered = read_replicates(folder, (2, 0))["albef"]
+    assert gathered["seeds"] == [2, 0] and list(gathered["replicates"]) == ["2", "0"]
+    assert gathered["seed"] == 44  # the first listed replicate stands for the stage (its curves)
+    every = read_replicates(folder)["albef"]
+    assert every["seeds"] == [0, 1, 2, 10]  # numeric order, not "10" before "2"
+    with pytest.raises(FileNotFoundError, match=r"albef/seed3\.json: missing; study\.seeds lists it"):
+        read_replicates(folder, (0, 3))
+    assert read_replicates(tmp_path / "absent", (0,)) == {}

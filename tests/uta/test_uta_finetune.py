@@ -17,8 +17,6 @@ TRAIN = TrainConfig(
     epochs=1,
     max_steps_per_epoch=2,
     schedule=ScheduleConfig(lr=1e-3, min_lr=0.0, warmup_steps=0),
-    alpha=0.0,
-    alpha_ramp=False,
     progress_bar=False,
     log_every_steps=1,
     optim=OptimConfig(name="lamb", layer_decay=0.75, weight_decay=0.05),

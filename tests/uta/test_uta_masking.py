@@ -110,3 +110,5 @@ def test_a_mask_ratio_outside_the_open_interval_names_the_param(ratio):
         from_dict(UTASection, {"masking": {"ratio": ratio}}, "uta")
     with pytest.raises(ConfigError, match=r"uta\.arms\.random.*ratio"):
         from_dict(UTASection, {"arms": {"random": {"scheme": "random", "ratio": ratio}}}, "uta")
+    with pytest.raises(ConfigError, match=r"uta\.context_arms\.random.*ratio"):
+        from_dict(UTASection, {"context_arms": {"random": {"scheme": "random", "ratio": ratio}}}, "uta")

@@ -1,4 +1,5 @@
-"""The UTA stages end to end on a tiny synthetic set: teacher, students (a context arm on one seed),
+"""The UTA stages end to end on a tiny synthetic set: teacher, students (a context arm on one seed, its
+own stage),
 fine-tuning with its convergence guard, evaluation with the untrained baseline and the findings, and
 the report section."""
 
@@ -17,16 +18,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 TINY = [
     "uta.teacher.loader.batch_size_per_gpu=8",
-    "uta.teacher.train={epochs: 1, max_steps_per_epoch: 2, alpha: 0.0, alpha_ramp: false, progress_bar: false, schedule: {warmup_steps: 1}}",
+    "uta.teacher.train={epochs: 1, max_steps_per_epoch: 2, progress_bar: false, schedule: {warmup_steps: 1}}",
     "uta.student.loader.batch_size_per_gpu=8",
-    "uta.student.train={epochs: 1, max_steps_per_epoch: 2, alpha: 0.0, alpha_ramp: false, progress_bar: false, log_every_steps: 1, schedule: {warmup_steps: 1}}",
+    "uta.student.train={epochs: 1, max_steps_per_epoch: 2, progress_bar: false, log_every_steps: 1, schedule: {warmup_steps: 1}}",
     "uta.finetune.enabled=true",
     "uta.finetune.loader.batch_size_per_gpu=8",
-    "uta.finetune.train={epochs: 1, max_steps_per_epoch: 2, alpha: 0.0, alpha_ramp: false, progress_bar: false, log_every_steps: 1, schedule: {warmup_steps: 1}}",
+    "uta.finetune.train={epochs: 1, max_steps_per_epoch: 2, progress_bar: false, log_every_steps: 1, schedule: {warmup_steps: 1}}",
     "uta.seeds=[0, 1]",
-    "uta.context_arms=[random]",
-    "uta.context_seeds=1",
-    "uta.arms={none: {scheme: none}, random: {scheme: random}, reversed_blockwise: {scheme: reversed_blockwise}}",
+    "uta.context_arms={random: {scheme: random}}",
+    "uta.context_seeds=[0]",
+    "uta.arms={none: {scheme: none}, reversed_blockwise: {scheme: reversed_blockwise}}",
     "uta.torch_threads=1",
     "uta.evaluation.probe_train_images=40",
     "uta.evaluation.visibility_draws=20",
@@ -56,11 +57,12 @@ def tiny_project(tmp_path_factory):
 
 @pytest.mark.slow
 def test_stages_end_to_end_with_baseline_guards_and_report(tiny_project, monkeypatch):
+    from nas.config.base import ConfigError
     from nas.engine.run import load_run
     from nas.models.clip_teacher import ClipTeacher
     from nas.models.uta import UTAStudent
     from nas.recipes.uta.evaluate import evaluate
-    from nas.recipes.uta.train import train_finetune, train_student, train_teacher
+    from nas.recipes.uta.train import train_context, train_finetune, train_student, train_teacher
     from nas.reporting.uta_section import section
 
     threads = torch.get_num_threads()
@@ -68,9 +70,17 @@ def test_stages_end_to_end_with_baseline_guards_and_report(tiny_project, monkeyp
     try:
         cfg = resolve(load_params(ROOT / "params.yaml"), None, TINY)
         train_teacher(dict(cfg, stage="uta_teacher"), Recorder())
-        for arm in ("none", "random", "reversed_blockwise"):  # the dvc.yaml matrix: one call per entry
+        for arm in ("none", "reversed_blockwise"):  # the dvc.yaml matrices: one call per entry
             for seed in (0, 1):
                 train_student(dict(cfg, stage="uta_pretrain"), Recorder(), arm=arm, seed=seed)
+        train_context(dict(cfg, stage="uta_context"), Recorder(), arm="random", seed=0)
+        # Each stage trains its own axes only: an entry of the other's is refused by name, before training.
+        with pytest.raises(ConfigError, match=r"--run seed=1: not among uta\.context_seeds \[0\]"):
+            train_context(dict(cfg, stage="uta_context"), Recorder(), arm="random", seed=1)
+        with pytest.raises(ConfigError, match=r"--run arm=random: not among uta\.arms"):
+            train_student(dict(cfg, stage="uta_pretrain"), Recorder(), arm="random", seed=0)
+        with pytest.raises(ConfigError, match=r"--run arm=none: not among uta\.context_arms"):
+            train_context(dict(cfg, stage="uta_context"), Recorder(), arm="none", seed=0)
         for seed in (0, 1):
             train_finetune(dict(cfg, stage="uta_finetune"), Recorder(), seed=seed)
         evaluate(dict(cfg, stage="uta_evaluate"), Recorder())
@@ -87,9 +97,9 @@ def test_stages_end_to_end_with_baseline_guards_and_report(tiny_project, monkeyp
         isinstance(tuned, UTAStudent) and isinstance(text, ClipTeacher) and config["run"]["export"] == "text"
     )
     assert not torch.equal(tuned.head.weight, student.head.weight)
-    # A context arm past uta.context_seeds records that it is not trained, and trains nothing.
-    skipped = json.loads(Path("runs/uta_pretrain/random/seed1/summary.json").read_text())
-    assert skipped["trained"] is False and not Path("runs/uta_pretrain/random/seed1/config.json").exists()
+    # A context arm trains only its uta.context_seeds: no folder for its other seeds.
+    context, _ = load_run(Path("runs/uta_pretrain/random/seed0"))
+    assert isinstance(context, UTAStudent) and not Path("runs/uta_pretrain/random/seed1").exists()
 
     pretrain = json.loads(Path("metrics/uta/pretrain.json").read_text())
     assert set(pretrain["runs"]) == {"none", "random", "reversed_blockwise"}
@@ -149,11 +159,46 @@ def test_a_killed_student_run_resumes_after_an_unrelated_params_edit(tiny_projec
         unrelated = run(
             "uta.evaluation.batch_size=7",
             "report.title=another title",
-            "uta.arms.random={scheme: random, ratio: 0.25}",
+            "uta.context_arms.random={scheme: random, ratio: 0.25}",
+            "uta.context_seeds=[0, 1]",
+            "pretrain_stage1.distillation.alpha=0.4",  # ALBEF's α: no UTA run reads it
         )
         assert unrelated["config_digest"] == first["config_digest"]
         assert unrelated["resumed_from"] is not None and unrelated["final"] == first["final"]
         other = run("uta.student.train.schedule.lr=0.001")
         assert other["config_digest"] != first["config_digest"] and other["resumed_from"] is None
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_a_context_arm_run_is_the_run_uta_pretrain_would_train(tiny_project, monkeypatch, tmp_path):
+    """`uta_context` runs `uta_pretrain`'s training: an arm moved between uta.context_arms and uta.arms
+    keeps its run's identity and folders (the second call finds the finished run)."""
+    from nas.recipes.uta.train import train_context, train_student, train_teacher
+
+    threads = torch.get_num_threads()
+    monkeypatch.chdir(tiny_project)
+    root = tmp_path / "out"
+
+    def config(*edits):
+        cfg = resolve(load_params(ROOT / "params.yaml"), None, [*TINY, *edits])
+        cfg["output_root"] = str(root)
+        return cfg
+
+    summary = root / "runs/uta_pretrain/random/seed0/summary.json"
+    try:
+        train_teacher(dict(config(), stage="uta_teacher"), Recorder())
+        train_context(dict(config(), stage="uta_context"), Recorder(), arm="random", seed=0)
+        context = json.loads(summary.read_text())
+        compared = config(
+            "uta.arms={none: {scheme: none}, random: {scheme: random}, reversed_blockwise: {scheme: reversed_blockwise}}",
+            "uta.context_arms={}",
+            "uta.context_seeds=[]",
+        )
+        train_student(dict(compared, stage="uta_pretrain"), Recorder(), arm="random", seed=0)
+        again = json.loads(summary.read_text())
+        assert again["config_digest"] == context["config_digest"] and context["resumed_from"] is None
+        assert again["resumed_from"] is not None and again["final"] == context["final"]
     finally:
         torch.set_num_threads(threads)

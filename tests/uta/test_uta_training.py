@@ -19,8 +19,6 @@ CFG = TrainConfig(
     epochs=2,
     max_steps_per_epoch=2,
     schedule=ScheduleConfig(lr=1e-2, min_lr=1e-3, warmup_steps=1),
-    alpha=0.0,
-    alpha_ramp=False,
     progress_bar=False,
     log_every_steps=1,
 )

@@ -5,7 +5,7 @@ one model spec, the ablation arms as data (model overrides per arm), the seeds, 
 every run (equal steps across arms), loader and image-transform overrides, and the evaluation knobs.
 dvc.yaml sweeps `mug_pretrain` over arms x seeds (`matrix:`), so a new arm or seed is a params edit.
 
-The card is in the format of nas/config/paper_card.py. Sources: [P] the MUG paper (Zhao et al.,
+The card is in the format of nas/config/card.py. Sources: [P] the MUG paper (Zhao et al.,
 TMLR 2024) as MUG_UTA.md §1 holds it; [B] MAE (He et al., 2022), whose values stand in for MUG's
 Table 10, which "mainly follow[s]" MAE but is not in the spec's sources; [D] this project's
 decisions. Paths are read from `mug_view(run_config)`: the section with every default filled in,
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from nas.config.base import ConfigError, from_dict, merge, to_dict
-from nas.config.paper_card import CardEntry, Equals, NotNull, _check_card
+from nas.config.card import CardEntry, Equals, NotNull, check_card
 from nas.config.stages import ModelSpec
 from nas.config.train import TrainConfig
 from nas.evaluation.captioning import GenerationConfig
@@ -326,4 +326,4 @@ CARD: tuple[CardEntry, ...] = (
     ),
 )
 
-_check_card(CARD)
+check_card(CARD)

@@ -6,7 +6,7 @@ TrainConfig for every run: equal steps across arms), the masking and its ablatio
 seeds, the optional contrastive fine-tuning (its optimizer, LAMB with layer-wise lr decay, in
 `uta.finetune.train.optim`), and the evaluation knobs.
 
-The card is in the format of nas/config/paper_card.py. Sources: [P] the UTA paper (Liu et al.,
+The card is in the format of nas/config/card.py. Sources: [P] the UTA paper (Liu et al.,
 TMLR 2024) as MUG_UTA.md §2 holds it; [C] UTA's released inference code; [B] the methods it builds on
 (BEiT/EVA-02 block-wise masking); [D] this project's decisions. Paths are read from
 `uta_view(run_config)`: the section with every default filled in, `uta.student.model.overrides`
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from nas.config.base import ConfigError, from_dict, merge, to_dict
-from nas.config.paper_card import CardEntry, Equals, NotNull, _check_card
+from nas.config.card import CardEntry, Equals, NotNull, check_card
 from nas.config.stages import ModelSpec
 from nas.config.train import TrainConfig
 from nas.evaluation.linear_probe import LinearProbeConfig
@@ -33,13 +33,13 @@ from nas.reporting.recipe_findings import FindingsConfig
 
 def _default_arms() -> dict[str, dict[str, Any]]:
     # MUG_UTA.md §2 "What the CPU-scale reproduction must show" 3: none / random / block-wise /
-    # reversed block-wise at equal steps; each arm is an overlay of `uta.masking`.
-    return {
-        "none": {"scheme": "none"},
-        "random": {"scheme": "random"},
-        "blockwise": {"scheme": "blockwise"},
-        "reversed_blockwise": {"scheme": "reversed_blockwise"},
-    }
+    # reversed block-wise at equal steps; each arm is an overlay of `uta.masking`. The claims compare
+    # these two (every seed); random and block-wise are context (`_default_context_arms`).
+    return {"none": {"scheme": "none"}, "reversed_blockwise": {"scheme": "reversed_blockwise"}}
+
+
+def _default_context_arms() -> dict[str, dict[str, Any]]:
+    return {"random": {"scheme": "random"}, "blockwise": {"scheme": "blockwise"}}
 
 
 @dataclass
@@ -139,13 +139,17 @@ class UTASection:
     teacher: TeacherSection = field(default_factory=TeacherSection)
     student: StudentSection = field(default_factory=StudentSection)
     masking: MaskingConfig = field(default_factory=MaskingConfig)
+    # The arms the claims compare: each trains every seed of `seeds` (dvc.yaml `uta_pretrain`).
     arms: dict[str, dict[str, Any]] = field(default_factory=_default_arms)
     main_arm: str = "reversed_blockwise"  # UTA's own masking: the row the fine-grained tables show
     seeds: tuple[int, ...] = (0, 1, 2)
-    # Arms shown for context, not judged: they train only the first `context_seeds` seeds (None: every
-    # seed; 0: none, the figure still shows their masks). Every trained arm trains the same steps.
-    context_arms: tuple[str, ...] = ()
-    context_seeds: int | None = None
+    # Arms shown for context, not judged (overlays of `masking`, as `arms`; a name is in one of the two):
+    # each trains the seeds of `context_seeds` (dvc.yaml `uta_context`); empty: none, the figure still
+    # shows their masks. Any distinct non-negative integers, not necessarily among `seeds` (no claim
+    # pairs a context run with another run; a seed of `seeds` starts it from that seed's initial
+    # student). Every trained arm trains the same steps.
+    context_arms: dict[str, dict[str, Any]] = field(default_factory=_default_context_arms)
+    context_seeds: tuple[int, ...] = ()
     # Intra-op threads of the UTA stages (None: torch's default, one per core). The tiny models gain
     # little from a second thread and slow down several-fold when the cores are shared.
     torch_threads: int | None = None
@@ -159,41 +163,62 @@ class UTASection:
     def __post_init__(self) -> None:
         if not self.arms:
             raise ValueError("arms must name at least one masking arm")
-        for name in self.arms:
-            if not re.fullmatch(r"[A-Za-z0-9_]+", name):
-                raise ValueError(f"arms: {name!r} must be letters, digits and '_' (it names folders)")
-            self.arm_masking(name)  # every arm must be a valid masking config
+        for key, arms in (("arms", self.arms), ("context_arms", self.context_arms)):
+            for name in arms:
+                if not re.fullmatch(r"[A-Za-z0-9_]+", name):
+                    raise ValueError(f"{key}: {name!r} must be letters, digits and '_' (it names folders)")
+                self._masking(key, name)  # every arm must be a valid masking config
+        both = sorted(set(self.arms) & set(self.context_arms))
+        if both:
+            raise ValueError(
+                f"context_arms: {both} also in arms; an arm is compared (uta.arms, every seed) or "
+                "context (uta.context_arms, uta.context_seeds), not both"
+            )
+        if self.main_arm in self.context_arms:
+            raise ValueError(
+                f"main_arm {self.main_arm!r} must train every seed: it is in context_arms, not arms"
+            )
         if self.main_arm not in self.arms:
             raise ValueError(f"main_arm {self.main_arm!r} is not among arms {sorted(self.arms)}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be a non-empty list of distinct integers, got {list(self.seeds)}")
-        unknown = sorted(set(self.context_arms) - set(self.arms))
-        if unknown:
-            raise ValueError(f"context_arms names arms {unknown} not among arms {sorted(self.arms)}")
-        if self.main_arm in self.context_arms:
-            raise ValueError(f"main_arm {self.main_arm!r} must train every seed (it is in context_arms)")
-        if self.context_seeds is not None and self.context_seeds < 0:
-            raise ValueError(f"context_seeds must be >= 0 or null, got {self.context_seeds}")
+        if len(set(self.context_seeds)) != len(self.context_seeds) or any(s < 0 for s in self.context_seeds):
+            raise ValueError(
+                f"context_seeds must be a list of distinct non-negative integers ([]: no context run), "
+                f"got {list(self.context_seeds)}"
+            )
         if self.torch_threads is not None and self.torch_threads < 1:
             raise ValueError(f"torch_threads must be >= 1 or null, got {self.torch_threads}")
 
+    @property
+    def all_arms(self) -> list[str]:
+        """Every masking scheme shown (the figure's masks): `arms`, then `context_arms`."""
+        return [*self.arms, *self.context_arms]
+
     def arm_seeds(self, arm: str) -> tuple[int, ...]:
-        """The seeds `arm` trains: every seed, or the first `context_seeds` for a context arm."""
-        if arm in self.context_arms and self.context_seeds is not None:
-            return self.seeds[: self.context_seeds]
-        return self.seeds
+        """The seeds `arm` trains: `seeds` for an arm of `arms`, `context_seeds` for a context arm."""
+        return self.context_seeds if arm in self.context_arms else self.seeds
 
     @property
     def trained_arms(self) -> list[str]:
-        """The arms with at least one trained seed, in `arms` order."""
-        return [arm for arm in self.arms if self.arm_seeds(arm)]
+        """The arms with at least one trained seed: `arms`, then the context arms when `context_seeds`."""
+        return [arm for arm in self.all_arms if self.arm_seeds(arm)]
+
+    @property
+    def untrained_arms(self) -> list[str]:
+        """The context arms shown by their masks only (`context_seeds` empty)."""
+        return [arm for arm in self.all_arms if not self.arm_seeds(arm)]
 
     def arm_masking(self, arm: str) -> MaskingConfig:
-        """`masking` with the arm's overlay, validated (a ratio outside (0, 1) names the arm)."""
-        overlay = self.arms[arm]
+        """`masking` with the arm's overlay (of `arms` or `context_arms`), validated (a ratio outside
+        (0, 1) names the arm's param)."""
+        return self._masking("context_arms" if arm in self.context_arms else "arms", arm)
+
+    def _masking(self, key: str, arm: str) -> MaskingConfig:
+        overlay = getattr(self, key)[arm]
         if not isinstance(overlay, dict):
-            raise ConfigError(f"uta.arms.{arm}: expected a mapping of masking keys, got {overlay!r}")
-        return from_dict(MaskingConfig, merge(to_dict(self.masking), overlay), f"uta.arms.{arm}")
+            raise ConfigError(f"uta.{key}.{arm}: expected a mapping of masking keys, got {overlay!r}")
+        return from_dict(MaskingConfig, merge(to_dict(self.masking), overlay), f"uta.{key}.{arm}")
 
 
 def read_section(resolved: dict[str, Any]) -> UTASection:
@@ -406,4 +431,4 @@ CARD: tuple[CardEntry, ...] = (
     ),
 )
 
-_check_card(CARD)
+check_card(CARD)

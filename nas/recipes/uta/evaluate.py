@@ -28,7 +28,7 @@ from nas.recipes.uta.train import load_finetuned, load_stage_teacher, load_stude
 
 def training_summaries(ctx: Context) -> dict[str, Any]:
     """{"pretrain", "finetune"}: metrics/uta/{pretrain,finetune}.json from the runs' summaries (every
-    trained arm x seed of `uta_pretrain`; every seed of `uta_finetune` when it is enabled)."""
+    arm x seed of `uta_pretrain` and of `uta_context`; every seed of `uta_finetune` when it is enabled)."""
     from nas.evaluation.seeds import mean_std
 
     root, section = output_root(ctx.raw), ctx.section
@@ -38,7 +38,8 @@ def training_summaries(ctx: Context) -> dict[str, Any]:
         for seed in section.arm_seeds(arm):
             path = student_run(arm, seed, trained) / SUMMARY
             if not path.is_file():
-                raise FileNotFoundError(f"{path} is missing: run `uta_pretrain` for arm {arm}, seed {seed}")
+                stage = "uta_context" if arm in section.context_arms else "uta_pretrain"
+                raise FileNotFoundError(f"{path} is missing: run `{stage}` for arm {arm}, seed {seed}")
             runs.setdefault(arm, {})[str(seed)] = json.loads(path.read_text())
     final = {
         arm: mean_std([run["final"]["uta"] for run in by_seed.values()]) for arm, by_seed in runs.items()
@@ -196,7 +197,7 @@ def figure_data(ctx: Context, heatmaps: dict[str, list], grid: tuple[int, int]) 
 
     ev = ctx.section.evaluation
     out: dict[str, Any] = {"grid": list(grid), "heatmaps": heatmaps, "visibility": {}, "example_masks": {}}
-    for arm in ctx.section.arms:  # every scheme's masks; heatmaps for the trained ones
+    for arm in ctx.section.all_arms:  # every scheme's masks (context arms too); heatmaps for the trained ones
         masking = ctx.section.arm_masking(arm)
         generator = torch.Generator().manual_seed(ev.mask_seed)
         out["visibility"][arm] = visibility_frequency(
@@ -357,7 +358,7 @@ def evaluate(cfg: dict[str, Any], record: Recorder) -> None:
         untrained = batched(build_student(ctx).eval(), data.images, ev.batch_size)
         result["heldout_1mcos_initial"] = float(1 - token_cosine(untrained, teacher_tokens).mean())
     result["arms"], heatmaps = {}, {}
-    result["context_arms"] = [a for a in section.arms if a not in section.trained_arms]  # masks only
+    result["context_arms"] = section.untrained_arms  # the context arms not trained: masks only
     for arm in section.trained_arms:
         clock = time.perf_counter()
         arm_seeds = list(section.arm_seeds(arm))

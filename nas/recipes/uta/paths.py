@@ -5,7 +5,8 @@ runs/uta_teacher/teacher.json                      which teacher: the run below,
 runs/uta_teacher/{checkpoint.pt,config.json}       the trained teacher (run layer; export "teacher")
 checkpoints/uta/<arm>/seed<k>/<digest>/            one student run's resumable checkpoints (persist)
 runs/uta_pretrain/<arm>/seed<k>/                   {checkpoint.pt,config.json} (export "student"),
-                                                   summary.json (the run's losses, or "not trained")
+                                                   summary.json (the run's losses); written by
+                                                   uta_pretrain (uta.arms) or uta_context (uta.context_arms)
 checkpoints/uta_finetune/seed<k>/<digest>/         one fine-tuning run's checkpoints (persist)
 runs/uta_finetune/seed<k>/{student,text}/          the fine-tuned student and text tower: two hand-off
                                                    folders over one checkpoint (exports "student", "text")

@@ -1,6 +1,7 @@
 """The command line of the UTA stages (`nas uta`, `python -m experiments.uta`): read the arguments, run the
 stage through `nas.recipes.stage.run_stage` (params checked whole, Sacred record on rank 0). Swept stages
-(dvc.yaml `matrix:`): `uta_pretrain --run arm=<arm> --run seed=<seed>`, `uta_finetune --run seed=<seed>`."""
+(dvc.yaml `matrix:`): `uta_pretrain --run arm=<arm> --run seed=<seed>`, `uta_context` (the same with a context
+arm and seed), `uta_finetune --run seed=<seed>`."""
 
 from __future__ import annotations
 
@@ -9,20 +10,26 @@ from typing import Any
 
 from nas.recipes.stage import Recorder, parse_stage_args, run_stage
 
-STAGES = ("uta_teacher", "uta_pretrain", "uta_finetune", "uta_evaluate")
+STAGES = ("uta_teacher", "uta_pretrain", "uta_context", "uta_finetune", "uta_evaluate")
 # The process count of a distributed stage, in the resolved params.
 LAUNCH = {
     "uta_teacher": ("uta", "teacher", "train", "launch"),
     "uta_pretrain": ("uta", "student", "train", "launch"),
+    "uta_context": ("uta", "student", "train", "launch"),
 }
 
 
 def _work(stage: str, cfg: dict[str, Any], record: Recorder, **run_values: Any) -> None:
     """The stage function of `stage`; its module (and torch) is imported by the stage, not at start-up."""
     from nas.recipes.uta.evaluate import evaluate
-    from nas.recipes.uta.train import train_finetune, train_student, train_teacher
+    from nas.recipes.uta.train import train_context, train_finetune, train_student, train_teacher
 
-    work = {"uta_teacher": train_teacher, "uta_pretrain": train_student, "uta_finetune": train_finetune}
+    work = {
+        "uta_teacher": train_teacher,
+        "uta_pretrain": train_student,
+        "uta_context": train_context,
+        "uta_finetune": train_finetune,
+    }
     work.get(stage, evaluate)(cfg, record, **run_values)
 
 

@@ -1,6 +1,7 @@
-"""The UTA stages that train: the teacher, one student run (arm x seed), one fine-tuning run (seed), and
-the reloaders of what they hand over. Each run goes through `nas.engine.run.train_run` (seed, build,
-digest of what the run reads, `fit`, one saved format) and comes back through `load_run`."""
+"""The UTA stages that train: the teacher, one student run (arm x seed: a compared arm's in `uta_pretrain`,
+a context arm's in `uta_context`), one fine-tuning run (seed), and the reloaders of what they hand over.
+Each run goes through `nas.engine.run.train_run` (seed, build, digest of what the run reads, `fit`, one
+saved format) and comes back through `load_run`."""
 
 from __future__ import annotations
 
@@ -172,41 +173,48 @@ def load_student(run_dir: Path):
     return load_run(run_dir)[0]
 
 
-def check_run(ctx: Context, arm: str | None, seed: int) -> None:
-    """A `--run` names an arm of `uta.arms` and a seed of `uta.seeds` (the dvc.yaml matrix axes)."""
+def check_run(ctx: Context, arm: str | None, seed: int, context: bool = False) -> None:
+    """A `--run` names an arm of `uta.arms` and a seed of `uta.seeds` (the axes of dvc.yaml's `uta_pretrain`
+    and `uta_finetune`), or with `context` a context arm and seed (`uta_context`'s: `uta.context_arms`,
+    `uta.context_seeds`)."""
     section = ctx.section
-    if arm is not None and arm not in section.arms:
-        raise ConfigError(f"--run arm={arm}: not among uta.arms {sorted(section.arms)}", path="uta.arms")
-    if seed not in section.seeds:
-        raise ConfigError(f"--run seed={seed}: not among uta.seeds {list(section.seeds)}", path="uta.seeds")
-
-
-def not_trained(run_dir: Path, checkpoints: Path, why: dict[str, Any]) -> None:
-    """The hand-off of a matrix entry that does not train: its DVC outputs exist and say why."""
-    for name in ("checkpoint.pt", "config.json"):
-        (run_dir / name).unlink(missing_ok=True)  # an ad-hoc folder's earlier run of this entry
-    checkpoints.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / SUMMARY, {"trained": False} | why)
+    arms, seeds = ("context_arms", "context_seeds") if context else ("arms", "seeds")
+    if arm is not None and arm not in getattr(section, arms):
+        raise ConfigError(
+            f"--run arm={arm}: not among uta.{arms} {sorted(getattr(section, arms))}", path=f"uta.{arms}"
+        )
+    if seed not in getattr(section, seeds):
+        raise ConfigError(
+            f"--run seed={seed}: not among uta.{seeds} {list(getattr(section, seeds))}", path=f"uta.{seeds}"
+        )
 
 
 def train_student(cfg: dict[str, Any], record: Recorder, *, arm: str, seed: int) -> None:
     """Stage `uta_pretrain`, one run: the student of masking arm `arm` and seed `seed`, aligned to the
     frozen teacher on its unmasked tokens (equal steps for every arm: `uta.student.train`)."""
+    ctx = stage_context(cfg)
+    check_run(ctx, arm, seed)
+    _train_student(ctx, cfg, record, arm, seed)
+
+
+def train_context(cfg: dict[str, Any], record: Recorder, *, arm: str, seed: int) -> None:
+    """Stage `uta_context`, one run: the student of context arm `arm` (`uta.context_arms`) and seed `seed`
+    (`uta.context_seeds`), trained as `uta_pretrain` trains one (the same run: same identity and folders)."""
+    ctx = stage_context(cfg)
+    check_run(ctx, arm, seed, context=True)
+    _train_student(ctx, cfg, record, arm, seed)
+
+
+def _train_student(ctx: Context, cfg: dict[str, Any], record: Recorder, arm: str, seed: int) -> None:
+    """One student run, whichever stage runs it: its digest covers what it reads (the arm's masking, not
+    which of `arms` / `context_arms` names it), its outputs are runs/uta_pretrain/<arm>/seed<k>."""
     from nas.engine.run import RunSpec, summary_of, train_run
     from nas.models.registry import create_model
     from nas.models.uta import UTAPretrainer
 
-    ctx = stage_context(cfg)
-    check_run(ctx, arm, seed)
     root = output_root(cfg)
     section = ctx.section
     run_dir, checkpoints = student_run(arm, seed, root), student_checkpoints(arm, seed, root)
-    if seed not in section.arm_seeds(arm):
-        if _rank() == 0:
-            why = f"context arm: trains the first uta.context_seeds={section.context_seeds} seeds only"
-            not_trained(run_dir, checkpoints, {"arm": arm, "seed": seed, "why": why})
-        print(f"uta_pretrain[{arm}/seed{seed}]: not trained (context arm, uta.context_seeds)")
-        return
     teacher = load_stage_teacher(ctx)
     student = section.student
     loader = pair_loader(
@@ -217,7 +225,7 @@ def train_student(cfg: dict[str, Any], record: Recorder, *, arm: str, seed: int)
     token_cache: dict[int, Any] | None = {} if section.memoize_images else None
     model = to_dict(student.model)
     run = RunSpec(
-        stage="uta_pretrain",
+        stage="uta_pretrain",  # a context arm's run too: the identity and folders of any student run
         label=f"{arm}/seed{seed}",
         seed=seed,
         reads={

@@ -1,178 +1,25 @@
-"""The paper card (NAS_METHOD.md §1) and the method decisions (§3–§6) as data, for the audit.
+"""NAS's paper card (NAS_METHOD.md §1) and the method decisions (§3–§6) as data, for the audit.
 
-Each `CardEntry` is one hyperparameter as a source states it, with the params path(s) that hold it
-and the value each must have. Sources, as in the spec: [P] the paper, [A] the first author's
-development fork of ALBEF, [B] ALBEF / SOHO, [D] a decision of this project. A value that [A] (or
-another source) used instead is a `KnownDifference`: the audit labels it as such, not as an error.
-
-Paths are params paths of a resolved config (`nas.config.params.resolve`), read as the stage sees
-them: `model.overrides.<field>` is the field of the model as built (the registered variant's
-defaults, e.g. `albef_base`, merged with the overrides), and `<stage>.model_overrides.<field>` the
-same for that stage (`model.overrides` merged with the stage's own `model_overrides`; for
-`finetune`, also its `mlm_weight` and `image_size` as `vision.img_size`, as experiments/finetune.py
-builds the model). Other sections are read with their dataclass defaults filled in.
-
-`kind`: "paper" ([P] values), "base" ([B] values the paper inherits from ALBEF), "decision" ([A]/[D]
-choices of the method), "switch" (a component on/off: off is reported as an ablation, not an error).
-`requires`: "vd" = only for models with a visual dictionary; "nva" = only when stage 2 runs NVA (a
-variant without NVA, ALBEF or +VD, shows such rows as "n/a").
+The card's vocabulary (`CardEntry`, `Equals`, ...) and how to read its paths: nas/config/card.py. NAS's
+stages read `finetune` as the model fine-tuning builds: its `model_overrides`, also its `mlm_weight` and
+`image_size` as `vision.img_size` (as nas/recipes/finetune.py builds the model). Registered with the audit
+as the recipe "nas" (nas/recipes/__init__.py).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-Kind = Literal["paper", "base", "decision", "switch"]
-
-
-# ---- what a run value must be ----------------------------------------------------------------------
-
-
-class _Missing:
-    """A path the run config does not have."""
-
-    def __repr__(self) -> str:
-        return "<missing>"
-
-
-MISSING: Any = _Missing()
-
-
-def normalize(value: Any) -> Any:
-    """Tuples as lists (YAML/JSON have only lists), recursively."""
-    if isinstance(value, (list, tuple)):
-        return [normalize(v) for v in value]
-    if isinstance(value, dict):
-        return {k: normalize(v) for k, v in value.items()}
-    return value
-
-
-def same_value(a: Any, b: Any) -> bool:
-    """Equality for config values: floats to 1e-9 relative, bool never equal to a number."""
-    a, b = normalize(a), normalize(b)
-    if isinstance(a, bool) or isinstance(b, bool):
-        return type(a) is type(b) and a == b
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-        return math.isclose(a, b, rel_tol=1e-9, abs_tol=0.0)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b))
-    return a == b
-
-
-@dataclass(frozen=True)
-class Equals:
-    value: Any
-
-    def matches(self, value: Any) -> bool:
-        return value is not MISSING and same_value(value, self.value)
-
-    def __str__(self) -> str:
-        return _show(self.value)
-
-
-@dataclass(frozen=True)
-class NotNull:
-    """Any value but null, e.g. the path of pretrained weights (a local file the user provides)."""
-
-    what: str
-
-    def matches(self, value: Any) -> bool:
-        return value is not MISSING and value is not None
-
-    def __str__(self) -> str:
-        return self.what
-
-
-@dataclass(frozen=True)
-class Present:
-    """The path exists in the run config (a component is part of the model)."""
-
-    what: str
-
-    def matches(self, value: Any) -> bool:
-        return value is not MISSING
-
-    def __str__(self) -> str:
-        return self.what
-
-
-@dataclass(frozen=True)
-class SameAs:
-    """The value another params path of the same run holds (e.g. NVA in fine-tuning as in stage 2: on
-    for NAS, off for the ablations). The audit fills in `value` from the run config, then compares."""
-
-    path: str
-    what: str
-    value: Any = MISSING
-
-    def matches(self, value: Any) -> bool:
-        return value is not MISSING and self.value is not MISSING and same_value(value, self.value)
-
-    def __str__(self) -> str:
-        return self.what if self.value is MISSING else f"{_show(self.value)} ({self.what})"
-
-
-Expectation = Equals | NotNull | Present | SameAs
-
-
-def _show(value: Any) -> str:
-    value = normalize(value)
-    if value is MISSING:
-        return "(not set)"
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, int) and abs(value) >= 10_000:
-        return f"{value:,}"
-    if isinstance(value, list):
-        return "[" + ", ".join(_show(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{…}"  # a whole section: only its presence matters
-    return str(value)
-
-
-def show(value: Any) -> str:
-    """How a run value is written in the audit table."""
-    return _show(value)
-
-
-# ---- the card ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class KnownDifference:
-    """What another source used. `path` None (or `value` MISSING) = a note the audit prints only."""
-
-    source: str
-    note: str
-    path: str | None = None
-    value: Any = MISSING
-
-
-@dataclass(frozen=True)
-class CardEntry:
-    key: str
-    hyperparameter: str
-    paper_value: str  # as the source states it
-    source: str
-    checks: tuple[tuple[str, Expectation], ...]  # (params path, what it must hold); () = no param yet
-    kind: Kind = "paper"
-    requires: Literal["vd", "nva"] | None = None
-    known_differences: tuple[KnownDifference, ...] = ()
-    note: str = ""  # why an entry has no check, or how to read it
-
-    def known_value(self, path: str, value: Any) -> KnownDifference | None:
-        for diff in self.known_differences:
-            if diff.path == path and diff.value is not MISSING and same_value(value, diff.value):
-                return diff
-        return None
-
+from nas.config.card import (
+    CardEntry,
+    Equals,
+    Expectation,
+    KnownDifference,
+    NotNull,
+    Present,
+    SameAs,
+    check_card,
+)
 
 S1, S2, FT = "pretrain_stage1", "pretrain_stage2", "finetune"
 M = "model.overrides"
@@ -363,9 +210,9 @@ PAPER_CARD: tuple[CardEntry, ...] = (
         "linear ramp 0 -> 0.4 within the 1st epoch",
         "[P] Experiment setup",
         (
-            (f"{S1}.train.alpha", Equals(0.4)),
-            (f"{S1}.train.alpha_ramp", Equals(True)),
-            (f"{S2}.train.alpha", Equals(0.4)),
+            (f"{S1}.distillation.alpha", Equals(0.4)),
+            (f"{S1}.distillation.ramp", Equals(True)),
+            (f"{S2}.distillation.alpha", Equals(0.4)),
         ),
     ),
     CardEntry(
@@ -482,7 +329,7 @@ PAPER_CARD: tuple[CardEntry, ...] = (
         "α ramp in stage 2",
         "off: stage 2 continues at α = 0.4",
         "[D] (ALBEF ramps only in epoch 0; a resumed run does not)",
-        ((f"{S2}.train.alpha_ramp", Equals(False)),),
+        ((f"{S2}.distillation.ramp", Equals(False)),),
         kind="decision",
     ),
     CardEntry(
@@ -750,7 +597,7 @@ PAPER_CARD: tuple[CardEntry, ...] = (
         "fine-tuning distillation weight α",
         "0.4, ramped over the first epoch",
         "[B] ALBEF configs/Retrieval_coco.yaml (alpha 0.4, warm_up true), as [A]",
-        ((f"{FT}.train.alpha", Equals(0.4)), (f"{FT}.train.alpha_ramp", Equals(True))),
+        ((f"{FT}.distillation.alpha", Equals(0.4)), (f"{FT}.distillation.ramp", Equals(True))),
         kind="base",
     ),
     CardEntry(
@@ -797,23 +644,7 @@ def paper_card() -> tuple[CardEntry, ...]:
     return PAPER_CARD
 
 
-def card_paths(card: Sequence[CardEntry] = PAPER_CARD) -> list[str]:
-    """Every params path the card checks, in card order."""
-    return [path for entry in card for path, _ in entry.checks]
+CARD = PAPER_CARD  # the name every recipe's card module gives it (nas.reporting.audit.card_for)
 
 
-def _check_card(card: Sequence[CardEntry]) -> None:
-    keys = [entry.key for entry in card]
-    duplicates = sorted({k for k in keys if keys.count(k) > 1})
-    if duplicates:
-        raise ValueError(f"paper card: duplicate keys {duplicates}")
-    for entry in card:
-        checked = {path for path, _ in entry.checks}
-        for diff in entry.known_differences:
-            if diff.path is not None and diff.path not in checked:
-                raise ValueError(
-                    f"paper card {entry.key!r}: known difference on unchecked path {diff.path!r}"
-                )
-
-
-_check_card(PAPER_CARD)
+check_card(PAPER_CARD)
