@@ -20,7 +20,7 @@ from nas.config import from_dict
 from nas.config.data import DataConfig
 from nas.config.params import PIPELINE_ROOT, output_root
 from nas.config.stages import ModelSpec, TrainStageConfig
-from nas.recipes.stage import Recorder, parse_stage_args, run_stage
+from nas.recipes.stage import Recorder, run_replicate_stage
 
 
 def build_vd_paths(variant: str, root: Path = PIPELINE_ROOT) -> dict[str, Path]:
@@ -95,13 +95,7 @@ def build_replicate(cfg: dict[str, Any], out_dir: Path, record: Recorder) -> dic
 
 
 def main(argv=None) -> None:
-    from functools import partial
-
-    from nas.config.stages import checked_offset
-
-    args = parse_stage_args("build-vd", argv)  # --run seed=<offset>
-    seed = args.run_values["seed"]
-    run_stage(args.stage, partial(stage, seed=seed), args=args, check=partial(checked_offset, offset=seed))
+    run_replicate_stage("build-vd", stage, argv)  # --run seed=<offset>
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ from nas.recipes.pretrain import (
 from nas.recipes.pretrain import (
     replicate_dir as pretrain_replicate_dir,
 )
-from nas.recipes.stage import Recorder, parse_stage_args, run_stage
+from nas.recipes.stage import Recorder, run_replicate_stage
 
 STAGE = "finetune"
 
@@ -264,17 +264,7 @@ def finetune_replicate(
 
 
 def main(argv=None) -> None:
-    from functools import partial
-
-    args = parse_stage_args("finetune", argv)  # --run seed=<offset>
-    seed = args.run_values["seed"]
-    run_stage(
-        args.stage,
-        partial(stage, seed=seed),
-        args=args,
-        nproc_key=(args.stage, "train", "launch"),
-        check=partial(checked_offset, offset=seed),
-    )
+    run_replicate_stage("finetune", stage, argv)  # --run seed=<offset>
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from nas.config import from_dict
 from nas.config.data import DataConfig
 from nas.config.params import PIPELINE_ROOT, input_root, output_root
 from nas.config.stages import LoaderConfig, ModelSpec, TrainStageConfig
-from nas.recipes.stage import Recorder, parse_stage_args, run_stage
+from nas.recipes.stage import Recorder, run_replicate_stage
 
 STAGES = ("pretrain_stage1", "pretrain_stage2")
 
@@ -279,19 +279,7 @@ def train_replicate(cfg: dict[str, Any], offset: int, record: Recorder) -> dict[
 
 
 def main(argv=None) -> None:
-    from functools import partial
-
-    from nas.config.stages import checked_offset
-
-    args = parse_stage_args("pretrain", argv)  # --stage: one of STAGES; --run seed=<offset>
-    seed = args.run_values["seed"]
-    run_stage(
-        args.stage,
-        partial(stage, seed=seed),
-        args=args,
-        nproc_key=(args.stage, "train", "launch"),
-        check=partial(checked_offset, offset=seed),
-    )
+    run_replicate_stage("pretrain", stage, argv)  # --stage: one of STAGES; --run seed=<offset>
 
 
 if __name__ == "__main__":

@@ -250,6 +250,39 @@ def run_choice(stage: str, items: Sequence[str], command: StageCommand) -> tuple
     return values, "-".join(str(v) for v in values.values()) or None
 
 
+def check_listed(cfg: dict[str, Any], run_values: dict[str, Any], where: dict[str, str]) -> None:
+    """Each `--run` value is listed by its params key (`where`: axis -> dotted key of a list, or of a mapping
+    whose keys are the values, e.g. {"arm": "mug.arms", "seed": "mug.seeds"}); a ConfigError naming the key
+    if not (run_stage's `check`: a usage error before Sacred records a run)."""
+    for axis, key in where.items():
+        node: Any = cfg
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        listed = list(node or [])
+        if run_values[axis] not in listed:
+            raise ConfigError(f"--run {axis}={run_values[axis]}: not among {key} ({listed})", path=key)
+
+
+def run_replicate_stage(command: str, work: Callable[..., None], argv: Sequence[str] | None = None) -> None:
+    """Entry point of a NAS stage swept over the pretraining replicates (dvc.yaml `matrix:` variant x
+    `study.seeds`): `--run seed=<offset>` becomes `work(cfg, record, seed=offset)`, an offset `study.seeds`
+    does not list is a usage error before Sacred, and `<stage>.train.launch` (where the stage has one) sets
+    the process count."""
+    from functools import partial
+
+    from nas.config.stages import checked_offset
+
+    args = parse_stage_args(command, argv)
+    seed = args.run_values["seed"]
+    run_stage(
+        args.stage,
+        partial(work, seed=seed),
+        args=args,
+        nproc_key=(args.stage, "train", "launch"),
+        check=partial(checked_offset, offset=seed),
+    )
+
+
 def run_stage(
     stage: str,
     main: StageMain,

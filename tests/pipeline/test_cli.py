@@ -402,3 +402,36 @@ def test_a_stage_module_starts_without_torch_and_without_warnings(module):
         [sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT
     )
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    ("module", "argv", "message"),
+    [
+        (
+            "nas.recipes.mug.stages",
+            ["--stage", "mug_pretrain", "--run", "arm=mug", "--run", "seed=9"],
+            "nas mug_pretrain: error: --run seed=9: not among mug.seeds ([0, 1, 2])",
+        ),
+        (
+            "nas.recipes.mug.stages",
+            ["--stage", "mug_pretrain", "--run", "arm=nope", "--run", "seed=0"],
+            "nas mug_pretrain: error: --run arm=nope: not among mug.arms (['mae_only', 'caption_only', 'mug'])",
+        ),
+        (
+            "nas.recipes.uta.stages",
+            ["--stage", "uta_context", "--run", "arm=random", "--run", "seed=0"],
+            "nas uta_context: error: --run seed=0: not among uta.context_seeds ([])",
+        ),
+        (
+            "nas.recipes.uta.stages",
+            ["--stage", "uta_pretrain", "--run", "arm=random", "--run", "seed=0"],
+            "nas uta_pretrain: error: --run arm=random: not among uta.arms (['none', 'reversed_blockwise'])",
+        ),
+    ],
+)
+def test_a_swept_stage_refuses_a_run_its_params_do_not_list_before_it_starts(
+    stage_dir, capsys, module, argv, message
+):
+    """A matrix entry's `--run` values must be listed by the params (MUG's and UTA's as NAS's seeds): one
+    line on stderr, exit status 2, and no Sacred run folder."""
+    assert _stage_error(module, argv, stage_dir, capsys) == message

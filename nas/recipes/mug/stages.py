@@ -8,7 +8,7 @@ from functools import partial
 from typing import Any
 
 from nas.recipes.mug.paths import STAGES
-from nas.recipes.stage import Recorder, parse_stage_args, run_stage
+from nas.recipes.stage import Recorder, check_listed, parse_stage_args, run_stage
 
 __all__ = ["STAGES", "main"]
 
@@ -27,4 +27,9 @@ def _work(stage: str, cfg: dict[str, Any], record: Recorder, **run_values: Any) 
 def main(argv=None) -> None:
     args = parse_stage_args("mug", argv)  # --stage: one of STAGES; --run checked against its axes
     launch = ("mug", "train", "launch") if args.stage == "mug_pretrain" else None
-    run_stage(args.stage, partial(_work, args.stage, **args.run_values), args=args, nproc_key=launch)
+    # A `--run` value the params do not list is a usage error before Sacred (the stage checks it again).
+    listed = {"arm": "mug.arms", "seed": "mug.seeds"} if args.stage == "mug_pretrain" else {}
+    check = partial(check_listed, run_values=args.run_values, where=listed)
+    run_stage(
+        args.stage, partial(_work, args.stage, **args.run_values), args=args, nproc_key=launch, check=check
+    )

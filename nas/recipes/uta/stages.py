@@ -8,7 +8,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-from nas.recipes.stage import Recorder, parse_stage_args, run_stage
+from nas.recipes.stage import Recorder, check_listed, parse_stage_args, run_stage
 
 STAGES = ("uta_teacher", "uta_pretrain", "uta_context", "uta_finetune", "uta_evaluate")
 # The process count of a distributed stage, in the resolved params.
@@ -16,6 +16,12 @@ LAUNCH = {
     "uta_teacher": ("uta", "teacher", "train", "launch"),
     "uta_pretrain": ("uta", "student", "train", "launch"),
     "uta_context": ("uta", "student", "train", "launch"),
+}
+# Where a swept stage's `--run` values must be listed (checked before Sacred; the stage checks them again).
+LISTED = {
+    "uta_pretrain": {"arm": "uta.arms", "seed": "uta.seeds"},
+    "uta_context": {"arm": "uta.context_arms", "seed": "uta.context_seeds"},
+    "uta_finetune": {"seed": "uta.seeds"},
 }
 
 
@@ -36,4 +42,5 @@ def _work(stage: str, cfg: dict[str, Any], record: Recorder, **run_values: Any) 
 def main(argv=None) -> None:
     args = parse_stage_args("uta", argv)  # --stage: one of STAGES; --run checked against its axes
     stage_main = partial(_work, args.stage, **args.run_values)
-    run_stage(args.stage, stage_main, args=args, nproc_key=LAUNCH.get(args.stage))
+    check = partial(check_listed, run_values=args.run_values, where=LISTED.get(args.stage, {}))
+    run_stage(args.stage, stage_main, args=args, nproc_key=LAUNCH.get(args.stage), check=check)
