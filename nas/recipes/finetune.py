@@ -44,6 +44,7 @@ from nas.recipes.pretrain import (
     check_training_set,
     has_dictionary,
     replicate_paths,
+    run_reads,
     stage_paths,
     write_replicate_metrics,
 )
@@ -169,44 +170,34 @@ def stage(cfg: dict[str, Any], record: Recorder, *, seed: int) -> None:
     init_checkpoint = pretrain_replicate_dir(ft.init_from, variant, offset, init_in) / "checkpoint.pt"
     if not init_checkpoint.is_file():
         raise FileNotFoundError(f"{STAGE}: {init_checkpoint} is missing; run {ft.init_from} first")
-    typed = Typed(
-        data=from_dict(DataConfig, cfg["data"], "data"),
-        loader=from_dict(LoaderConfig, cfg["loader"], "loader"),
-        model=from_dict(ModelSpec, cfg["model"], "model"),
-        finetune=ft,
-    )
-    summary = finetune_replicate(cfg, typed, offset, init_checkpoint, record)
+    paths = replicate_paths(stage_paths(STAGE, variant, root), offset)
+    summary = finetune_replicate(cfg, ft, offset, init_checkpoint, paths, record)
     if summary is None:
         return  # ranks other than 0
     summary = {"stage": STAGE, "variant": variant, "seed_offset": offset, **summary}
-    write_replicate_metrics(
-        replicate_paths(stage_paths(STAGE, variant, root), offset)["metrics"], summary, record
-    )
-
-
-@dataclass
-class Typed:
-    """The stage's params sections as dataclasses, parsed once for every replicate."""
-
-    data: DataConfig
-    loader: LoaderConfig
-    model: ModelSpec
-    finetune: FinetuneConfig
+    write_replicate_metrics(paths["metrics"], summary, record)
 
 
 def finetune_replicate(
-    cfg: dict[str, Any], typed: Typed, offset: int, init_checkpoint: Path, record: Recorder
+    cfg: dict[str, Any],
+    ft: FinetuneConfig,
+    offset: int,
+    init_checkpoint: Path,
+    paths: dict[str, Path],
+    record: Recorder,
 ) -> dict[str, Any] | None:
-    """Fine-tune one replicate (seed `params.seed + offset`); its summary on rank 0, None elsewhere."""
+    """Fine-tune one replicate (seed `params.seed + offset`) into its matrix entry's `paths`; its summary
+    on rank 0, None elsewhere."""
     import ignite.distributed as idist
 
     from nas.engine.run import RunSpec, summary_of, train_run
 
     variant, seed = cfg["variant"], cfg["seed"] + offset
-    data, loader_cfg, spec = typed.data, typed.loader, typed.model
-    ft = dataclasses.replace(typed.finetune, train=dataclasses.replace(typed.finetune.train, seed=seed))
-    root = output_root(cfg)
-    run_dir = replicate_dir(variant, offset, root)
+    data = from_dict(DataConfig, cfg["data"], "data")
+    loader_cfg = from_dict(LoaderConfig, cfg["loader"], "loader")
+    spec = from_dict(ModelSpec, cfg["model"], "model")
+    ft = dataclasses.replace(ft, train=dataclasses.replace(ft.train, seed=seed))
+    run_dir = paths["run"]
     name = f"{STAGE}[{variant} seed+{offset}]"
     annotation_file = run_dir / "train_nta.json"
     outcome: dict[str, Any] = {"nta": None, "preflight": None}
@@ -229,14 +220,13 @@ def finetune_replicate(
     recorded = replicate_config(cfg, offset)
     recorded["model"]["overrides"] = effective_overrides(spec, ft, image_size=ft.image_size)
     recorded["data"].setdefault("transform", {})["image_size"] = ft.image_size
-    paths = replicate_paths(stage_paths(STAGE, variant, root), offset)
     # init_checkpoint only names the run (identity): the weights are loaded (and resized) in build(), and
     # a resumed run loads its own.
     run = RunSpec(
         stage=STAGE,
         label=f"{variant}/seed{offset}",
         seed=seed,
-        reads={key: recorded_reads.get(key) for key in ("seed", "data", "model", "loader", STAGE)},
+        reads=run_reads(recorded_reads, STAGE),
         train=ft.train,
         checkpoints=paths["checkpoints"],
         run_dir=run_dir,

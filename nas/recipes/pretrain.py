@@ -256,8 +256,7 @@ def train_replicate(cfg: dict[str, Any], offset: int, record: Recorder) -> dict[
     result = train_run(run, build, record)
     if idist.get_rank() != 0:
         return None
-    run_dir = replicate_dir(name, variant, offset, root)
-    record.add_artifact(run_dir / "config.json", name=f"resolved_config_seed{offset}.json")
+    record.add_artifact(paths["run"] / "config.json", name=f"resolved_config_seed{offset}.json")
     summary = {
         "stage": name,
         "variant": variant,
